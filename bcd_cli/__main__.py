@@ -1,0 +1,3 @@
+from bcd_cli.cli import main
+
+main()

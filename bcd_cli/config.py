@@ -1,0 +1,95 @@
+"""Validation of a composed run configuration, before anything is built."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig
+
+from bcd_cli.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _number(cfg: DictConfig, key: str, ok: Callable[[float], bool], allowed: str, *, integer: bool = False) -> None:
+    value = cfg.get(key) if "." not in key else _select(cfg, key)
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not ok(value):
+        raise ConfigError(key, value, allowed)
+
+
+def _select(cfg: DictConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, DictConfig) else None
+    return node
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raises ConfigError naming the first invalid key, its value and what is allowed."""
+    _number(cfg, "gamma", lambda x: x > 0, "a number > 0")
+    if cfg.get("rho") is not None:
+        _number(cfg, "rho", lambda x: x > 0, "a number > 0, or null for rho = gamma")
+    _number(cfg, "alpha", lambda x: x > 0, "a number > 0")
+    _number(cfg, "epochs", lambda x: x >= 1, "an integer >= 1 (BCD sweeps)", integer=True)
+    _number(cfg, "seed", lambda x: x >= 0, "an integer >= 0", integer=True)
+    if cfg.get("dtype") not in DTYPES:
+        raise ConfigError("dtype", cfg.get("dtype"), f"one of {', '.join(DTYPES)}")
+    if _select(cfg, "trainer.solve_dtype") not in DTYPES:
+        raise ConfigError("trainer.solve_dtype", _select(cfg, "trainer.solve_dtype"), f"one of {', '.join(DTYPES)}")
+
+    widths = _select(cfg, "model.widths")
+    if (
+        not isinstance(widths, ListConfig)
+        or len(widths) == 0
+        or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)
+    ):
+        raise ConfigError("model.widths", _plain(widths), "a non-empty list of positive integers (hidden layer widths)")
+    _number(cfg, "model.init_std", lambda x: x >= 0, "a number >= 0")
+    _number(cfg, "model.init_bias", lambda x: True, "a finite number")
+
+    name = _select(cfg, "device.name")
+    if name not in DEVICES:
+        raise ConfigError("device.name", name, f"one of {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda", "CUDA is not available on this machine; use device=cpu or device=auto")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, ListConfig) else value
+
+
+def resolve_device(cfg: DictConfig) -> torch.device:
+    """The torch device of ``cfg.device``: ``auto`` is CUDA when available, else the CPU."""
+    name = cfg.device.name
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", int(cfg.device.get("index", 0)))
+    return torch.device("cpu")
+
+
+def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
+    """Instantiates the catalogue entry or scheme of config group ``group``.
+
+    An entry refuses a bad parameter with ``ValueError(field, value, allowed)``
+    (see ``bcd_cli.catalogue.require``); this becomes a ConfigError naming the
+    full key ``group.field``.
+    """
+    try:
+        return instantiate(cfg[group], **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ValueError) and len(cause.args) == 3:
+            field, value, allowed = cause.args
+            raise ConfigError(f"{group}.{field}", value, allowed) from None
+        if isinstance(cause, TypeError):  # a parameter the entry does not take
+            params = {k: v for k, v in cfg[group].items() if not str(k).startswith("_")}
+            raise ConfigError(group, params, str(cause)) from None
+        raise

@@ -1,0 +1,54 @@
+"""Terminal output of a run: a rich progress bar per sweep and the final summary table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+class SweepProgress:
+    """A live bar with the objective and accuracies of the latest sweep."""
+
+    def __init__(self, console: Console, description: str = "BCD") -> None:
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.description = description
+        self.task: Any = None
+
+    def start(self, total: int) -> None:
+        self.task = self.bar.add_task(self.description, total=total, info="")
+        self.bar.start()
+
+    def update(self, row: dict[str, Any]) -> None:
+        info = f"L={row['objective']:.4g}  train {row['train_acc']:.3f}  test {row['test_acc']:.3f}"
+        self.bar.update(self.task, completed=row["sweep"], info=info)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def summary_table(summary: dict[str, Any], out_dir: str) -> Table:
+    """The run's headline figures as a two-column table."""
+    table = Table(title="bcd-train", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("final test accuracy", f"{summary['final_test_acc']:.4f}")
+    table.add_row("best test accuracy", f"{summary['best_test_acc']:.4f} (sweep {summary['best_sweep']})")
+    table.add_row("final train accuracy", f"{summary['final_train_acc']:.4f}")
+    table.add_row("final objective", f"{summary['final_objective']:.6g}")
+    table.add_row("descent at every sweep", "yes" if summary["descent_held"] else "no")
+    table.add_row("sweeps", str(summary["sweeps"]))
+    table.add_row("training time", f"{summary['total_seconds']:.2f} s")
+    table.add_row("network", f"{'-'.join(map(str, summary['sizes']))} ({summary['parameters']:,} parameters)")
+    table.add_row("device", summary["device"])
+    table.add_row("outputs", out_dir)
+    return table

@@ -1,0 +1,85 @@
+"""The MLP that BCD trains: weights W_i, biases b_i, and its forward pass.
+
+Layers are indexed l = 0..N-1 (the paper's i = l + 1). Layer l maps
+``V[l]`` (d_l x n, ``V[0] = X``) to ``U[l] = W[l] V[l] + b[l]`` and
+``V[l+1] = sigma_l(U[l])``; the output layer's sigma is the identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from bcd_cli.catalogue.activations import Linear
+
+
+@dataclass
+class MLP:
+    """Parameters and activations of a fully connected network."""
+
+    W: list[Tensor]
+    b: list[Tensor]
+    acts: list  # one callable per layer; the last is Linear
+
+    @classmethod
+    def init(
+        cls,
+        sizes: Sequence[int],
+        act,
+        *,
+        init_std: float,
+        init_bias: float,
+        seed: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> MLP:
+        """Remark 1 of the paper: W_i ~ N(0, init_std^2), b_i = init_bias.
+
+        Drawn on the CPU from a generator seeded with ``seed``, so that every
+        device starts from the same weights.
+        """
+        gen = torch.Generator().manual_seed(seed)
+        W, b = [], []
+        for d_in, d_out in zip(sizes[:-1], sizes[1:], strict=True):
+            w = torch.randn(d_out, d_in, generator=gen, dtype=torch.float64) * init_std
+            W.append(w.to(dtype=dtype, device=device))
+            b.append(torch.full((d_out,), float(init_bias), dtype=dtype, device=device))
+        acts = [act] * (len(W) - 1) + [Linear()]
+        return cls(W, b, acts)
+
+    @property
+    def depth(self) -> int:
+        return len(self.W)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.W[0].shape[1]] + [w.shape[0] for w in self.W]
+
+    def n_parameters(self) -> int:
+        return sum(w.numel() + b.numel() for w, b in zip(self.W, self.b, strict=True))
+
+    def pre_activation(self, l: int, V: Tensor) -> Tensor:
+        """W_l V + b_l, the bias broadcast over columns (never materialised as a matrix)."""
+        return torch.addmm(self.b[l].unsqueeze(1), self.W[l], V)
+
+    def forward_states(self, X: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """U and V of one forward pass: ``V[0] = X``, ``U[l] = W_l V[l] + b_l``, ``V[l+1] = sigma(U[l])``."""
+        V, U = [X], []
+        for l, sigma in enumerate(self.acts):
+            U.append(self.pre_activation(l, V[l]))
+            V.append(sigma(U[l]))
+        return U, V
+
+    @torch.no_grad()
+    def __call__(self, X: Tensor) -> Tensor:
+        """The network's output sigma_N(W_N ... sigma_1(W_1 X + b_1) ... + b_N)."""
+        for l, sigma in enumerate(self.acts):
+            X = sigma(self.pre_activation(l, X))
+        return X
+
+    def accuracy(self, X: Tensor, labels: Tensor) -> float:
+        """Fraction of columns of X whose largest output is the label."""
+        return (self(X).argmax(dim=0) == labels).double().mean().item()

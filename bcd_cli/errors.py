@@ -1,0 +1,31 @@
+"""Errors that end a run with one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+
+class BCDError(Exception):
+    """Base class: its message is printed as is and the run exits non-zero."""
+
+    exit_code = 1
+
+
+class ConfigError(BCDError):
+    """An invalid configuration value: names the key, the value and what is allowed."""
+
+    exit_code = 2
+
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is invalid: {allowed}")
+
+
+class DataError(BCDError):
+    """Missing, unreadable or inconsistent data: names the file or data set."""
+
+    exit_code = 2
+
+
+class NumericalError(BCDError):
+    """A non-finite value or a failed factorisation inside the engine."""
+
+    exit_code = 3
