@@ -1,0 +1,65 @@
+"""Shared fixtures: the real config tree composed with overrides, tiny runs, a synthetic idx folder."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from bcd_cli.cli import config_dir
+
+CONF = config_dir()
+# a run small enough for a unit test: 120 digits, one hidden layer of 16, two sweeps
+TINY = ["data.n_train=120", "data.n_test=60", "model.widths=[16]", "epochs=2", "device=cpu"]
+
+
+def compose_config(*overrides: str):
+    """The real ``conf/train.yaml`` composed with ``overrides``; Hydra's global state is cleared after."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``bcd-train ARGS`` in a subprocess, from ``cwd``."""
+    return subprocess.run(
+        [sys.executable, "-m", "bcd_cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def write_idx(path: Path, array: np.ndarray, *, gz: bool = False) -> None:
+    """Writes a uint8 array in the idx format (big-endian dimensions), gzipped when ``gz``."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+@pytest.fixture(scope="session")
+def idx_folder(tmp_path_factory) -> Path:
+    """A folder with the four MNIST-format idx files (200 train, 100 test), half gzipped.
+
+    Each class has its own bright 7x7 square, so the images are learnable.
+    """
+    folder = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    for split, n, gz in (("train", 200, True), ("t10k", 100, False)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 60, (n, 28, 28))
+        for j, label in enumerate(labels):
+            r, c = divmod(int(label), 4)
+            images[j, 7 * r : 7 * r + 7, 7 * c : 7 * c + 7] = 255
+        write_idx(folder / f"{split}-images-idx3-ubyte", images, gz=gz)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels, gz=gz)
+    return folder
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,0 +1,115 @@
+"""The bcd-train command end to end: runs, multiruns, shipped configs, and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bcd_cli.report import METRIC_COLUMNS
+from tests.conftest import TINY, run_cli
+
+
+def run_folders(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob("metrics.csv"))
+
+
+def test_documented_command_runs_and_writes_the_run_folder(tmp_path: Path):
+    proc = run_cli("loss=square", "act=relu", "splitting=three", *TINY, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [folder] = run_folders(tmp_path / "outputs")
+    metrics = pd.read_csv(folder / "metrics.csv")
+    assert list(metrics.columns) == METRIC_COLUMNS
+    assert metrics["sweep"].tolist() == [0, 1, 2]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["sweeps"] == 2 and summary["device"] == "cpu"
+    assert summary["final_test_acc"] == pytest.approx(metrics["test_acc"].iloc[-1])
+    assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (folder / ".hydra" / "config.yaml").is_file()
+    assert "sweep 2:" in (folder / "train.log").read_text()
+    assert "final test accuracy" in proc.stdout
+
+
+def test_multirun_gives_one_folder_per_job(tmp_path: Path):
+    proc = run_cli("-m", "gamma=0.1,1,10", "alpha=1,5", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    folders = run_folders(tmp_path / "sweep")
+    assert len(folders) == 6
+    seen = set()
+    for folder in folders:
+        overrides = (folder / ".hydra" / "overrides.yaml").read_text()
+        gamma = re.search(r"gamma=([\d.]+)", overrides).group(1)
+        alpha = re.search(r"alpha=([\d.]+)", overrides).group(1)
+        seen.add((gamma, alpha))
+        assert len(pd.read_csv(folder / "metrics.csv")) == 3
+    assert seen == {(g, a) for g in ("0.1", "1", "10") for a in ("1", "5")}
+
+
+BAD_INPUTS = [
+    # (overrides, text the one error line must contain)
+    (["act=foo"], ["act", "linear", "relu"]),
+    (["gamma=0"], ["gamma=0", "> 0"]),
+    (["alpha=-1"], ["alpha=-1", "> 0"]),
+    (["rho=0"], ["rho=0", "> 0"]),
+    (["gamma=abc"], ["gamma='abc'", "number"]),
+    (["model.widths=[]"], ["model.widths=[]", "non-empty list of positive integers"]),
+    (["model.widths=[16,0]"], ["model.widths=[16, 0]", "positive integers"]),
+    (["epochs=0"], ["epochs=0", "integer >= 1"]),
+    (["dtype=float16"], ["dtype='float16'", "float32, float64"]),
+    (["loss.reduction=median"], ["loss.reduction='median'", "sum or mean"]),
+    (["reg@reg_w=l2", "reg_w.lam=-1"], ["reg_w.lam=-1", ">= 0"]),
+    (["data=mnist", "data.root=MISSING"], ["MISSING", "idx"]),
+    (["data.n_train=0"], ["data.n_train=0"]),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_gives_one_clear_error(overrides: list[str], expected: list[str], tmp_path: Path):
+    overrides = [o.replace("MISSING", str(tmp_path / "no-such-folder")) for o in overrides]
+    proc = run_cli(*TINY[:-1], *overrides, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for text in expected:
+        assert text.replace("MISSING", str(tmp_path / "no-such-folder")) in proc.stderr, proc.stderr
+    assert not run_folders(tmp_path), "a failed run must not leave a result folder behind"
+    assert not list((tmp_path / "outputs").glob("*/*")) if (tmp_path / "outputs").exists() else True
+
+
+def test_data_root_without_the_files_names_the_missing_file(tmp_path: Path):
+    (tmp_path / "idx").mkdir()
+    proc = run_cli(*TINY, "data=fashion_mnist", f"data.root={tmp_path / 'idx'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "train-images-idx3-ubyte" in proc.stderr and str(tmp_path / "idx") in proc.stderr
+
+
+def test_installed_wheel_runs_from_any_directory(tmp_path: Path):
+    """A regular (non-editable) install ships the YAML configs inside the package."""
+    root = Path(__file__).resolve().parents[1]
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(root)],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    [wheel] = wheels.glob("bcd_cli-*.whl")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    assert (site / "bcd_cli" / "conf" / "train.yaml").is_file()
+    assert (site / "bcd_cli" / "conf" / "act" / "relu.yaml").is_file()
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    code = "import bcd_cli.cli as c, sys; print(c.config_dir()); sys.argv[1:] = sys.argv[1:]; c.main()"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *TINY], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == str(site / "bcd_cli" / "conf")
+    assert len(run_folders(workdir / "outputs")) == 1
