@@ -35,7 +35,9 @@ def _train(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     console = Console()
-    progress = SweepProgress(console, description=f"BCD #{hydra_cfg.job.num}" if hydra_cfg.mode == RunMode.MULTIRUN else "BCD")
+    progress = SweepProgress(
+        console, description=f"BCD #{hydra_cfg.job.num}" if hydra_cfg.mode == RunMode.MULTIRUN else "BCD"
+    )
     try:
         result = run(cfg, out_dir, progress)
     except BCDError as err:

@@ -27,8 +27,12 @@ _Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]  # 
 log = logging.getLogger(__name__)
 
 NAMES = ("digits", "mnist", "fashion_mnist")
-IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",  # the four standard idx names, in the order
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")    # train images, train labels, test images, labels
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",  # the four standard idx names, in the order
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)  # train images, train labels, test images, labels
 _IDX_HINT = f"a folder holding the four idx files {', '.join(IDX_FILES)} (each plain or gzipped .gz)"
 
 
@@ -78,8 +82,15 @@ def load_data(cfg: DictConfig | Mapping[str, Any], *, dtype: torch.dtype, device
     n_classes = 10
     X_train, Y_train, y_train = _to_device(Xtr[:n_tr], ytr[:n_tr], scale, n_classes, dtype, device)
     X_test, Y_test, y_test = _to_device(Xte[:n_te], yte[:n_te], scale, n_classes, dtype, device)
-    log.info("loaded %s from %s: %d features, %d train, %d test, %d classes",
-             name, source, X_train.shape[0], n_tr, n_te, n_classes)
+    log.info(
+        "loaded %s from %s: %d features, %d train, %d test, %d classes",
+        name,
+        source,
+        X_train.shape[0],
+        n_tr,
+        n_te,
+        n_classes,
+    )
     return Dataset(name, X_train, Y_train, y_train, X_test, Y_test, y_test, n_classes)
 
 
@@ -93,8 +104,9 @@ def _subset_size(cfg: DictConfig, key: str, size: int) -> int:
     return n
 
 
-def _to_device(X: torch.Tensor, y: torch.Tensor, scale: float, n_classes: int,
-               dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _to_device(
+    X: torch.Tensor, y: torch.Tensor, scale: float, n_classes: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n x d raw features and n labels -> (d x n scaled X, n_classes x n one-hot Y, int64 labels), on device."""
     X = X.reshape(len(X), -1).to(device=device, dtype=dtype).div(scale).T.contiguous()
     y = y.to(device=device, dtype=torch.int64)
@@ -146,8 +158,9 @@ def _local(root: Path) -> _Splits:
     for name in IDX_FILES:
         found = [p for p in (root / name, root / f"{name}.gz") if p.is_file()]
         if not found:
-            raise DataError(f"{root / name}: missing (neither {name} nor {name}.gz found); "
-                            f"data.root must be {_IDX_HINT}")
+            raise DataError(
+                f"{root / name}: missing (neither {name} nor {name}.gz found); data.root must be {_IDX_HINT}"
+            )
         paths.append(found[0])
     splits = [_read_idx(p, images=i % 2 == 0) for i, p in enumerate(paths)]
     _check(*splits, where=paths)
@@ -169,8 +182,10 @@ def _read_idx(path: Path, *, images: bool) -> torch.Tensor:
         raise DataError(f"{path}: {len(raw)} bytes is too short for an idx header")
     magic = int.from_bytes(raw[:4], "big")
     if raw[:2] != b"\0\0" or raw[3] != ndim:
-        raise DataError(f"{path}: wrong magic number 0x{magic:08x}, expected 0x{want:08x} "
-                        f"({'images' if images else 'labels'} idx file)")
+        raise DataError(
+            f"{path}: wrong magic number 0x{magic:08x}, expected 0x{want:08x} "
+            f"({'images' if images else 'labels'} idx file)"
+        )
     if raw[2] != 0x08:
         raise DataError(f"{path}: idx data type code 0x{raw[2]:02x}, expected 0x08 (unsigned byte)")
     reader = tv.read_image_file if images else tv.read_label_file

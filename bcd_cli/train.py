@@ -72,7 +72,13 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
     reg_w, reg_v = build(cfg, "reg_w"), build(cfg, "reg_v")
     sizes = [data.n_features, *cfg.model.widths, data.n_classes]
     net = MLP.init(
-        sizes, act, init_std=cfg.model.init_std, init_bias=cfg.model.init_bias, seed=cfg.seed, dtype=dtype, device=device
+        sizes,
+        act,
+        init_std=cfg.model.init_std,
+        init_bias=cfg.model.init_bias,
+        seed=cfg.seed,
+        dtype=dtype,
+        device=device,
     )
     algorithm = build(cfg, "splitting")(
         net, data.X_train, data.Y_train,
@@ -108,15 +114,26 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
         row["descent_ratio"] = (previous - row["objective"]) / D if D > 0 else math.nan
         if not (math.isfinite(row["objective"]) and math.isfinite(D)):
             raise NumericalError(
-                f"non-finite objective or iterate at sweep {k}; metrics up to sweep {k - 1} are in {out_dir / METRICS_FILE}"
+                f"non-finite objective or iterate at sweep {k}; "
+                f"metrics up to sweep {k - 1} are in {out_dir / METRICS_FILE}"
             )
         log.debug("sweep %d: %s", k, ", ".join(f"{key}={value:.6g}" for key, value in row.items()))
         record(row)
 
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     summary = summarize(
-        metrics, device=str(device), dtype=cfg.dtype, parameters=net.n_parameters(), sizes=sizes, n_train=data.n_train, n_test=data.n_test
+        metrics,
+        device=str(device),
+        dtype=cfg.dtype,
+        parameters=net.n_parameters(),
+        sizes=sizes,
+        n_train=data.n_train,
+        n_test=data.n_test,
     )
     write_summary(out_dir / SUMMARY_FILE, summary)
-    plot_curves(metrics, out_dir / CURVES_FILE, title=f"{cfg.data.name}, {'-'.join(map(str, sizes))}, gamma={cfg.gamma}, alpha={cfg.alpha}")
+    plot_curves(
+        metrics,
+        out_dir / CURVES_FILE,
+        title=f"{cfg.data.name}, {'-'.join(map(str, sizes))}, gamma={cfg.gamma}, alpha={cfg.alpha}",
+    )
     return RunResult(metrics, summary, net, algorithm, data)

@@ -38,7 +38,9 @@ class L2:
     lam: float = 1e-4
 
     def __post_init__(self) -> None:
-        require(isinstance(self.lam, int | float) and 0 <= self.lam < float("inf"), "lam", self.lam, "a finite number >= 0")
+        require(
+            isinstance(self.lam, int | float) and 0 <= self.lam < float("inf"), "lam", self.lam, "a finite number >= 0"
+        )
 
     @property
     def ridge(self) -> float:

@@ -74,13 +74,17 @@ class ThreeSplittingBCD:
             if l == N - 1:
                 V_new = update_output_state(self.loss, self.reg_v, self.Y, U[l], V[l + 1], gamma=gamma, alpha=alpha)
                 # U_N: strongly convex, no proximal term
-                U_new = update_preactivation(Linear(), V_new, net.pre_activation(l, V[l]), U[l], gamma=gamma, rho=rho, alpha=0.0)
+                U_new = update_preactivation(
+                    Linear(), V_new, net.pre_activation(l, V[l]), U[l], gamma=gamma, rho=rho, alpha=0.0
+                )
             else:
                 V_new = update_hidden_state(
                     self.reg_v, net.acts[l](U[l]), U[l + 1], W[l + 1], b[l + 1],
                     gamma=gamma, rho=rho, solve_dtype=self.solve_dtype, block=f"V{i}",
                 )  # fmt: skip
-                U_new = update_preactivation(net.acts[l], V_new, net.pre_activation(l, V[l]), U[l], gamma=gamma, rho=rho, alpha=alpha)
+                U_new = update_preactivation(
+                    net.acts[l], V_new, net.pre_activation(l, V[l]), U[l], gamma=gamma, rho=rho, alpha=alpha
+                )
             D += squared_distance(V_new, V[l + 1]) + squared_distance(U_new, U[l])
             V[l + 1], U[l] = V_new, U_new
             W_new, b_new = update_weights(

@@ -1,0 +1,72 @@
+"""Training runs through ``run(cfg)``: the default learns, metrics are consistent, runs reproduce."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from bcd_cli.report import METRIC_COLUMNS
+from bcd_cli.train import run
+from tests.conftest import TINY, compose_config
+
+
+def test_default_digits_run_reaches_090_test_accuracy(tmp_path: Path):
+    result = run(compose_config("device=cpu"), tmp_path)
+    assert result.summary["final_test_acc"] >= 0.90
+    assert result.summary["descent_held"]
+    assert result.summary["sizes"] == [64, 256, 256, 10]
+    assert json.loads((tmp_path / "summary.json").read_text())["final_test_acc"] == result.summary["final_test_acc"]
+
+
+def test_metrics_file_matches_the_run_and_its_parts_add_up(tmp_path: Path):
+    result = run(compose_config(*TINY, "epochs=4", "reg@reg_w=l2", "reg@reg_v=l2"), tmp_path)
+    on_disk = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(on_disk.columns) == METRIC_COLUMNS
+    pd.testing.assert_frame_equal(on_disk, result.metrics, check_exact=False, rtol=1e-12)
+    parts = on_disk[["loss", "penalty_v", "penalty_u", "reg_w", "reg_v"]].sum(axis=1)
+    pd.testing.assert_series_equal(parts, on_disk["objective"], check_names=False, rtol=1e-9)
+    assert on_disk.loc[0, "penalty_v"] == 0 and on_disk.loc[0, "penalty_u"] == 0  # U, V from a forward pass
+    later = on_disk.iloc[1:]
+    assert (later["D"] > 0).all()
+    ratio = (on_disk["objective"].shift(1) - on_disk["objective"]) / on_disk["D"]
+    pd.testing.assert_series_equal(ratio.iloc[1:], later["descent_ratio"], check_names=False, rtol=1e-9)
+    assert (later["reg_w"] > 0).all() and (later["reg_v"] > 0).all()
+
+
+def test_train_accuracy_and_loss_come_from_the_forward_pass(tmp_path: Path):
+    result = run(compose_config(*TINY), tmp_path)
+    net, data = result.net, result.data
+    output = net(data.X_train)
+    assert result.metrics["train_acc"].iloc[-1] == (output.argmax(0) == data.y_train).double().mean().item()
+    train_loss = 0.5 * (output - data.Y_train).square().sum().item()
+    assert result.metrics["train_loss"].iloc[-1] == torch.tensor(train_loss).item()
+
+
+def test_same_seed_same_run_and_other_seed_other_run(tmp_path: Path):
+    a = run(compose_config(*TINY, "seed=3"), tmp_path / "a").metrics
+    b = run(compose_config(*TINY, "seed=3"), tmp_path / "b").metrics
+    c = run(compose_config(*TINY, "seed=4"), tmp_path / "c").metrics
+    columns = [c for c in METRIC_COLUMNS if c != "seconds"]
+    pd.testing.assert_frame_equal(a[columns], b[columns], check_exact=True)
+    assert not a["objective"].equals(c["objective"])
+
+
+def test_recorded_objective_curve(tmp_path: Path):
+    """A tiny float64 run against its recorded objective values: catches silent numerical changes."""
+    cfg = compose_config(*TINY, "epochs=5", "dtype=float64", "gamma=2", "alpha=0.5", "seed=1")
+    objective = torch.tensor(run(cfg, tmp_path).metrics["objective"].to_numpy())
+    recorded = torch.tensor(RECORDED, dtype=torch.float64)
+    torch.testing.assert_close(objective, recorded, rtol=1e-9, atol=0)
+
+
+RECORDED = [
+    54.04907010570121,
+    31.353768772852902,
+    24.790663157399646,
+    20.010846225452468,
+    15.797408243292168,
+    12.229329716330609,
+]
