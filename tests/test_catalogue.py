@@ -48,8 +48,8 @@ def _reduction_scale(entry, n: int) -> float:
 
 REFERENCE_LOSS = {
     # R(V; Y) = s/2 sum_ij (V_ij - Y_ij)^2, s = 1 (sum) or 1/n (mean over the n columns)
-    "Square": lambda entry, V, Y: 0.5 * _reduction_scale(entry, V.shape[1]) * sum(
-        float(x) ** 2 for x in (V - Y).flatten()
+    "Square": lambda entry, V, Y: (
+        0.5 * _reduction_scale(entry, V.shape[1]) * sum(float(x) ** 2 for x in (V - Y).flatten())
     ),
 }
 
