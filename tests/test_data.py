@@ -35,8 +35,9 @@ def write_idx(path: Path, arr: np.ndarray, magic: int | None = None) -> Path:
     return path
 
 
-def make_folder(root: Path, gz: tuple[bool, ...] = (False,) * 4, n_train: int = 12, n_test: int = 7,
-                size: int = 28) -> dict[str, np.ndarray]:
+def make_folder(
+    root: Path, gz: tuple[bool, ...] = (False,) * 4, n_train: int = 12, n_test: int = 7, size: int = 28
+) -> dict[str, np.ndarray]:
     """Four synthetic idx files in root; gz[i] says whether file i is gzipped. Returns the arrays."""
     rng = np.random.default_rng(0)
     arrays = {
@@ -176,7 +177,7 @@ def test_missing_one_file(tmp_path, missing):
 def test_truncated_gzip(tmp_path):
     make_folder(tmp_path, LAYOUTS["gzip"])
     p = tmp_path / "train-images-idx3-ubyte.gz"
-    p.write_bytes(p.read_bytes()[: 200])
+    p.write_bytes(p.read_bytes()[:200])
     msg = expect_data_error(str(p), name="mnist", root=tmp_path)
     assert "gzip" in msg
 
@@ -317,8 +318,9 @@ def test_download_path_uses_torchvision(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- real data (skipped when absent)
 
 
-@pytest.mark.skipif(not all((FASHION / f"{f}.gz").is_file() for f in IDX_FILES),
-                    reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not all((FASHION / f"{f}.gz").is_file() for f in IDX_FILES), reason="dataset-fashion-mnist not installed"
+)
 def test_real_fashion_mnist():
     ds = load(torch.float32, name="fashion_mnist", root=str(FASHION), n_train=1000, n_test=500)
     assert ds.X_train.shape == (784, 1000) and ds.X_test.shape == (784, 500)
@@ -327,8 +329,9 @@ def test_real_fashion_mnist():
     assert set(ds.y_train.tolist()) == set(range(10))
 
 
-@pytest.mark.skipif(not all((MNIST_TEST / f"{f}.gz").is_file() for f in IDX_FILES[2:]),
-                    reason="shared MNIST test set not present")
+@pytest.mark.skipif(
+    not all((MNIST_TEST / f"{f}.gz").is_file() for f in IDX_FILES[2:]), reason="shared MNIST test set not present"
+)
 def test_real_mnist_test_set(tmp_path):
     for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
         src = MNIST_TEST / f"t10k-{kind}.gz"
