@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import shutil
 import sys
 from pathlib import Path
@@ -17,8 +17,6 @@ from bcd_cli.console import SweepProgress, summary_table
 from bcd_cli.errors import BCDError
 from bcd_cli.report import METRICS_FILE
 from bcd_cli.train import run
-
-log = logging.getLogger(__name__)
 
 
 def config_dir() -> Path:
@@ -44,11 +42,23 @@ def _train(cfg: DictConfig) -> float:
         progress.stop()
         print(f"bcd-train: error: {err}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.RUN and not (out_dir / METRICS_FILE).exists():
-            shutil.rmtree(out_dir, ignore_errors=True)  # nothing was trained: leave no run folder behind
+            _remove_empty_run_folder(out_dir, hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log")
         sys.exit(err.exit_code)
     progress.stop()
     console.print(summary_table(result.summary, str(out_dir)))
     return result.summary["final_test_acc"]
+
+
+def _remove_empty_run_folder(out_dir: Path, *hydra_files: str | None) -> None:
+    """Removes what Hydra wrote for a run that never started, and the folder if that leaves it empty."""
+    for name in filter(None, hydra_files):
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the folder holds other files: keep it
+        out_dir.rmdir()
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from bcd_cli.config import DTYPES, build, resolve_device, validate
 from bcd_cli.data import Dataset, load_data
 from bcd_cli.engine.network import MLP
-from bcd_cli.errors import NumericalError
+from bcd_cli.errors import BCDError, NumericalError
 from bcd_cli.report import (
     CURVES_FILE,
     METRIC_COLUMNS,
@@ -56,8 +56,9 @@ def _evaluate(algorithm: Any, loss: Any, data: Dataset) -> dict[str, float]:
     """Objective parts at the current point, and the network's own loss and accuracies."""
     net = algorithm.net
     row = algorithm.objective()
-    row["train_loss"] = loss(net(data.X_train), data.Y_train).item()
-    row["train_acc"] = net.accuracy(data.X_train, data.y_train)
+    output = net(data.X_train)
+    row["train_loss"] = loss(output, data.Y_train).item()
+    row["train_acc"] = (output.argmax(dim=0) == data.y_train).double().mean().item()
     row["test_acc"] = net.accuracy(data.X_test, data.y_test)
     return row
 
@@ -65,6 +66,8 @@ def _evaluate(algorithm: Any, loss: Any, data: Dataset) -> dict[str, float]:
 def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> RunResult:
     """Trains the network of ``cfg`` by BCD and writes metrics.csv, summary.json and curves.png to ``out_dir``."""
     validate(cfg)
+    if (out_dir / METRICS_FILE).exists():
+        raise BCDError(f"{out_dir} already holds a run ({METRICS_FILE}); choose another folder (hydra.run.dir=...)")
     device, dtype = resolve_device(cfg), DTYPES[cfg.dtype]
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, dtype=dtype, device=device)
@@ -88,7 +91,6 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
     log.info("network %s, %d parameters, on %s (%s)", "-".join(map(str, sizes)), net.n_parameters(), device, cfg.dtype)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / METRICS_FILE).unlink(missing_ok=True)
     writer = MetricsWriter(out_dir / METRICS_FILE)
     if progress is not None:
         progress.start(cfg.epochs)

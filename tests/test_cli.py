@@ -113,3 +113,23 @@ def test_installed_wheel_runs_from_any_directory(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == str(site / "bcd_cli" / "conf")
     assert len(run_folders(workdir / "outputs")) == 1
+
+
+def test_bad_input_keeps_a_chosen_folder_and_its_files(tmp_path: Path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    proc = run_cli(*TINY, "gamma=0", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert (folder / "notes.txt").read_text() == "keep me"
+    assert not (folder / ".hydra").exists()
+
+
+def test_a_finished_run_is_never_overwritten(tmp_path: Path):
+    folder = tmp_path / "run"
+    assert run_cli(*TINY, f"hydra.run.dir={folder}", cwd=tmp_path).returncode == 0
+    before = (folder / "metrics.csv").read_bytes()
+    proc = run_cli(*TINY, "seed=5", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
+    assert (folder / "metrics.csv").read_bytes() == before

@@ -47,9 +47,9 @@ def test_option_composes_and_trains(override: str, idx_folder: Path, tmp_path: P
 
 
 def test_rho_defaults_to_gamma(tmp_path: Path):
-    result = run(compose_config(*TINY, "gamma=3"), tmp_path)
+    result = run(compose_config(*TINY, "gamma=3"), tmp_path / "a")
     assert result.algorithm.rho == result.algorithm.gamma == 3.0
-    result = run(compose_config(*TINY, "gamma=3", "rho=0.5"), tmp_path)
+    result = run(compose_config(*TINY, "gamma=3", "rho=0.5"), tmp_path / "b")
     assert (result.algorithm.gamma, result.algorithm.rho) == (3.0, 0.5)
 
 
