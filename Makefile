@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-all lint clean
+.PHONY: help run test test-all bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,11 +20,14 @@ $(BIN)/bcd-train: pyproject.toml
 run: $(BIN)/bcd-train  ## train the default model (digits, three-splitting BCD); extra overrides in ARGS="..."
 	$(BIN)/bcd-train $(ARGS)
 
-test: $(BIN)/bcd-train  ## run the fast test suite (no slow, no gpu-only tests)
+test: $(BIN)/bcd-train  ## run the test suite without the slow tests (GPU tests skip without CUDA)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 test-all: $(BIN)/bcd-train  ## run every test, slow ones included
 	$(BIN)/python -m pytest $(ARGS)
+
+bench: $(BIN)/bcd-train  ## seconds per BCD sweep against the measured GEMM rate (scripts/bench_sweep.py; options in ARGS)
+	$(BIN)/python scripts/bench_sweep.py $(ARGS)
 
 lint: $(BIN)/bcd-train  ## ruff on the package, tests and scripts
 	$(BIN)/ruff check bcd_cli tests scripts

@@ -133,3 +133,10 @@ def test_a_finished_run_is_never_overwritten(tmp_path: Path):
     assert proc.returncode != 0
     assert "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
     assert (folder / "metrics.csv").read_bytes() == before
+
+
+def test_help_lists_groups_and_examples(tmp_path: Path):
+    proc = run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for text in ("act: linear, relu", "reg: l2, none", "splitting: three", "gamma: 1.0", "bcd-train -m gamma="):
+        assert text in proc.stdout

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from bcd_cli.report import METRIC_COLUMNS
 from bcd_cli.train import run
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, requires_cuda
 
 
 def test_default_digits_run_reaches_090_test_accuracy(tmp_path: Path):
@@ -70,3 +71,22 @@ RECORDED = [
     15.797408243292168,
     12.229329716330609,
 ]
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_run_matches_cpu_run(tmp_path: Path):
+    """The same float64 run on CUDA and on the CPU: same objective curve and accuracies."""
+    overrides = [*TINY[:-1], "epochs=4", "dtype=float64"]
+    cpu = run(compose_config(*overrides, "device=cpu"), tmp_path / "cpu")
+    gpu = run(compose_config(*overrides, "device=cuda"), tmp_path / "gpu")
+    assert gpu.summary["device"].startswith("cuda")
+    assert all(t.is_cuda for t in [*gpu.net.W, *gpu.algorithm.V, *gpu.algorithm.U])
+    for column in ("objective", "D", "train_loss"):
+        torch.testing.assert_close(
+            torch.tensor(gpu.metrics[column].to_numpy()[1:]),
+            torch.tensor(cpu.metrics[column].to_numpy()[1:]),
+            rtol=1e-7,
+            atol=0,
+        )
+    assert gpu.metrics["test_acc"].tolist() == cpu.metrics["test_acc"].tolist()
