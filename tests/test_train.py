@@ -90,3 +90,18 @@ def test_cuda_run_matches_cpu_run(tmp_path: Path):
             atol=0,
         )
     assert gpu.metrics["test_acc"].tolist() == cpu.metrics["test_acc"].tolist()
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_learns(tmp_path: Path):
+    cfg = compose_config(
+        "data=fashion_mnist", f"data.root={FASHION}", "data.n_train=4000", "data.n_test=2000",
+        "model.widths=[256,256]", "epochs=15", "device=cpu",
+    )  # fmt: skip
+    summary = run(cfg, tmp_path).summary
+    assert summary["final_test_acc"] >= 0.78
+    assert summary["descent_held"]
