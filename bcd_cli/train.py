@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,7 +14,8 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from bcd_cli.config import DTYPES, build, resolve_device, validate
+from bcd_cli.config import DTYPES, resolve_device, validate
+from bcd_cli.config import build as build_entry
 from bcd_cli.data import Dataset, load_data
 from bcd_cli.engine.network import MLP
 from bcd_cli.errors import BCDError, NumericalError
@@ -63,16 +65,10 @@ def _evaluate(algorithm: Any, loss: Any, data: Dataset) -> dict[str, float]:
     return row
 
 
-def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> RunResult:
-    """Trains the network of ``cfg`` by BCD and writes metrics.csv, summary.json and curves.png to ``out_dir``."""
-    validate(cfg)
-    if (out_dir / METRICS_FILE).exists():
-        raise BCDError(f"{out_dir} already holds a run ({METRICS_FILE}); choose another folder (hydra.run.dir=...)")
-    device, dtype = resolve_device(cfg), DTYPES[cfg.dtype]
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg.data, dtype=dtype, device=device)
-    loss, act = build(cfg, "loss"), build(cfg, "act")
-    reg_w, reg_v = build(cfg, "reg_w"), build(cfg, "reg_v")
+def build(cfg: DictConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    """The network of ``cfg`` initialised as in Remark 1, wrapped in its BCD scheme; returns (algorithm, loss)."""
+    loss, act = build_entry(cfg, "loss"), build_entry(cfg, "act")
+    reg_w, reg_v = build_entry(cfg, "reg_w"), build_entry(cfg, "reg_v")
     sizes = [data.n_features, *cfg.model.widths, data.n_classes]
     net = MLP.init(
         sizes,
@@ -83,59 +79,91 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
         dtype=dtype,
         device=device,
     )
-    algorithm = build(cfg, "splitting")(
+    algorithm = build_entry(cfg, "splitting")(
         net, data.X_train, data.Y_train,
         loss=loss, reg_w=reg_w, reg_v=reg_v, gamma=cfg.gamma, rho=cfg.rho, alpha=cfg.alpha,
         solve_dtype=DTYPES[cfg.trainer.solve_dtype],
     )  # fmt: skip
-    log.info("network %s, %d parameters, on %s (%s)", "-".join(map(str, sizes)), net.n_parameters(), device, cfg.dtype)
+    log.info(
+        "network %s, %d parameters, on %s (%s)",
+        "-".join(map(str, sizes)),
+        net.n_parameters(),
+        device,
+        str(dtype).removeprefix("torch."),
+    )
+    return algorithm, loss
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    writer = MetricsWriter(out_dir / METRICS_FILE)
-    if progress is not None:
-        progress.start(cfg.epochs)
 
-    rows: list[dict[str, Any]] = []
+def sweeps(algorithm: Any, loss: Any, data: Dataset, epochs: int) -> Iterator[dict[str, Any]]:
+    """Yields the metrics row of the initial point, then of each of ``epochs`` sweeps.
 
-    def record(row: dict[str, Any]) -> None:
-        rows.append(row)
-        writer.append(row)
-        if progress is not None:
-            progress.update(row)
-
-    row: dict[str, Any] = {"sweep": 0, "seconds": 0.0, "D": math.nan, "descent_ratio": math.nan}
-    record(row | _evaluate(algorithm, loss, data))
-    for k in range(1, cfg.epochs + 1):
-        previous = rows[-1]["objective"]
+    Raises NumericalError at the first non-finite objective or iterate, before yielding its row.
+    """
+    device = data.X_train.device
+    previous = {"sweep": 0, "seconds": 0.0, "D": math.nan, "descent_ratio": math.nan} | _evaluate(algorithm, loss, data)
+    if not math.isfinite(previous["objective"]):
+        raise NumericalError(
+            "non-finite objective at the initial point (sweep 0): lower model.init_std or use dtype=float64"
+        )
+    yield previous
+    for k in range(1, epochs + 1):
         _synchronize(device)
         start = time.perf_counter()
         D = algorithm.sweep()
         _synchronize(device)
-        row = {"sweep": k, "seconds": time.perf_counter() - start, "D": D}
-        row |= _evaluate(algorithm, loss, data)
-        row["descent_ratio"] = (previous - row["objective"]) / D if D > 0 else math.nan
+        row = {"sweep": k, "seconds": time.perf_counter() - start, "D": D} | _evaluate(algorithm, loss, data)
+        row["descent_ratio"] = (previous["objective"] - row["objective"]) / D if D > 0 else math.nan
         if not (math.isfinite(row["objective"]) and math.isfinite(D)):
-            raise NumericalError(
-                f"non-finite objective or iterate at sweep {k}; "
-                f"metrics up to sweep {k - 1} are in {out_dir / METRICS_FILE}"
-            )
+            raise NumericalError(f"non-finite objective or iterate at sweep {k}; metrics of sweeps 0..{k - 1} are kept")
         log.debug("sweep %d: %s", k, ", ".join(f"{key}={value:.6g}" for key, value in row.items()))
-        record(row)
+        yield row
+        previous = row
 
+
+def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> RunResult:
+    """Trains the network of ``cfg`` and writes metrics.csv, summary.json and curves.png to ``out_dir``.
+
+    metrics.csv gains a row after every sweep. When training stops on a
+    numerical error, summary.json (status ``failed: ...``) and curves.png of the
+    sweeps done are still written before the error propagates.
+    """
+    validate(cfg)
+    if (out_dir / METRICS_FILE).exists():
+        raise BCDError(f"{out_dir} already holds a run ({METRICS_FILE}); choose another folder (hydra.run.dir=...)")
+    device, dtype = resolve_device(cfg), DTYPES[cfg.dtype]
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg.data, dtype=dtype, device=device)
+    algorithm, loss = build(cfg, data, device, dtype)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer = MetricsWriter(out_dir / METRICS_FILE)
+    rows: list[dict[str, Any]] = []
+    if progress is not None:
+        progress.start(cfg.epochs)
+    try:
+        for row in sweeps(algorithm, loss, data, cfg.epochs):
+            rows.append(row)
+            writer.append(row)
+            if progress is not None:
+                progress.update(row)
+    except NumericalError as err:
+        if rows:
+            _write_reports(cfg, rows, algorithm, data, out_dir, status=f"failed: {err}")
+        raise
+    metrics, summary = _write_reports(cfg, rows, algorithm, data, out_dir, status="completed")
+    return RunResult(metrics, summary, algorithm.net, algorithm, data)
+
+
+def _write_reports(
+    cfg: DictConfig, rows: list[dict[str, Any]], algorithm: Any, data: Dataset, out_dir: Path, *, status: str
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """summary.json and curves.png of the rows recorded so far."""
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    net = algorithm.net
     summary = summarize(
-        metrics,
-        device=str(device),
-        dtype=cfg.dtype,
-        parameters=net.n_parameters(),
-        sizes=sizes,
-        n_train=data.n_train,
-        n_test=data.n_test,
-    )
+        metrics, status=status, device=str(data.X_train.device), dtype=cfg.dtype, parameters=net.n_parameters(),
+        sizes=net.sizes, n_train=data.n_train, n_test=data.n_test,
+    )  # fmt: skip
     write_summary(out_dir / SUMMARY_FILE, summary)
-    plot_curves(
-        metrics,
-        out_dir / CURVES_FILE,
-        title=f"{cfg.data.name}, {'-'.join(map(str, sizes))}, gamma={cfg.gamma}, alpha={cfg.alpha}",
-    )
-    return RunResult(metrics, summary, net, algorithm, data)
+    title = f"{cfg.data.name}, {'-'.join(map(str, net.sizes))}, gamma={cfg.gamma}, alpha={cfg.alpha}"
+    plot_curves(metrics, out_dir / CURVES_FILE, title=title)
+    return metrics, summary

@@ -140,3 +140,10 @@ def test_help_lists_groups_and_examples(tmp_path: Path):
     assert proc.returncode == 0
     for text in ("act: linear, relu", "reg: l2, none", "splitting: three", "gamma: 1.0", "bcd-train -m gamma="):
         assert text in proc.stdout
+
+
+def test_non_finite_start_is_a_clear_error(tmp_path: Path):
+    proc = run_cli(*TINY, "model.init_std=1e30", cwd=tmp_path)
+    assert proc.returncode == 3
+    assert "Traceback" not in proc.stderr
+    assert "non-finite objective at the initial point" in proc.stderr and "model.init_std" in proc.stderr

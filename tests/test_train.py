@@ -105,3 +105,27 @@ def test_fashion_mnist_learns(tmp_path: Path):
     summary = run(cfg, tmp_path).summary
     assert summary["final_test_acc"] >= 0.78
     assert summary["descent_held"]
+
+
+def test_non_finite_iterate_stops_the_run_and_keeps_the_good_sweeps(tmp_path: Path, monkeypatch):
+    from bcd_cli.engine.three_splitting import ThreeSplittingBCD
+    from bcd_cli.errors import NumericalError
+
+    sweep = ThreeSplittingBCD.sweep
+
+    def poisoned(self):
+        D = sweep(self)
+        if self.calls == 3:
+            self.V[-1][0, 0] = float("nan")
+        self.calls += 1
+        return D
+
+    monkeypatch.setattr(ThreeSplittingBCD, "calls", 1, raising=False)
+    monkeypatch.setattr(ThreeSplittingBCD, "sweep", poisoned)
+    with pytest.raises(NumericalError, match="sweep 3"):
+        run(compose_config(*TINY, "epochs=5"), tmp_path)
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert metrics["sweep"].tolist() == [0, 1, 2]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"].startswith("failed") and summary["sweeps"] == 2
+    assert (tmp_path / "curves.png").stat().st_size > 0
