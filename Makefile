@@ -29,9 +29,10 @@ test-all: $(BIN)/bcd-train  ## run every test, slow ones included
 bench: $(BIN)/bcd-train  ## seconds per BCD sweep against the measured GEMM rate (scripts/bench_sweep.py; options in ARGS)
 	$(BIN)/python scripts/bench_sweep.py $(ARGS)
 
-lint: $(BIN)/bcd-train  ## ruff on the package, tests and scripts
+lint: $(BIN)/bcd-train  ## ruff on the package, tests and scripts; mypy on the package
 	$(BIN)/ruff check bcd_cli tests scripts
 	$(BIN)/ruff format --check bcd_cli tests scripts
+	$(BIN)/mypy bcd_cli
 
 clean:  ## remove the virtual environment and caches (outputs/ is kept)
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist

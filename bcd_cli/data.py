@@ -162,9 +162,9 @@ def _local(root: Path) -> _Splits:
                 f"{root / name}: missing (neither {name} nor {name}.gz found); data.root must be {_IDX_HINT}"
             )
         paths.append(found[0])
-    splits = [_read_idx(p, images=i % 2 == 0) for i, p in enumerate(paths)]
-    _check(*splits, where=paths)
-    return (*splits, str(root))
+    Xtr, ytr, Xte, yte = (_read_idx(p, images=i % 2 == 0) for i, p in enumerate(paths))
+    _check(Xtr, ytr, Xte, yte, where=paths)
+    return Xtr, ytr, Xte, yte, str(root)
 
 
 def _read_idx(path: Path, *, images: bool) -> torch.Tensor:
