@@ -67,7 +67,7 @@ def summarize(metrics: pd.DataFrame, **extra: Any) -> dict[str, Any]:
         "final_train_acc": float(last["train_acc"]),
         "final_objective": float(last["objective"]),
         "sweeps": int(last["sweep"]),
-        "total_seconds": float(metrics["seconds"].sum()),
+        "train_seconds": float(metrics["seconds"].sum()),  # the sweeps' updates only
         "descent_held": bool(_descent_held(metrics)),
         **extra,
     }

@@ -136,6 +136,7 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
     algorithm, loss = build(cfg, data, device, dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = MetricsWriter(out_dir / METRICS_FILE)
+    started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     if progress is not None:
         progress.start(cfg.epochs)
@@ -147,20 +148,28 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
                 progress.update(row)
     except NumericalError as err:
         if rows:
-            _write_reports(cfg, rows, algorithm, data, out_dir, status=f"failed: {err}")
+            _write_reports(cfg, rows, algorithm, data, out_dir, status=f"failed: {err}", started=started)
         raise
-    metrics, summary = _write_reports(cfg, rows, algorithm, data, out_dir, status="completed")
+    metrics, summary = _write_reports(cfg, rows, algorithm, data, out_dir, status="completed", started=started)
     return RunResult(metrics, summary, algorithm.net, algorithm, data)
 
 
 def _write_reports(
-    cfg: DictConfig, rows: list[dict[str, Any]], algorithm: Any, data: Dataset, out_dir: Path, *, status: str
+    cfg: DictConfig,
+    rows: list[dict[str, Any]],
+    algorithm: Any,
+    data: Dataset,
+    out_dir: Path,
+    *,
+    status: str,
+    started: float,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """summary.json and curves.png of the rows recorded so far."""
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     net = algorithm.net
     summary = summarize(
-        metrics, status=status, device=str(data.X_train.device), dtype=cfg.dtype, parameters=net.n_parameters(),
+        metrics, status=status, wall_seconds=time.perf_counter() - started, device=str(data.X_train.device),
+        dtype=cfg.dtype, parameters=net.n_parameters(),
         sizes=net.sizes, n_train=data.n_train, n_test=data.n_test,
     )  # fmt: skip
     write_summary(out_dir / SUMMARY_FILE, summary)

@@ -18,7 +18,9 @@ def test_default_digits_run_reaches_090_test_accuracy(tmp_path: Path):
     result = run(compose_config("device=cpu"), tmp_path)
     assert result.summary["final_test_acc"] >= 0.90
     assert result.summary["descent_held"]
+    assert result.summary["status"] == "completed"
     assert result.summary["sizes"] == [64, 256, 256, 10]
+    assert 0 < result.summary["train_seconds"] <= result.summary["wall_seconds"]
     assert json.loads((tmp_path / "summary.json").read_text())["final_test_acc"] == result.summary["final_test_acc"]
 
 

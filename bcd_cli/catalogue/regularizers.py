@@ -1,10 +1,10 @@
 """Regularizers r_i(W_i) on weights and s_i(V_i) on states.
 
-A regularizer is ``ridge/2 ||X||_F^2 + h(X)`` with ``h`` convex and proximable;
-block solvers fold the quadratic part ``ridge`` into their linear systems
-exactly and use ``prox`` for ``h``. Each entry has ``prox(Z, t)``, which returns
-``argmin_X r(X) + 1/(2t) ||X - Z||_F^2`` for the whole regularizer.
-Biases are never regularized.
+A regularizer is ``ridge/2 ||X||_F^2 + h(X)`` with ``h`` convex. The block
+solvers fold the quadratic part ``ridge`` into their linear systems exactly;
+the entries here are purely quadratic (h = 0), so every block that carries them
+keeps its closed form. Each entry also has ``prox(Z, t)``, which returns
+``argmin_X r(X) + 1/(2t) ||X - Z||_F^2``. Biases are never regularized.
 """
 
 from __future__ import annotations
