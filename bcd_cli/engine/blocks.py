@@ -101,6 +101,6 @@ def update_hidden_state(
     return spd_solve(H, G, solve_dtype=solve_dtype, block=block)
 
 
-def squared_distance(A: Tensor, B: Tensor) -> float:
-    """||A - B||_F^2 as a Python float."""
-    return torch.sub(A, B).square_().sum().item()
+def squared_distance(A: Tensor, B: Tensor) -> Tensor:
+    """||A - B||_F^2 as a 0-dim tensor on A's device (no host synchronisation)."""
+    return torch.sub(A, B).square_().sum()

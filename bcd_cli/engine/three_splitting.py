@@ -68,7 +68,7 @@ class ThreeSplittingBCD:
         W, b = net.W, net.b
         gamma, rho, alpha = self.gamma, self.rho, self.alpha
         N = net.depth
-        D = 0.0
+        D = U[0].new_zeros(())
         for l in reversed(range(N)):
             i = l + 1  # the paper's layer index, for messages
             if l == N - 1:
@@ -92,20 +92,20 @@ class ThreeSplittingBCD:
             )
             D += squared_distance(W_new, W[l]) + squared_distance(b_new, b[l])
             W[l], b[l] = W_new, b_new
-        return D
+        return D.item()
 
     def objective(self) -> dict[str, float]:
         """L(P^k) of (2.5) and its parts: loss, the two penalty sums, the two regularizer sums."""
         net, U, V = self.net, self.U, self.V
+        layers = list(enumerate(net.acts))
         parts = {
-            "loss": self.loss(V[-1], self.Y).item(),
-            "penalty_v": 0.0,
-            "penalty_u": 0.0,
-            "reg_w": sum(self.reg_w(w).item() for w in net.W),
-            "reg_v": sum(self.reg_v(v).item() for v in V[1:]),
+            "loss": self.loss(V[-1], self.Y),
+            "penalty_v": 0.5 * self.gamma * sum(squared_distance(V[l + 1], sigma(U[l])) for l, sigma in layers),
+            "penalty_u": 0.5 * self.rho * sum(squared_distance(U[l], net.pre_activation(l, V[l])) for l, _ in layers),
+            "reg_w": sum(self.reg_w(w) for w in net.W),
+            "reg_v": sum(self.reg_v(v) for v in V[1:]),
         }
-        for l, sigma in enumerate(net.acts):
-            parts["penalty_v"] += 0.5 * self.gamma * squared_distance(V[l + 1], sigma(U[l]))
-            parts["penalty_u"] += 0.5 * self.rho * squared_distance(U[l], net.pre_activation(l, V[l]))
-        parts["objective"] = sum(parts.values())
-        return parts
+        values = torch.stack([torch.as_tensor(p, dtype=torch.float64, device=V[-1].device) for p in parts.values()])
+        result = dict(zip(parts, values.tolist(), strict=True))  # one host transfer
+        result["objective"] = sum(result.values())
+        return result
