@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bcd_cli.errors import ConfigError
 
@@ -18,17 +18,10 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def _number(cfg: DictConfig, key: str, ok: Callable[[float], bool], allowed: str, *, integer: bool = False) -> None:
-    value = cfg.get(key) if "." not in key else _select(cfg, key)
+    value = OmegaConf.select(cfg, key)
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not ok(value):
         raise ConfigError(key, value, allowed)
-
-
-def _select(cfg: DictConfig, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, DictConfig) else None
-    return node
 
 
 def validate(cfg: DictConfig) -> None:
@@ -39,12 +32,11 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "alpha", lambda x: x > 0, "a number > 0")
     _number(cfg, "epochs", lambda x: x >= 1, "an integer >= 1 (BCD sweeps)", integer=True)
     _number(cfg, "seed", lambda x: x >= 0, "an integer >= 0", integer=True)
-    if cfg.get("dtype") not in DTYPES:
-        raise ConfigError("dtype", cfg.get("dtype"), f"one of {', '.join(DTYPES)}")
-    if _select(cfg, "trainer.solve_dtype") not in DTYPES:
-        raise ConfigError("trainer.solve_dtype", _select(cfg, "trainer.solve_dtype"), f"one of {', '.join(DTYPES)}")
+    for key in ("dtype", "trainer.solve_dtype"):
+        if OmegaConf.select(cfg, key) not in DTYPES:
+            raise ConfigError(key, OmegaConf.select(cfg, key), f"one of {', '.join(DTYPES)}")
 
-    widths = _select(cfg, "model.widths")
+    widths = OmegaConf.select(cfg, "model.widths")
     if (
         not isinstance(widths, ListConfig)
         or len(widths) == 0
@@ -54,7 +46,7 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "model.init_std", lambda x: x >= 0, "a number >= 0")
     _number(cfg, "model.init_bias", lambda x: True, "a finite number")
 
-    name = _select(cfg, "device.name")
+    name = OmegaConf.select(cfg, "device.name")
     if name not in DEVICES:
         raise ConfigError("device.name", name, f"one of {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():

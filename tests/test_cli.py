@@ -65,6 +65,8 @@ BAD_INPUTS = [
     (["reg@reg_w=l2", "reg_w.lam=-1"], ["reg_w.lam=-1", ">= 0"]),
     (["data=mnist", "data.root=MISSING"], ["MISSING", "idx"]),
     (["data.n_train=0"], ["data.n_train=0"]),
+    (["trainer.solve_dtype=half"], ["trainer.solve_dtype='half'", "float32, float64"]),
+    (["model.init_std=-0.1"], ["model.init_std=-0.1", ">= 0"]),
 ]
 
 
