@@ -27,19 +27,18 @@ _Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]  # 
 log = logging.getLogger(__name__)
 
 NAMES = ("digits", "mnist", "fashion_mnist")
-IDX_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",  # the four standard idx names, in the order
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)  # train images, train labels, test images, labels
+# the four standard idx files: train images, train labels, test images, test labels
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _IDX_HINT = f"a folder holding the four idx files {', '.join(IDX_FILES)} (each plain or gzipped .gz)"
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test split on one dtype/device: X is d0 x n (one contiguous column per sample, values in [0, 1]),
-    Y is n_classes x n one-hot, y holds the n int64 labels."""
+    """A train/test split on one dtype and device.
+
+    X is d0 x n (one contiguous column per sample, values in [0, 1]), Y is
+    n_classes x n one-hot, y holds the n int64 labels.
+    """
 
     name: str
     X_train: torch.Tensor
@@ -82,15 +81,7 @@ def load_data(cfg: DictConfig | Mapping[str, Any], *, dtype: torch.dtype, device
     n_classes = 10
     X_train, Y_train, y_train = _to_device(Xtr[:n_tr], ytr[:n_tr], scale, n_classes, dtype, device)
     X_test, Y_test, y_test = _to_device(Xte[:n_te], yte[:n_te], scale, n_classes, dtype, device)
-    log.info(
-        "loaded %s from %s: %d features, %d train, %d test, %d classes",
-        name,
-        source,
-        X_train.shape[0],
-        n_tr,
-        n_te,
-        n_classes,
-    )
+    log.info("loaded %s from %s: %d features, %d train, %d test", name, source, X_train.shape[0], n_tr, n_te)
     return Dataset(name, X_train, Y_train, y_train, X_test, Y_test, y_test, n_classes)
 
 

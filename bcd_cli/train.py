@@ -14,8 +14,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from bcd_cli.config import DTYPES, resolve_device, validate
-from bcd_cli.config import build as build_entry
+from bcd_cli.config import DTYPES, build, resolve_device, validate
 from bcd_cli.data import Dataset, load_data
 from bcd_cli.engine.network import MLP
 from bcd_cli.errors import BCDError, NumericalError
@@ -65,10 +64,10 @@ def _evaluate(algorithm: Any, loss: Any, data: Dataset) -> dict[str, float]:
     return row
 
 
-def build(cfg: DictConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+def build_algorithm(cfg: DictConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     """The network of ``cfg`` initialised as in Remark 1, wrapped in its BCD scheme; returns (algorithm, loss)."""
-    loss, act = build_entry(cfg, "loss"), build_entry(cfg, "act")
-    reg_w, reg_v = build_entry(cfg, "reg_w"), build_entry(cfg, "reg_v")
+    loss, act = build(cfg, "loss"), build(cfg, "act")
+    reg_w, reg_v = build(cfg, "reg_w"), build(cfg, "reg_v")
     sizes = [data.n_features, *cfg.model.widths, data.n_classes]
     net = MLP.init(
         sizes,
@@ -79,7 +78,7 @@ def build(cfg: DictConfig, data: Dataset, device: torch.device, dtype: torch.dty
         dtype=dtype,
         device=device,
     )
-    algorithm = build_entry(cfg, "splitting")(
+    algorithm = build(cfg, "splitting")(
         net, data.X_train, data.Y_train,
         loss=loss, reg_w=reg_w, reg_v=reg_v, gamma=cfg.gamma, rho=cfg.rho, alpha=cfg.alpha,
         solve_dtype=DTYPES[cfg.trainer.solve_dtype],
@@ -131,9 +130,8 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
     if (out_dir / METRICS_FILE).exists():
         raise BCDError(f"{out_dir} already holds a run ({METRICS_FILE}); choose another folder (hydra.run.dir=...)")
     device, dtype = resolve_device(cfg), DTYPES[cfg.dtype]
-    torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, dtype=dtype, device=device)
-    algorithm, loss = build(cfg, data, device, dtype)
+    algorithm, loss = build_algorithm(cfg, data, device, dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = MetricsWriter(out_dir / METRICS_FILE)
     started = time.perf_counter()
