@@ -8,13 +8,16 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from bcd_cli.engine.blocks import ALPHA_CHECKS
 from bcd_cli.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
+MODELS = ("mlp", "resnet")
+CATALOGUE = ("loss", "act", "reg_w", "reg_v")
 
 
 def _number(cfg: DictConfig, key: str, ok: Callable[[float], bool], allowed: str, *, integer: bool = False) -> None:
@@ -36,21 +39,71 @@ def validate(cfg: DictConfig) -> None:
         if OmegaConf.select(cfg, key) not in DTYPES:
             raise ConfigError(key, OmegaConf.select(cfg, key), f"one of {', '.join(DTYPES)}")
 
-    widths = OmegaConf.select(cfg, "model.widths")
-    if (
-        not isinstance(widths, ListConfig)
-        or len(widths) == 0
-        or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)
-    ):
-        raise ConfigError("model.widths", _plain(widths), "a non-empty list of positive integers (hidden layer widths)")
+    _validate_model(cfg)
     _number(cfg, "model.init_std", lambda x: x >= 0, "a number >= 0")
     _number(cfg, "model.init_bias", lambda x: True, "a finite number")
+
+    _validate_trainer(cfg)
+    for group in CATALOGUE:  # small objects: building them checks their parameters before any data is read
+        build(cfg, group)
 
     name = OmegaConf.select(cfg, "device.name")
     if name not in DEVICES:
         raise ConfigError("device.name", name, f"one of {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda", "CUDA is not available on this machine; use device=cpu or device=auto")
+
+
+def _validate_model(cfg: DictConfig) -> None:
+    """The architecture keys of ``model`` and its agreement with the splitting scheme."""
+    model = OmegaConf.select(cfg, "model.name")
+    if model not in MODELS:
+        raise ConfigError("model.name", model, f"one of {', '.join(MODELS)}")
+    if model == "mlp":
+        widths = OmegaConf.select(cfg, "model.widths")
+        if (
+            not isinstance(widths, ListConfig)
+            or len(widths) == 0
+            or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)
+        ):
+            raise ConfigError(
+                "model.widths", _plain(widths), "a non-empty list of positive integers (hidden layer widths)"
+            )
+    else:
+        _number(cfg, "model.width", lambda x: x >= 1, "an integer >= 1 (width of the residual layers)", integer=True)
+        _number(cfg, "model.depth", lambda x: x >= 1, "an integer >= 1 (number of residual layers)", integer=True)
+
+    target = OmegaConf.select(cfg, "splitting._target_")
+    try:
+        scheme = get_class(target)
+    except Exception:
+        raise ConfigError("splitting", target, "splitting=two, three or resnet") from None
+    if getattr(scheme, "residual", False) and model != "resnet":
+        raise ConfigError("splitting", "resnet", "splitting=resnet (Algorithm 3) trains model=resnet only")
+    if not getattr(scheme, "residual", False) and model == "resnet":
+        raise ConfigError(
+            "splitting", getattr(scheme, "name", target),
+            "model=resnet is trained by splitting=resnet (Algorithm 3, three-splitting with residual layers); "
+            "the paper gives no two-splitting scheme for residual layers",
+        )  # fmt: skip
+
+
+def _validate_trainer(cfg: DictConfig) -> None:
+    """The inner solver's budget and the Theorem 2 policy of the BCD trainer."""
+    _number(cfg, "trainer.inner_iters", lambda x: x >= 1, "an integer >= 1 (inner solver steps)", integer=True)
+    _number(cfg, "trainer.inner_tol", lambda x: x >= 0, "a number >= 0 (relative step size)")
+    check = OmegaConf.select(cfg, "trainer.alpha_check")
+    if check not in ALPHA_CHECKS:
+        raise ConfigError("trainer.alpha_check", check, f"one of {', '.join(ALPHA_CHECKS)}")
+
+
+def architecture(model: DictConfig, n_features: int, n_classes: int) -> tuple[list[int], list[bool]]:
+    """Layer sizes (input, hidden..., classes) and residual flags of the network ``model`` describes."""
+    if model.name == "resnet":
+        sizes = [n_features] + [model.width] * (model.depth + 1) + [n_classes]
+        return sizes, [False] + [True] * model.depth + [False]
+    sizes = [n_features, *model.widths, n_classes]
+    return sizes, [False] * (len(sizes) - 1)
 
 
 def _plain(value: Any) -> Any:

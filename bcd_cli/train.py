@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from bcd_cli.config import DTYPES, build, resolve_device, validate
+from bcd_cli.config import DTYPES, architecture, build, resolve_device, validate
 from bcd_cli.data import Dataset, load_data
 from bcd_cli.engine.network import MLP
 from bcd_cli.errors import BCDError, NumericalError
@@ -68,20 +68,18 @@ def build_algorithm(cfg: DictConfig, data: Dataset, device: torch.device, dtype:
     """The network of ``cfg`` initialised as in Remark 1, wrapped in its BCD scheme; returns (algorithm, loss)."""
     loss, act = build(cfg, "loss"), build(cfg, "act")
     reg_w, reg_v = build(cfg, "reg_w"), build(cfg, "reg_v")
-    sizes = [data.n_features, *cfg.model.widths, data.n_classes]
+    sizes, residual = architecture(cfg.model, data.n_features, data.n_classes)
     net = MLP.init(
-        sizes,
-        act,
-        init_std=cfg.model.init_std,
-        init_bias=cfg.model.init_bias,
-        seed=cfg.seed,
-        dtype=dtype,
-        device=device,
-    )
+        sizes, act,
+        init_std=cfg.model.init_std, init_bias=cfg.model.init_bias, seed=cfg.seed, dtype=dtype, device=device,
+        residual=residual,
+    )  # fmt: skip
+    trainer = cfg.trainer
     algorithm = build(cfg, "splitting")(
         net, data.X_train, data.Y_train,
         loss=loss, reg_w=reg_w, reg_v=reg_v, gamma=cfg.gamma, rho=cfg.rho, alpha=cfg.alpha,
-        solve_dtype=DTYPES[cfg.trainer.solve_dtype],
+        solve_dtype=DTYPES[trainer.solve_dtype], inner_iters=trainer.inner_iters, inner_tol=trainer.inner_tol,
+        alpha_check=trainer.alpha_check,
     )  # fmt: skip
     log.info(
         "network %s, %d parameters, on %s (%s)",

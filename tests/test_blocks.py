@@ -9,16 +9,23 @@ the independent one. Also covers ``linalg.spd_solve`` (mixed precision, failure)
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
 import pytest
 import torch
 
 from bcd_cli.catalogue import L2, Linear, NoReg, ReLU, Square
 from bcd_cli.engine.blocks import (
+    feasible,
+    output_alpha,
     squared_distance,
     update_hidden_state,
+    update_hidden_state_nonlinear,
     update_output_state,
     update_preactivation,
     update_weights,
+    update_weights_nonlinear,
 )
 from bcd_cli.engine.linalg import spd_solve
 from bcd_cli.errors import NumericalError
@@ -217,7 +224,7 @@ def test_update_hidden_state(reg_v, lam, gamma, rho):
     def f(V):
         return 0.5 * lam * sq(V) + 0.5 * gamma * sq(V - target) + 0.5 * rho * sq(U_next - W_next @ V - b_next[:, None])
 
-    got = update_hidden_state(reg_v, target, U_next, W_next, b_next, gamma=gamma, rho=rho)
+    got = update_hidden_state(reg_v, target, gamma, U_next, W_next, b_next, target.clone(), rho=rho)
     assert got.shape == target.shape
     ref = lbfgs_argmin(f, rand(d, n, gen=gen))
     assert_is_minimiser(f, [got], ref)
@@ -270,8 +277,8 @@ def test_update_hidden_state_error_names_block():
     """A non-PD system (gamma < 0 is invalid, but it makes the matrix indefinite) names the block in the error."""
     W = torch.zeros(2, 3, dtype=DT)
     with pytest.raises(NumericalError, match="V2"):
-        update_hidden_state(NoReg(), torch.ones(3, 4, dtype=DT), torch.ones(2, 4, dtype=DT), W,
-                            torch.zeros(2, dtype=DT), gamma=-1.0, rho=1.0, block="V2")  # fmt: skip
+        update_hidden_state(NoReg(), torch.ones(3, 4, dtype=DT), -1.0, torch.ones(2, 4, dtype=DT), W,
+                            torch.zeros(2, dtype=DT), torch.ones(3, 4, dtype=DT), rho=1.0, block="V2")  # fmt: skip
 
 
 def test_squared_distance():
@@ -279,3 +286,238 @@ def test_squared_distance():
     B = torch.tensor([[0.0, 2.0], [5.0, 1.0]], dtype=DT)
     assert squared_distance(A, B) == 1.0 + 0.0 + 4.0 + 9.0
     assert torch.equal(A, torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=DT))  # inputs untouched
+
+
+# ------------------------------------------------------------------ blocks without a closed form
+#
+# The regularizers, losses and activations are discovered from conf/ (see test_catalogue.py, which checks
+# each entry's prox on its own). A convex block's minimiser X* is characterised by the fixed point
+# X* = prox_{t h}(X* - t grad f(X*)) for any t > 0: an optimality test that does not depend on the solver's path.
+
+
+def conf_entries(group: str) -> dict:
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf" / group
+    return {p.stem: instantiate(OmegaConf.load(p)) for p in sorted(root.glob("*.yaml"))}
+
+
+ALL_REGS, ALL_LOSSES, ALL_ACTS = conf_entries("reg"), conf_entries("loss"), conf_entries("act")
+NONQUADRATIC = [name for name, reg in ALL_REGS.items() if not reg.quadratic]
+
+
+def test_some_regularizers_need_the_inner_solver():
+    assert {"l1", "elastic_net", "nonneg", "box"} <= set(NONQUADRATIC)
+
+
+def weights_problem(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    d_in, d_out, n = 5, 3, 11
+    U, V_in = rand(d_out, n, gen=gen, scale=2), rand(d_in, n, gen=gen).abs() + 0.5
+    W_old, b_old = rand(d_out, d_in, gen=gen, scale=0.3), rand(d_out, gen=gen, scale=3)
+    return U, V_in, W_old, b_old
+
+
+def fixed_point_residual(grad, prox, X, t) -> float:
+    """||X - prox(X - t grad(X), t)|| relative to ||X|| + 1: zero exactly at a minimiser of f + h."""
+    return float(torch.linalg.vector_norm(X - prox(X - t * grad(X), t))) / (1.0 + float(torch.linalg.vector_norm(X)))
+
+
+@pytest.mark.parametrize("name", NONQUADRATIC)
+def test_update_weights_inner_solver_is_optimal_and_monotone(name):
+    from bcd_cli.engine.inner import InnerSolver
+
+    reg = ALL_REGS[name]
+    reg = reg if name != "l1" else type(reg)(lam=0.5)  # large enough to zero some entries
+    U, V_in, W_old, b_old = weights_problem(21)
+    W_old = feasible(reg, W_old)
+    rho, alpha = 1.0, 0.5
+
+    def f(W, b):
+        return float(reg(W)) + 0.5 * rho * sq(U - W @ V_in - b[:, None]) + 0.5 * alpha * (sq(W - W_old) + sq(b - b_old))
+
+    W, b = update_weights(reg, U, V_in, W_old, b_old, rho=rho, alpha=alpha, inner=InnerSolver(iters=5000, tol=0.0))
+    assert float(reg(W)) == 0.0 or name in ("l1", "elastic_net")  # indicators: feasible
+
+    def grad_W(Wx):  # gradient of the smooth part in W, with b at its optimum for that W (b is unconstrained)
+        residual = Wx @ V_in + b[:, None] - U
+        return rho * residual @ V_in.T + alpha * (Wx - W_old)
+
+    assert fixed_point_residual(grad_W, reg.prox, W, 0.01) < 1e-9
+    grad_b = rho * (W @ V_in + b[:, None] - U).sum(dim=1) + alpha * (b - b_old)
+    assert float(grad_b.abs().max()) < 1e-6  # the residual sums over n = 11 samples: ~1e-9 relative
+    # few steps: never worse than the old value
+    for iters in (1, 2, 3):
+        W_k, b_k = update_weights(reg, U, V_in, W_old, b_old, rho=rho, alpha=alpha, inner=InnerSolver(iters=iters))
+        assert f(W_k, b_k) <= f(W_old, b_old) + 1e-12
+        assert f(W, b) <= f(W_k, b_k) + 1e-10
+
+
+@pytest.mark.parametrize("name", NONQUADRATIC)
+def test_update_hidden_state_inner_solver_is_optimal_and_monotone(name):
+    from bcd_cli.engine.inner import InnerSolver
+
+    reg = ALL_REGS[name]
+    gen = torch.Generator().manual_seed(22)
+    d, d_next, n, weight, rho = 6, 4, 10, 1.5, 2.0
+    target = rand(d, n, gen=gen)
+    U_next, W_next, b_next = rand(d_next, n, gen=gen), rand(d_next, d, gen=gen), rand(d_next, gen=gen)
+    V_old = feasible(reg, rand(d, n, gen=gen))
+
+    def f(V):
+        return float(reg(V)) + 0.5 * weight * sq(V - target) + 0.5 * rho * sq(U_next - W_next @ V - b_next[:, None])
+
+    def grad(V):
+        return weight * (V - target) - rho * W_next.T @ (U_next - W_next @ V - b_next[:, None])
+
+    args = (reg, target, weight, U_next, W_next, b_next, V_old)
+    V = update_hidden_state(*args, rho=rho, inner=InnerSolver(iters=5000, tol=0.0))
+    assert fixed_point_residual(grad, reg.prox, V, 0.01) < 1e-9
+    for iters in (1, 2, 3):
+        V_k = update_hidden_state(*args, rho=rho, inner=InnerSolver(iters=iters))
+        assert f(V_k) <= f(V_old) + 1e-12 and f(V) <= f(V_k) + 1e-10
+
+
+EXACT_LOSSES = [name for name, loss in ALL_LOSSES.items() if loss.solver == "exact"]
+PROX_LINEAR_LOSSES = [name for name, loss in ALL_LOSSES.items() if loss.solver == "prox_linear"]
+
+
+def output_block(loss, reg, Y, U_N, V_old, gamma, alpha):
+    def F(V):
+        return float(loss(V, Y)) + float(reg(V)) + 0.5 * gamma * sq(V - U_N) + 0.5 * alpha * sq(V - V_old)
+
+    return F
+
+
+def assert_coordinatewise_minimal(F, V: torch.Tensor) -> None:
+    """F(V + eps e_ij) >= F(V) for every entry and eps: for a separable convex F this is global optimality."""
+    base = F(V)
+    for idx in itertools.product(*(range(k) for k in V.shape)):
+        for eps in (1e-2, -1e-2, 1e-4, -1e-4, 1e-6, -1e-6):
+            W = V.clone()
+            W[idx] += eps
+            assert F(W) >= base - 1e-12 * (1 + abs(base)), (idx, eps, F(W) - base)
+
+
+@pytest.mark.parametrize("reg", list(ALL_REGS))
+@pytest.mark.parametrize("loss", EXACT_LOSSES)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_update_output_state_exact_loss_with_every_regularizer(loss, reg, reduction):
+    """argmin_V R(V; Y) + s(V) + gamma/2 ||V - U_N||^2 + alpha/2 ||V - V_old||^2 (separable and convex)."""
+    loss_entry = dataclasses.replace(ALL_LOSSES[loss], reduction=reduction)
+    reg_entry = ALL_REGS[reg]
+    gen = torch.Generator().manual_seed(23)
+    classes, n, gamma, alpha = 3, 4, 0.7, 0.9
+    Y, U_N, V_old = one_hot(classes, n, gen), rand(classes, n, gen=gen, scale=2), rand(classes, n, gen=gen)
+    V_old = feasible(reg_entry, V_old)
+    got = update_output_state(loss_entry, reg_entry, Y, U_N, V_old, gamma=gamma, alpha=alpha)
+    F = output_block(loss_entry, reg_entry, Y, U_N, V_old, gamma, alpha)
+    assert F(got) <= F(V_old)
+    assert_coordinatewise_minimal(F, got)
+
+
+@pytest.mark.parametrize("reg", list(ALL_REGS))
+@pytest.mark.parametrize("loss", PROX_LINEAR_LOSSES)
+def test_update_output_state_prox_linear_step(loss, reg):
+    """Theorem 2: V minimises the model <grad R(V_old), V> + s(V) + gamma/2 ||V - U_N||^2 + alpha/2 ||V - V_old||^2,
+    and the block objective drops by at least (alpha + gamma/2 - L/2) ||V - V_old||^2."""
+    loss_entry, reg_entry = ALL_LOSSES[loss], ALL_REGS[reg]
+    gen = torch.Generator().manual_seed(24)
+    classes, n, gamma, alpha = 3, 4, 0.7, 0.9
+    Y, U_N, V_old = one_hot(classes, n, gen), rand(classes, n, gen=gen, scale=2), rand(classes, n, gen=gen)
+    V_old = feasible(reg_entry, V_old)
+    got = update_output_state(loss_entry, reg_entry, Y, U_N, V_old, gamma=gamma, alpha=alpha)
+    g = loss_entry.grad(V_old, Y)
+
+    def model(V):
+        return float((g * V).sum()) + float(reg_entry(V)) + 0.5 * gamma * sq(V - U_N) + 0.5 * alpha * sq(V - V_old)
+
+    assert_coordinatewise_minimal(model, got)
+    F = output_block(loss_entry, reg_entry, Y, U_N, V_old, gamma, 0.0)  # L's own terms of the block
+    L_R = loss_entry.lipschitz(n)
+    assert F(V_old) - F(got) >= (alpha + gamma / 2 - L_R / 2) * sq(got - V_old) - 1e-12
+
+
+def test_output_alpha_theorem2_check(caplog):
+    loss = next(e for e in ALL_LOSSES.values() if e.solver == "prox_linear")
+    L = loss.lipschitz(10)
+    gamma = L / 10  # (L - gamma)/2 > 0: small alphas fail the condition
+    alpha = (L - gamma) / 4
+    assert output_alpha(loss, 10, gamma=gamma, alpha=alpha, check="warn") == alpha
+    assert "Theorem 2" in caplog.text
+    raised = output_alpha(loss, 10, gamma=gamma, alpha=alpha, check="raise")
+    assert raised == pytest.approx((L - gamma) / 2 + alpha) and raised > (L - gamma) / 2
+    assert output_alpha(loss, 10, gamma=gamma, alpha=L, check="warn") == L  # the condition holds
+    square = ALL_LOSSES["square"]
+    assert output_alpha(square, 10, gamma=1e-6, alpha=1e-6, check="raise") == 1e-6  # exact: no condition
+
+
+# ------------------------------------------------------------------ two-splitting blocks behind a nonlinear sigma
+
+NONLINEAR_ACTS = [name for name, act in ALL_ACTS.items() if type(act).__name__ != "Linear"]
+
+
+@pytest.mark.parametrize("reg", ["none", "l2", "l1", "nonneg"])
+@pytest.mark.parametrize("act", NONLINEAR_ACTS)
+def test_nonlinear_blocks_are_monotone_and_stationary(act, reg):
+    """The V_i and W_i blocks of Algorithm 1: never worse than the old value; with many steps, strictly better and,
+    for a smooth sigma, a fixed point of the proximal-gradient map (first-order stationarity of the nonconvex
+    block). For ReLU-like sigma the block is nonsmooth and the method may stop at a kink: monotone only."""
+    from bcd_cli.engine.inner import InnerSolver
+
+    sigma, reg_entry = ALL_ACTS[act], ALL_REGS[reg]
+    gen = torch.Generator().manual_seed(25)
+    d_in, d, d_next, n, gamma, alpha, weight = 4, 5, 3, 9, 1.3, 0.6, 1.9
+    V_in, target = rand(d_in, n, gen=gen), rand(d, n, gen=gen)
+    V_next, W_next, b_next = (
+        torch.tanh(rand(d_next, n, gen=gen)),
+        rand(d_next, d, gen=gen, scale=0.5),
+        rand(d_next, gen=gen),
+    )
+    V_old = feasible(reg_entry, rand(d, n, gen=gen))
+
+    def F_v(V):
+        return (
+            float(reg_entry(V))
+            + 0.5 * weight * sq(V - target)
+            + 0.5 * gamma * sq(V_next - sigma(W_next @ V + b_next[:, None]))
+        )
+
+    def grad_v(V):
+        V = V.detach().requires_grad_(True)
+        (0.5 * weight * sq(V - target) + 0.5 * gamma * sq(V_next - sigma(W_next @ V + b_next[:, None]))).backward()
+        return V.grad
+
+    args = (sigma, reg_entry, target, weight, V_next, W_next, b_next, V_old)
+    for iters in (1, 3):
+        V_k = update_hidden_state_nonlinear(*args, gamma=gamma, inner=InnerSolver(iters=iters))
+        assert F_v(V_k) <= F_v(V_old) + 1e-12
+    V = update_hidden_state_nonlinear(*args, gamma=gamma, inner=InnerSolver(iters=3000, tol=0.0))
+    assert F_v(V) < F_v(V_old)
+    smooth = hasattr(sigma, "second_derivative")
+    assert not smooth or fixed_point_residual(grad_v, reg_entry.prox, V, 1e-3) < 1e-7
+
+    V_out, W_old, b_old = torch.tanh(rand(d, n, gen=gen)), feasible(reg_entry, rand(d, d_in, gen=gen)), rand(d, gen=gen)
+
+    def F_w(W, b):
+        value = float(reg_entry(W)) + 0.5 * gamma * sq(V_out - sigma(W @ V_in + b[:, None]))
+        return value + 0.5 * alpha * (sq(W - W_old) + sq(b - b_old))
+
+    for iters in (1, 3):
+        W_k, b_k = update_weights_nonlinear(
+            sigma, reg_entry, V_out, V_in, W_old, b_old, gamma=gamma, alpha=alpha, inner=InnerSolver(iters=iters)
+        )
+        assert F_w(W_k, b_k) <= F_w(W_old, b_old) + 1e-12
+    W, b = update_weights_nonlinear(
+        sigma, reg_entry, V_out, V_in, W_old, b_old, gamma=gamma, alpha=alpha, inner=InnerSolver(iters=3000, tol=0.0)
+    )
+    assert F_w(W, b) < F_w(W_old, b_old)
+
+    def grad_w(Wx):
+        Wx = Wx.detach().requires_grad_(True)
+        value = 0.5 * gamma * sq(V_out - sigma(Wx @ V_in + b[:, None])) + 0.5 * alpha * sq(Wx - W_old)
+        value.backward()
+        return Wx.grad
+
+    assert not smooth or fixed_point_residual(grad_w, reg_entry.prox, W, 1e-3) < 1e-7

@@ -67,13 +67,24 @@ BAD_INPUTS = [
     (["data.n_train=0"], ["data.n_train=0"]),
     (["trainer.solve_dtype=half"], ["trainer.solve_dtype='half'", "float32, float64"]),
     (["model.init_std=-0.1"], ["model.init_std=-0.1", ">= 0"]),
+    (["model=resnet", "splitting=two"], ["splitting='two'", "splitting=resnet", "Algorithm 3"]),
+    (["splitting=resnet"], ["splitting='resnet'", "model=resnet"]),
+    (["model=resnet", "model.depth=0"], ["model.depth=0", "integer >= 1"]),
+    (["act=leaky_relu", "act.slope=1.5"], ["act.slope=1.5"]),
+    (["act=softplus", "act.sharpness=0"], ["act.sharpness=0"]),
+    (["loss=exponential", "loss.solver=prox_linear"], ["loss.solver='prox_linear'", "Lipschitz"]),
+    (["loss=logistic", "loss.solver=newton"], ["loss.solver='newton'"]),
+    (["reg@reg_v=box", "reg_v.lo=1", "reg_v.hi=0"], ["reg_v."]),
+    (["trainer.alpha_check=maybe"], ["trainer.alpha_check='maybe'", "warn, raise"]),
+    (["trainer.inner_iters=0"], ["trainer.inner_iters=0", "integer >= 1"]),
 ]
 
 
 @pytest.mark.parametrize(("overrides", "expected"), BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
 def test_bad_input_gives_one_clear_error(overrides: list[str], expected: list[str], tmp_path: Path):
     overrides = [o.replace("MISSING", str(tmp_path / "no-such-folder")) for o in overrides]
-    proc = run_cli(*TINY[:-1], *overrides, cwd=tmp_path)
+    tiny = [o for o in TINY[:-1] if not (o.startswith("model.widths") and "model=resnet" in overrides)]
+    proc = run_cli(*tiny, *overrides, cwd=tmp_path)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
     for text in expected:
@@ -140,7 +151,13 @@ def test_a_finished_run_is_never_overwritten(tmp_path: Path):
 def test_help_lists_groups_and_examples(tmp_path: Path):
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
-    for text in ("act: linear, relu", "reg: l2, none", "splitting: three", "gamma: 1.0", "bcd-train -m gamma="):
+    for text in (
+        "act: leaky_relu, linear, polynomial, relu",
+        "reg: box, elastic_net, l1, l2, none",
+        "splitting: resnet, three, two",
+        "gamma: 1.0",
+        "bcd-train -m gamma=",
+    ):
         assert text in proc.stdout
 
 

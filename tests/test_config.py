@@ -12,6 +12,18 @@ from tests.conftest import CONF, TINY, compose_config, requires_cuda
 
 # a config group whose options are placed at other keys of the config (defaults list `group@key`)
 PACKAGED = {"reg": ("reg_w", "reg_v")}
+# options that only make sense together with others
+COMPANIONS = {"splitting=resnet": ["model=resnet"]}
+RESNET_TINY = ["model.width=12", "model.depth=2"]
+
+
+def tiny_overrides(*overrides: str) -> list[str]:
+    """TINY and ``overrides``, with the ResNet's size keys in place of the MLP's widths when model=resnet."""
+    overrides = [o for override in overrides for o in (override, *COMPANIONS.get(override, []))]
+    tiny = [o for o in TINY if not any(o.split("=")[0] == ov.split("=")[0] for ov in overrides)]
+    if "model=resnet" in overrides:
+        tiny = [o for o in tiny if not o.startswith("model.widths")] + RESNET_TINY
+    return [*tiny, *overrides]
 
 
 def all_options() -> list:
@@ -35,8 +47,7 @@ def test_every_group_is_walked():
 @pytest.mark.parametrize("override", all_options())
 def test_option_composes_and_trains(override: str, idx_folder: Path, tmp_path: Path):
     extra = [f"data.root={idx_folder}"] if override.startswith("data=") and "digits" not in override else []
-    tiny = [o for o in TINY if not (override.startswith("device=") and o.startswith("device="))]
-    cfg = compose_config(*tiny, override, *extra)
+    cfg = compose_config(*tiny_overrides(override, *extra))
     result = run(cfg, tmp_path)
     metrics = result.metrics
     assert list(metrics.columns) == METRIC_COLUMNS
@@ -59,3 +70,26 @@ def test_catalogue_parameters_reach_the_entries(tmp_path: Path):
     assert algorithm.reg_w.ridge == 0.25
     assert algorithm.loss.reduction == "mean"
     assert type(algorithm.net.acts[0]).__name__ == "Linear"
+
+
+@pytest.mark.parametrize(
+    "overrides, scheme, residual",
+    [
+        (["model=resnet"], "ResNetBCD", [False, True, True, False]),
+        (["model=resnet", "splitting=resnet"], "ResNetBCD", [False, True, True, False]),
+        (["splitting=two"], "TwoSplittingBCD", [False, False]),
+        (["splitting=three"], "ThreeSplittingBCD", [False, False]),
+    ],
+)
+def test_model_selects_its_scheme(overrides, scheme, residual, tmp_path: Path):
+    result = run(compose_config(*tiny_overrides(*overrides)), tmp_path)
+    assert type(result.algorithm).__name__ == scheme
+    assert result.net.residual == residual
+    if scheme == "ResNetBCD":
+        assert result.net.sizes == [64, 12, 12, 12, 10]
+
+
+def test_trainer_inner_solver_settings_reach_the_scheme(tmp_path: Path):
+    cfg = compose_config(*TINY, "trainer.inner_iters=7", "trainer.inner_tol=0.01", "trainer.alpha_check=raise")
+    algorithm = run(cfg, tmp_path).algorithm
+    assert (algorithm.inner.iters, algorithm.inner.tol) == (7, 0.01)

@@ -5,8 +5,28 @@ Every entry is a small frozen dataclass built by Hydra from its YAML file
 """
 
 from bcd_cli.catalogue._checks import require
-from bcd_cli.catalogue.activations import Linear, ReLU
-from bcd_cli.catalogue.losses import Square
-from bcd_cli.catalogue.regularizers import L2, NoReg
+from bcd_cli.catalogue.activations import LeakyReLU, Linear, Polynomial, ReLU, Sigmoid, Softplus, Tanh
+from bcd_cli.catalogue.losses import CrossEntropy, Exponential, Hinge, Logistic, Square
+from bcd_cli.catalogue.regularizers import L1, L2, Box, ElasticNet, NonNeg, NoReg
 
-__all__ = ["L2", "Linear", "NoReg", "ReLU", "Square", "require"]
+__all__ = [
+    "L1",
+    "L2",
+    "Box",
+    "CrossEntropy",
+    "ElasticNet",
+    "Exponential",
+    "Hinge",
+    "LeakyReLU",
+    "Linear",
+    "Logistic",
+    "NoReg",
+    "NonNeg",
+    "Polynomial",
+    "ReLU",
+    "Sigmoid",
+    "Softplus",
+    "Square",
+    "Tanh",
+    "require",
+]

@@ -1,21 +1,34 @@
 """Losses R(V; Y) on the network output V (classes x samples) and their V_N solvers.
 
 ``reduction='sum'`` sums over samples (the scaling of the paper's experiments);
-``'mean'`` divides that sum by the number of samples n.
-Each loss has ``prox(Y, center, weight)``, which returns
-``argmin_V R(V; Y) + weight/2 ||V - center||_F^2``: the V_N block of BCD once its
-quadratic terms (penalty, proximal term, quadratic state regularizer) are merged.
+``'mean'`` divides that sum by the number of samples n; below, s is 1 or 1/n.
+Y has one-hot columns; the one-vs-all losses use the targets T = 2Y - 1 (+1 for the
+true class, -1 for the others).
+
+Every loss has ``grad(V, Y)``, ``lipschitz(n)`` (a Lipschitz constant of grad R for n
+samples, None when there is no global one) and ``solver``, the V_N update the engine
+uses: ``'exact'`` calls ``prox(Y, center, weight)``, which returns
+``argmin_V R(V; Y) + weight/2 ||V - center||_F^2`` (the V_N block once its quadratic
+terms are merged); ``'prox_linear'`` takes the prox-linear step of ``bcd-math.md``
+(3.2), which needs only ``grad`` and ``lipschitz``. All exact proxes are elementwise.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from bcd_cli.catalogue._checks import require
+from bcd_cli.catalogue._scalar import increasing_root
 
 REDUCTIONS = ("sum", "mean")
+SOLVERS = ("prox_linear", "exact")
+LOGISTIC_STEPS = 40  # Newton-or-bisection steps: bisection alone reaches 2^-40 of the bracket, Newton machine precision
+EXPONENTIAL_STEPS = 8  # monotone Newton steps on y + log y = log a; from the starts used, 5 reach machine precision
 
 
 def _scale(reduction: str, n: int) -> float:
@@ -23,20 +36,212 @@ def _scale(reduction: str, n: int) -> float:
     return 1.0 if reduction == "sum" else 1.0 / n
 
 
+def _check_reduction(reduction: object) -> None:
+    require(reduction in REDUCTIONS, "reduction", reduction, "sum or mean (over samples)")
+
+
+def _log1p_exp(x: Tensor) -> Tensor:
+    """log(1 + e^x), elementwise."""
+    # max(x, 0) + log1p(e^-|x|): no overflow, and exact to rounding for large |x|
+    return torch.relu(x) + torch.log1p(torch.exp(-x.abs()))
+
+
 @dataclass(frozen=True)
 class Square:
-    """R(V; Y) = s/2 ||V - Y||_F^2 with s = 1 (sum) or 1/n (mean)."""
+    """R(V; Y) = s/2 ||V - Y||_F^2."""
 
     reduction: str = "sum"
+    solver: ClassVar[str] = "exact"
 
     def __post_init__(self) -> None:
-        require(self.reduction in REDUCTIONS, "reduction", self.reduction, "sum or mean (over samples)")
+        _check_reduction(self.reduction)
 
     def __call__(self, V: Tensor, Y: Tensor) -> Tensor:
         s = _scale(self.reduction, V.shape[1])
         return 0.5 * s * (V - Y).square().sum()
 
+    def grad(self, V: Tensor, Y: Tensor) -> Tensor:
+        """Returns grad R(V; Y) = s (V - Y)."""
+        return _scale(self.reduction, V.shape[1]) * (V - Y)
+
+    def lipschitz(self, n: int) -> float:
+        """Returns s, the Lipschitz constant of grad R (R has Hessian s I)."""
+        return _scale(self.reduction, n)
+
     def prox(self, Y: Tensor, center: Tensor, weight: float) -> Tensor:
         """Returns argmin_V s/2 ||V - Y||^2 + weight/2 ||V - center||^2 = (s Y + weight center)/(s + weight)."""
         s = _scale(self.reduction, Y.shape[1])
         return (s * Y + weight * center) / (s + weight)
+
+
+@dataclass(frozen=True)
+class Hinge:
+    """R(V; Y) = s sum_ij max(0, 1 - T_ij V_ij), one-vs-all with T = 2Y - 1."""
+
+    reduction: str = "sum"
+    solver: ClassVar[str] = "exact"
+
+    def __post_init__(self) -> None:
+        _check_reduction(self.reduction)
+
+    def __call__(self, V: Tensor, Y: Tensor) -> Tensor:
+        s = _scale(self.reduction, V.shape[1])
+        return s * torch.relu(1 - (2 * Y - 1) * V).sum()
+
+    def grad(self, V: Tensor, Y: Tensor) -> Tensor:
+        """Returns a subgradient of R at V: -s T where T V < 1, else 0 (0 at the kink T V = 1)."""
+        T = 2 * Y - 1
+        return torch.where(T * V < 1, -_scale(self.reduction, V.shape[1]) * T, 0.0).to(V.dtype)
+
+    def lipschitz(self, n: int) -> None:
+        """Returns None: the hinge loss is not differentiable, so grad R has no Lipschitz constant."""
+        return None
+
+    def prox(self, Y: Tensor, center: Tensor, weight: float) -> Tensor:
+        """Returns argmin_V R(V; Y) + weight/2 ||V - center||^2, elementwise (Lemma 14).
+
+        With z = t v, t = +-1 and tc = t center, each element minimises
+        s max(0, 1 - z) + weight/2 (z - tc)^2: z = tc + s/weight when tc <= 1 - s/weight,
+        z = 1 when 1 - s/weight < tc < 1, z = tc when tc >= 1; that is
+        z = max(tc, min(1, tc + s/weight)).
+        """
+        s = _scale(self.reduction, Y.shape[1])
+        T = 2 * Y - 1
+        tc = T * center
+        return T * torch.maximum(tc, torch.clamp(tc + s / weight, max=1.0))
+
+
+@dataclass(frozen=True)
+class Logistic:
+    """R(V; Y) = s sum_ij log(1 + exp(-T_ij V_ij)), one-vs-all with T = 2Y - 1.
+
+    ``solver``: ``'prox_linear'`` (default; grad R is s/4-Lipschitz) or ``'exact'``
+    (the elementwise prox, by bracketed Newton).
+    """
+
+    reduction: str = "sum"
+    solver: str = "prox_linear"
+
+    def __post_init__(self) -> None:
+        _check_reduction(self.reduction)
+        require(self.solver in SOLVERS, "solver", self.solver, "prox_linear or exact")
+
+    def __call__(self, V: Tensor, Y: Tensor) -> Tensor:
+        s = _scale(self.reduction, V.shape[1])
+        return s * _log1p_exp(-(2 * Y - 1) * V).sum()
+
+    def grad(self, V: Tensor, Y: Tensor) -> Tensor:
+        """Returns grad R(V; Y) = -s T sigmoid(-T V)."""
+        T = 2 * Y - 1
+        return -_scale(self.reduction, V.shape[1]) * T * torch.sigmoid(-T * V)
+
+    def lipschitz(self, n: int) -> float:
+        """Returns s/4: the second derivative of log(1 + e^-x) is sigmoid(x) sigmoid(-x) <= 1/4."""
+        return _scale(self.reduction, n) / 4
+
+    def prox(self, Y: Tensor, center: Tensor, weight: float) -> Tensor:
+        """Returns argmin_V R(V; Y) + weight/2 ||V - center||^2, elementwise.
+
+        With z = t v and tc = t center each element minimises the strictly convex
+        s log(1 + e^-z) + weight/2 (z - tc)^2, whose minimiser z = tc + y solves
+        g(y) = weight y - s sigmoid(-(tc + y)) = 0. g increases, g(0) < 0 and
+        g(s/weight) > 0, so y lies in [0, s/weight]: found by Newton steps with a
+        bisection fallback whenever Newton leaves the shrinking bracket.
+        """
+        s = _scale(self.reduction, Y.shape[1])
+        T = 2 * Y - 1
+        tc = T * center
+
+        def g_and_slope(y: Tensor) -> tuple[Tensor, Tensor]:
+            # sigmoid(-x) itself, not 1 - sigmoid(x): it keeps its digits when it is tiny (tc >> 0)
+            q = torch.sigmoid(-(tc + y))
+            return weight * y - s * q, weight + s * q * (1 - q)
+
+        # solving for the offset y keeps its digits when |tc| is much larger than y
+        y = increasing_root(g_and_slope, torch.zeros_like(tc), torch.full_like(tc, s / weight), LOGISTIC_STEPS)
+        return T * (tc + y)
+
+
+@dataclass(frozen=True)
+class Exponential:
+    """R(V; Y) = s sum_ij exp(-T_ij V_ij), one-vs-all with T = 2Y - 1.
+
+    grad R has no global Lipschitz constant, so the V_N block always uses the exact prox.
+    """
+
+    reduction: str = "sum"
+    solver: str = "exact"
+
+    def __post_init__(self) -> None:
+        _check_reduction(self.reduction)
+        require(self.solver == "exact", "solver", self.solver,
+                "exact only: grad R of the exponential loss has no global Lipschitz constant, so Theorem 2's "
+                "prox-linear step does not apply")  # fmt: skip
+
+    def __call__(self, V: Tensor, Y: Tensor) -> Tensor:
+        s = _scale(self.reduction, V.shape[1])
+        return s * torch.exp(-(2 * Y - 1) * V).sum()
+
+    def grad(self, V: Tensor, Y: Tensor) -> Tensor:
+        """Returns grad R(V; Y) = -s T exp(-T V)."""
+        T = 2 * Y - 1
+        return -_scale(self.reduction, V.shape[1]) * T * torch.exp(-T * V)
+
+    def lipschitz(self, n: int) -> None:
+        """Returns None: the second derivative s exp(-T V) is unbounded."""
+        return None
+
+    def prox(self, Y: Tensor, center: Tensor, weight: float) -> Tensor:
+        """Returns argmin_V R(V; Y) + weight/2 ||V - center||^2, elementwise.
+
+        With z = t v and tc = t center each element minimises the strictly convex
+        s e^-z + weight/2 (z - tc)^2; its minimiser z = tc + y has y e^y = a with
+        log a = log(s/weight) - tc, i.e. y > 0 is the root of h(y) = y + log y - log a,
+        worked in logs so that no e^(-tc) is formed. Bracket: y <= a (as e^y >= 1), and
+        when a >= e, y >= 1 and so y <= log a: y <= min(a, max(log a, 1)). Left ends:
+        h(a/(1 + a)) <= 0 (as e^(x/(1+x)) <= 1 + x), and for log a > 1 also
+        h(log a - log log a) = log(1 - log log a / log a) < 0. h is increasing and
+        concave, so Newton y <- y (1 + log a - log y)/(1 + y) from a left end rises
+        monotonically to the root without overshooting; the iterate is also kept in
+        the bracket against rounding.
+        """
+        s = _scale(self.reduction, Y.shape[1])
+        T = 2 * Y - 1
+        tc = T * center
+        log_a = math.log(s / weight) - tc
+        tiny = torch.finfo(tc.dtype).tiny
+        # a y below the smallest normal number moves no z: clamping it keeps log y finite
+        y = torch.where(log_a > 1, log_a - torch.log(log_a.clamp(min=1.0)), torch.sigmoid(log_a)).clamp(min=tiny)
+        upper = torch.minimum(torch.exp(log_a), log_a.clamp(min=1.0))
+        for _ in range(EXPONENTIAL_STEPS):
+            y = torch.minimum(torch.maximum(y * (1 + log_a - torch.log(y)) / (1 + y), y), upper)
+        return T * (tc + y)
+
+
+@dataclass(frozen=True)
+class CrossEntropy:
+    """R(V; Y) = s sum_j -log softmax(V[:, j])[y_j], the softmax cross-entropy of each column.
+
+    The V_N block uses the prox-linear step (grad R is s/2-Lipschitz); there is no exact prox.
+    """
+
+    reduction: str = "sum"
+    solver: str = "prox_linear"
+
+    def __post_init__(self) -> None:
+        _check_reduction(self.reduction)
+        require(self.solver == "prox_linear", "solver", self.solver,
+                "prox_linear only: the softmax couples the classes of a column, so there is no elementwise exact "
+                "prox")  # fmt: skip
+
+    def __call__(self, V: Tensor, Y: Tensor) -> Tensor:
+        s = _scale(self.reduction, V.shape[1])
+        return -s * (Y * torch.log_softmax(V, dim=0)).sum()
+
+    def grad(self, V: Tensor, Y: Tensor) -> Tensor:
+        """Returns grad R(V; Y) = s (softmax(V) - Y), softmax over the classes of each column."""
+        return _scale(self.reduction, V.shape[1]) * (torch.softmax(V, dim=0) - Y)
+
+    def lipschitz(self, n: int) -> float:
+        """Returns s/2: each column's Hessian diag(p) - p p^T has eigenvalues <= 1/2 (Gershgorin: 2 p_k (1 - p_k))."""
+        return _scale(self.reduction, n) / 2

@@ -1,42 +1,111 @@
-"""Block solvers shared by the splitting schemes (``../bcd-math.md``, Algorithm 2).
+"""Block solvers shared by the splitting schemes (``bcd-math.md``, Algorithms 1-3).
 
-Each function returns the exact minimiser of one block subproblem with every
-other block fixed. Matrices are d x n (one column per sample); biases are
-vectors broadcast over columns and are never regularized.
+Each function returns the minimiser of one block subproblem with every other block
+fixed: exactly where a closed form exists (a linear system solved by Cholesky, an
+elementwise prox), otherwise by a monotone inner solver (``inner.py``) started at the
+block's old value. Matrices are d x n (one column per sample); biases are vectors
+broadcast over columns and are never regularized.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
 
+from bcd_cli.engine.inner import (
+    InnerSolver,
+    fista,
+    largest_eigenvalue,
+    prox_gradient,
+    spectral_norm_squared,
+)
 from bcd_cli.engine.linalg import add_to_diagonal, spd_solve
+
+log = logging.getLogger(__name__)
+
+ALPHA_CHECKS = ("warn", "raise")
+
+
+def output_alpha(loss, n: int, *, gamma: float, alpha: float, check: str) -> float:
+    """The proximal weight of the V_N block, checked against Theorem 2 when the loss is prox-linear.
+
+    The prox-linear V_N step lowers the objective by (alpha + gamma/2 - L/2) ||Delta||^2,
+    L the Lipschitz constant of grad R, so Theorem 2 needs alpha > (L - gamma)/2. When
+    that fails, ``check='warn'`` logs a warning and keeps alpha; ``check='raise'``
+    uses (L - gamma)/2 + alpha for this block, which restores a decrease of alpha ||Delta||^2.
+    """
+    if loss.solver != "prox_linear":
+        return alpha
+    L = loss.lipschitz(n)
+    bound = (L - gamma) / 2
+    if alpha > bound:
+        return alpha
+    if check == "raise":
+        log.warning("alpha=%g fails Theorem 2 for this loss (needs alpha > (L - gamma)/2 = %g); the V_N block uses "
+                    "alpha=%g", alpha, bound, bound + alpha)  # fmt: skip
+        return bound + alpha
+    log.warning("alpha=%g fails Theorem 2 for this loss (needs alpha > (L - gamma)/2 = %g): the objective may rise; "
+                "raise alpha or set trainer.alpha_check=raise", alpha, bound)  # fmt: skip
+    return alpha
+
+
+def feasible(reg, X: Tensor) -> Tensor:
+    """X projected onto the domain of the regularizer (``prox`` with t = 0), e.g. clamped for a box."""
+    return reg.prox(X, 0.0)
 
 
 def update_output_state(loss, reg_v, Y: Tensor, target: Tensor, V_old: Tensor, *, gamma: float, alpha: float) -> Tensor:
-    """Returns argmin_V R(V; Y) + s_N(V) + gamma/2 ||V - target||^2 + alpha/2 ||V - V_old||^2.
+    """Returns argmin_V R(V; Y) + s_N(V) + gamma/2 ||V - target||^2 + alpha/2 ||V - V_old||^2 (step 1 of Algorithm 2).
 
-    ``target`` is U_N (three-splitting). The two quadratics and the quadratic
-    part ``ridge/2 ||V||^2`` of s_N merge into one, weight/2 ||V - center||^2,
-    handed to the loss's prox.
+    ``target`` is U_N (three-splitting) or W_N V_{N-1} + b_N (two-splitting). For a loss
+    with an exact prox the two quadratics merge into weight/2 ||V - center||^2 and the
+    regularizer combines its prox with the loss's (both elementwise). Otherwise the
+    prox-linear step (3.2) of Theorem 2 linearises R at V_old:
+    V = prox_{s_N/(alpha + gamma)}((alpha V_old + gamma target - grad R(V_old)) / (alpha + gamma)).
     """
-    weight = gamma + alpha + reg_v.ridge
+    weight = gamma + alpha
+    if loss.solver == "prox_linear":
+        center = torch.mul(V_old, alpha).add_(target, alpha=gamma).sub_(loss.grad(V_old, Y)).div_(weight)
+        return reg_v.prox(center, 1.0 / weight)
     center = V_old * (alpha / weight)
     center.add_(target, alpha=gamma / weight)
-    return loss.prox(Y, center, weight)
+    return reg_v.prox_with(lambda c, w: loss.prox(Y, c, w), center, weight)
 
 
 def update_preactivation(act, V: Tensor, Z: Tensor, U_old: Tensor, *, gamma: float, rho: float, alpha: float) -> Tensor:
     """Returns argmin_U gamma/2 ||V - sigma(U)||^2 + rho/2 ||U - Z||^2 + alpha/2 ||U - U_old||^2, elementwise.
 
-    ``Z`` is W V_prev + b. With b = (rho Z + alpha U_old)/(rho + alpha) and
-    c = (rho + alpha)/gamma this is the activation's prox(V, b, c).
+    ``Z`` is W V_prev + b; ``V`` is the layer's output minus its residual input for a
+    residual layer. With b = (rho Z + alpha U_old)/(rho + alpha) and c = (rho + alpha)/gamma
+    this is the activation's prox(V, b, c), which never returns a worse point than U_old.
     """
     if alpha:
         b = Z.mul_(rho / (rho + alpha)).add_(U_old, alpha=alpha / (rho + alpha))  # Z is a fresh product: reuse it
     else:
         b = Z
-    return act.prox(V, b, (rho + alpha) / gamma)
+    return act.prox(V, b, (rho + alpha) / gamma, start=U_old)
+
+
+def _weights_system(U: Tensor, V_in: Tensor, W_old: Tensor, b_old: Tensor, *, rho: float, alpha: float, ridge: float):
+    """H and G of the normal equations Theta H = G in Theta = [W b] (see ``update_weights``)."""
+    d, n = V_in.shape
+    H = V_in.new_empty(d + 1, d + 1)
+    H[:d, :d] = V_in @ V_in.T
+    row_sums = V_in.sum(dim=1)
+    H[:d, d] = row_sums
+    H[d, :d] = row_sums
+    H[d, d] = n
+    H.mul_(rho)
+    diagonal = H.new_full((d + 1,), alpha + ridge)
+    diagonal[d] = alpha
+    add_to_diagonal(H, diagonal)
+
+    G = U.new_empty(U.shape[0], d + 1)
+    G[:, :d] = torch.addmm(W_old, U, V_in.T, beta=alpha, alpha=rho)
+    G[:, d] = U.sum(dim=1).mul_(rho).add_(b_old, alpha=alpha)
+    return H, G
 
 
 def update_weights(
@@ -49,56 +118,145 @@ def update_weights(
     rho: float,
     alpha: float,
     solve_dtype: torch.dtype | None = None,
+    inner: InnerSolver | None = None,
     block: str = "W",
 ) -> tuple[Tensor, Tensor]:
     """Returns argmin_{W,b} r(W) + rho/2 ||U - W V_in - b 1^T||^2 + alpha/2 (||W - W_old||^2 + ||b - b_old||^2).
 
-    For r = ridge/2 ||W||^2 the normal equations in Theta = [W b] read
-    Theta (rho [V;1][V;1]^T + diag(alpha + ridge, ..., alpha)) = rho U [V;1]^T + alpha [W_old b_old];
-    [V;1][V;1]^T is assembled from V V^T, the row sums of V and n, so the
-    row of ones is never materialised.
+    The smooth part is 1/2 <Theta, Theta H> - <G, Theta> in Theta = [W b] with
+    H = rho [V;1][V;1]^T + alpha I and G = rho U [V;1]^T + alpha [W_old b_old]; [V;1][V;1]^T
+    is assembled from V V^T, the row sums of V and n, so the row of ones is never built.
+    For r = ridge/2 ||W||^2 the minimiser solves Theta (H + ridge I_W) = G (Cholesky).
+    Otherwise (l1, elastic net, box, nonnegativity) FISTA on Theta runs from [W_old b_old];
+    each of its steps costs one (d_out x (d+1)) x ((d+1) x (d+1)) product, independent of n.
     """
-    d, n = V_in.shape
-    H = V_in.new_empty(d + 1, d + 1)
-    H[:d, :d] = V_in @ V_in.T
-    row_sums = V_in.sum(dim=1)
-    H[:d, d] = row_sums
-    H[d, :d] = row_sums
-    H[d, d] = n
-    H.mul_(rho)
-    diagonal = H.new_full((d + 1,), alpha + reg_w.ridge)
-    diagonal[d] = alpha
-    add_to_diagonal(H, diagonal)
+    d = V_in.shape[0]
+    if reg_w.quadratic:
+        H, G = _weights_system(U, V_in, W_old, b_old, rho=rho, alpha=alpha, ridge=reg_w.ridge)
+        Theta = spd_solve(H, G.T, solve_dtype=solve_dtype, block=block).T
+        return Theta[:, :d].contiguous(), Theta[:, d].contiguous()
 
-    G = U.new_empty(U.shape[0], d + 1)
-    G[:, :d] = torch.addmm(W_old, U, V_in.T, beta=alpha, alpha=rho)
-    G[:, d] = U.sum(dim=1).mul_(rho).add_(b_old, alpha=alpha)
-    Theta = spd_solve(H, G.T, solve_dtype=solve_dtype, block=block).T
+    H, G = _weights_system(U, V_in, W_old, b_old, rho=rho, alpha=alpha, ridge=0.0)
+
+    def prox(Theta: Tensor, t: float) -> Tensor:
+        return torch.cat([reg_w.prox(Theta[:, :d], t), Theta[:, d:]], dim=1)  # the bias column is not regularized
+
+    Theta = fista(
+        lambda T: T @ H, G, torch.cat([W_old, b_old.unsqueeze(1)], dim=1),
+        lipschitz=largest_eigenvalue(H), prox=prox, penalty=lambda T: reg_w(T[:, :d]), solver=inner or InnerSolver(),
+    )  # fmt: skip
     return Theta[:, :d].contiguous(), Theta[:, d].contiguous()
 
 
 def update_hidden_state(
     reg_v,
     target: Tensor,
+    weight: float,
     U_next: Tensor,
     W_next: Tensor,
     b_next: Tensor,
+    V_old: Tensor,
     *,
-    gamma: float,
     rho: float,
     solve_dtype: torch.dtype | None = None,
+    inner: InnerSolver | None = None,
     block: str = "V",
 ) -> Tensor:
-    """Returns argmin_V s(V) + gamma/2 ||V - target||^2 + rho/2 ||U_next - W_next V - b_next 1^T||^2.
+    """Returns argmin_V s(V) + weight/2 ||V - target||^2 + rho/2 ||U_next - W_next V - b_next 1^T||^2.
 
-    ``target`` is sigma(U_i). For s = ridge/2 ||V||^2 this solves
-    ((gamma + ridge) I + rho W^T W) V = gamma target + rho W^T (U_next - b_next 1^T);
-    the bias enters as one column broadcast over the samples.
+    The callers merge every quadratic in V into ``weight/2 ||V - target||^2`` (the penalty
+    gamma/2 ||V - sigma(U_i)||^2, a residual successor's term, a proximal term). The
+    smooth part is 1/2 <V, H V> - <G, V> with H = weight I + rho W^T W and
+    G = weight target + rho W^T (U_next - b_next 1^T), the bias a column broadcast over
+    the samples. For s = ridge/2 ||V||^2 the minimiser solves (H + ridge I) V = G
+    (Cholesky); otherwise FISTA runs from V_old.
     """
-    H = add_to_diagonal(rho * (W_next.T @ W_next), gamma + reg_v.ridge)
-    G = torch.addmm(target, W_next.T, U_next, beta=gamma, alpha=rho)
+    G = torch.addmm(target, W_next.T, U_next, beta=weight, alpha=rho)
     G.sub_((W_next.T @ b_next).mul_(rho).unsqueeze(1))
-    return spd_solve(H, G, solve_dtype=solve_dtype, block=block)
+    H = add_to_diagonal(rho * (W_next.T @ W_next), weight + (reg_v.ridge if reg_v.quadratic else 0.0))
+    if reg_v.quadratic:
+        return spd_solve(H, G, solve_dtype=solve_dtype, block=block)
+    return fista(
+        lambda V: H @ V, G, V_old,
+        lipschitz=largest_eigenvalue(H), prox=reg_v.prox, penalty=reg_v, solver=inner or InnerSolver(),
+    )  # fmt: skip
+
+
+def update_hidden_state_nonlinear(
+    act_next,
+    reg_v,
+    target: Tensor,
+    weight: float,
+    V_next: Tensor,
+    W_next: Tensor,
+    b_next: Tensor,
+    V_old: Tensor,
+    *,
+    gamma: float,
+    inner: InnerSolver,
+) -> Tensor:
+    """Returns a point no worse than V_old for
+    min_V s(V) + weight/2 ||V - target||^2 + gamma/2 ||V_next - sigma_next(W_next V + b_next 1^T)||^2.
+
+    The V_i block of Algorithm 1 (two-splitting) behind a nonlinear sigma_next, with its
+    penalty and proximal terms merged into ``weight/2 ||V - target||^2``: nonconvex, so
+    proximal gradient with backtracking from V_old.
+    """
+
+    def smooth(V: Tensor) -> tuple[Tensor, Tensor]:
+        A = torch.addmm(b_next.unsqueeze(1), W_next, V)
+        return 0.5 * weight * squared_distance(V, target) + 0.5 * gamma * squared_distance(V_next, act_next(A)), A
+
+    def gradient(V: Tensor, A: Tensor) -> Tensor:
+        residual = (act_next(A) - V_next).mul_(act_next.derivative(A))
+        return torch.addmm(V - target, W_next.T, residual, beta=weight, alpha=gamma)
+
+    curvature = weight + gamma * spectral_norm_squared(W_next)
+    return prox_gradient(smooth, gradient, V_old, step=1.0 / curvature, prox=reg_v.prox, penalty=reg_v, solver=inner)
+
+
+def update_weights_nonlinear(
+    act,
+    reg_w,
+    V_out: Tensor,
+    V_in: Tensor,
+    W_old: Tensor,
+    b_old: Tensor,
+    *,
+    gamma: float,
+    alpha: float,
+    inner: InnerSolver,
+) -> tuple[Tensor, Tensor]:
+    """Returns a point no worse than (W_old, b_old) for
+    min_{W,b} r(W) + gamma/2 ||V_out - sigma(W V_in + b 1^T)||^2 + alpha/2 (||W - W_old||^2 + ||b - b_old||^2).
+
+    The W_i block of Algorithm 1 behind a nonlinear sigma: a nonlinear least-squares
+    problem, solved by proximal gradient with backtracking on Theta = [W b] from the old value.
+    """
+    d = V_in.shape[0]
+    Theta_old = torch.cat([W_old, b_old.unsqueeze(1)], dim=1)
+
+    def smooth(Theta: Tensor) -> tuple[Tensor, Tensor]:
+        A = torch.addmm(Theta[:, d:], Theta[:, :d], V_in)
+        return 0.5 * gamma * squared_distance(V_out, act(A)) + 0.5 * alpha * squared_distance(Theta, Theta_old), A
+
+    def gradient(Theta: Tensor, A: Tensor) -> Tensor:
+        residual = (act(A) - V_out).mul_(act.derivative(A)).mul_(gamma)
+        grad = Theta - Theta_old
+        grad.mul_(alpha)
+        grad[:, :d].addmm_(residual, V_in.T)
+        grad[:, d].add_(residual.sum(dim=1))
+        return grad
+
+    def prox(Theta: Tensor, t: float) -> Tensor:
+        return torch.cat([reg_w.prox(Theta[:, :d], t), Theta[:, d:]], dim=1)  # the bias column is not regularized
+
+    curvature = alpha + gamma * (spectral_norm_squared(V_in) + V_in.shape[1])
+    Theta = prox_gradient(
+        smooth, gradient, Theta_old,
+        step=1.0 / curvature, prox=prox, penalty=lambda T: reg_w(T[:, :d]), solver=inner,
+    )  # fmt: skip
+    return Theta[:, :d].contiguous(), Theta[:, d].contiguous()
 
 
 def squared_distance(A: Tensor, B: Tensor) -> Tensor:

@@ -1,14 +1,16 @@
-"""The MLP that BCD trains: weights W_i, biases b_i, and its forward pass.
+"""The network that BCD trains: weights W_i, biases b_i, optional residual layers, and its forward pass.
 
 Layers are indexed l = 0..N-1 (the paper's i = l + 1). Layer l maps
 ``V[l]`` (d_l x n, ``V[0] = X``) to ``U[l] = W[l] V[l] + b[l]`` and
-``V[l+1] = sigma_l(U[l])``; the output layer's sigma is the identity.
+``V[l+1] = sigma_l(U[l])``, or ``V[l+1] = V[l] + sigma_l(U[l])`` for a residual
+layer (the paper's (3.4); it needs d_{l+1} = d_l). The output layer's sigma is
+the identity and the output layer is never residual.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -18,11 +20,20 @@ from bcd_cli.catalogue.activations import Linear
 
 @dataclass
 class MLP:
-    """Parameters and activations of a fully connected network."""
+    """Parameters and activations of a fully connected network, plain or with residual layers."""
 
     W: list[Tensor]
     b: list[Tensor]
     acts: list  # one callable per layer; the last is Linear
+    residual: list[bool] = field(default_factory=list)  # per layer; empty means no residual layer
+
+    def __post_init__(self) -> None:
+        if not self.residual:
+            self.residual = [False] * len(self.W)
+        for l, res in enumerate(self.residual):
+            if res and self.W[l].shape[0] != self.W[l].shape[1]:
+                raise ValueError(f"residual layer {l + 1} must keep its width, not map {self.W[l].shape[1]} to "
+                                 f"{self.W[l].shape[0]}")  # fmt: skip
 
     @classmethod
     def init(
@@ -35,6 +46,7 @@ class MLP:
         seed: int,
         dtype: torch.dtype,
         device: torch.device,
+        residual: Sequence[bool] | None = None,
     ) -> MLP:
         """Remark 1 of the paper: W_i ~ N(0, init_std^2), b_i = init_bias.
 
@@ -48,7 +60,7 @@ class MLP:
             W.append(w.to(dtype=dtype, device=device))
             b.append(torch.full((d_out,), float(init_bias), dtype=dtype, device=device))
         acts = [act] * (len(W) - 1) + [Linear()]
-        return cls(W, b, acts)
+        return cls(W, b, acts, list(residual) if residual is not None else [])
 
     @property
     def depth(self) -> int:
@@ -65,19 +77,24 @@ class MLP:
         """W_l V + b_l, the bias broadcast over columns (never materialised as a matrix)."""
         return torch.addmm(self.b[l].unsqueeze(1), self.W[l], V)
 
+    def layer_output(self, l: int, V: Tensor, U: Tensor) -> Tensor:
+        """What layer l makes of its input V and pre-activation U: sigma_l(U), plus V when the layer is residual."""
+        out = self.acts[l](U)
+        return out + V if self.residual[l] else out
+
     def forward_states(self, X: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """U and V of one forward pass: ``V[0] = X``, ``U[l] = W_l V[l] + b_l``, ``V[l+1] = sigma(U[l])``."""
+        """U and V of one forward pass: ``V[0] = X``, ``U[l] = W_l V[l] + b_l``, ``V[l+1]`` = layer l's output."""
         V, U = [X], []
-        for l, sigma in enumerate(self.acts):
+        for l in range(self.depth):
             U.append(self.pre_activation(l, V[l]))
-            V.append(sigma(U[l]))
+            V.append(self.layer_output(l, V[l], U[l]))
         return U, V
 
     @torch.no_grad()
     def __call__(self, X: Tensor) -> Tensor:
-        """The network's output sigma_N(W_N ... sigma_1(W_1 X + b_1) ... + b_N)."""
-        for l, sigma in enumerate(self.acts):
-            X = sigma(self.pre_activation(l, X))
+        """The network's output sigma_N(W_N ... sigma_1(W_1 X + b_1) ... + b_N), residual layers included."""
+        for l in range(self.depth):
+            X = self.layer_output(l, X, self.pre_activation(l, X))
         return X
 
     def accuracy(self, X: Tensor, labels: Tensor) -> float:

@@ -1,0 +1,246 @@
+"""Vectorised solvers of one-dimensional problems, applied to every element of a tensor at once.
+
+Each solver loops only over a fixed small number of grid points or iterations; every
+step is one elementwise operation on the whole tensor (or on the subset of elements
+that still needs work), in the dtype and on the device of its inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+ROOT_STEPS = 8  # Newton-or-bisection steps that place a root of sigma = v inside its grid interval
+RESCANS = 2  # extra grid scans of a bracket that the first scans shrank by more than SHRINK
+SHRINK = 0.25  # rescan when the bracket radius fell below this fraction (the old grid had < ~grid/4 points in it)
+
+
+class SmoothActivation(Protocol):
+    """An elementwise sigma with its first two derivatives."""
+
+    def __call__(self, u: Tensor) -> Tensor: ...
+
+    def derivative(self, u: Tensor) -> Tensor: ...
+
+    def second_derivative(self, u: Tensor) -> Tensor: ...
+
+
+def nonconvex_argmin(
+    act: SmoothActivation,
+    v: Tensor,
+    b: Tensor,
+    c: float,
+    start: Tensor | None = None,
+    *,
+    grid: int = 32,
+    newton_steps: int = 12,
+    increasing: bool = False,
+) -> Tensor:
+    """Returns argmin_u phi(u) = 1/2 (sigma(u) - v)^2 + c/2 (u - b)^2, elementwise, for a smooth sigma.
+
+    Bracket: phi(u*) <= phi(p) for any point p (b, ``start``, any point evaluated so
+    far), and phi(u*) >= c/2 (u* - b)^2, so |u* - b| <= r = sqrt(2 min phi(p) / c); at
+    p = b this is |sigma(b) - v| / sqrt(c). When sigma is nondecreasing
+    (``increasing``), every u on the side of b away from v has
+    |sigma(u) - v| >= |sigma(b) - v| and so phi(u) >= phi(b): the bracket halves to
+    [b - r, b] when sigma(b) > v, else [b, b + r].
+
+    A scan evaluates phi at ``grid`` equally spaced points of the bracket (one point at
+    a time over all elements) and refines, by ``newton_steps`` safeguarded Newton steps
+    on phi' = (sigma - v) sigma' + c (u - b) with phi'' = sigma'^2 + (sigma - v) sigma'' + c,
+    the two most promising basins among the discrete local minima of the grid and the
+    root of sigma = v nearest to b (located inside its grid interval, where a steep
+    sigma can hide a narrow valley). Newton takes a gradient step where phi'' <= 0,
+    clips every step to a trust radius that starts at the grid spacing and halves on
+    rejection, and keeps a step only where it lowers phi. Where the best value found
+    shrinks the bracket radius below ``SHRINK`` times its old value, the old grid was
+    coarse there: those elements are scanned again on the new bracket (at most
+    ``RESCANS`` times). The result is, elementwise, the best point evaluated; it is never
+    worse than b or ``start``.
+    """
+    best_u, best_f = b, 0.5 * (act(b) - v).square()
+    if start is not None:
+        f_start = 0.5 * (act(start) - v).square() + 0.5 * c * (start - b).square()
+        better = f_start < best_f
+        best_u = torch.where(better, start, best_u)
+        best_f = torch.where(better, f_start, best_f)
+
+    new_u, new_f = _scan(act, v, b, c, best_u, best_f, grid, newton_steps, increasing)
+    shape = v.shape
+    flat_v, flat_b = v.reshape(-1), b.reshape(-1)
+    for _ in range(RESCANS):
+        # elements whose bracket radius sqrt(2 f / c) shrank below SHRINK times the scanned one
+        coarse = (new_f < SHRINK**2 * best_f).reshape(-1)
+        best_u, best_f = new_u, new_f
+        todo = coarse.nonzero().squeeze(1)
+        if todo.numel() == 0:
+            break
+        flat_u, flat_f = best_u.reshape(-1).clone(), best_f.reshape(-1).clone()
+        sub_u, sub_f = _scan(act, flat_v[todo], flat_b[todo], c, flat_u[todo], flat_f[todo], grid, newton_steps,
+                             increasing)  # fmt: skip
+        new_f = flat_f.index_put((todo,), sub_f).reshape(shape)
+        new_u = flat_u.index_put((todo,), sub_u).reshape(shape)
+    return new_u
+
+
+def _scan(
+    act: SmoothActivation,
+    v: Tensor,
+    b: Tensor,
+    c: float,
+    best_u: Tensor,
+    best_f: Tensor,
+    grid: int,
+    newton_steps: int,
+    increasing: bool,
+) -> tuple[Tensor, Tensor]:
+    """One grid scan of the bracket implied by (best_u, best_f = phi(best_u)) and its Newton refinement.
+
+    Returns the best point evaluated (including ``best_u``) and its value phi.
+    """
+
+    def phi(u: Tensor) -> Tensor:
+        return 0.5 * (act(u) - v).square() + 0.5 * c * (u - b).square()
+
+    r = torch.sqrt(best_f * (2.0 / c))
+    if increasing:
+        first = torch.where(act(b) > v, -r, torch.zeros_like(r))  # offset of the first grid point from b
+        step = r / (grid - 1)
+    else:
+        first = -r
+        step = 2.0 * r / (grid - 1)
+
+    # running state over the grid: the previous point (offset from b, sigma - v, phi), whether it is below
+    # its left neighbour, the two best discrete local minima (value and place; the best one is the best
+    # grid point), and the intervals of the two roots of sigma = v nearest to b
+    inf = torch.full_like(best_f, float("inf"))
+    min1_f, min1_u, min2_f, min2_u = inf, b, inf, b
+    prev_off, prev_gap, prev_f, prev_left = first, v, inf, torch.ones_like(best_f, dtype=torch.bool)
+    root1_d, root1_lo, root2_d, root2_lo = inf, b, inf, b
+    for k in range(grid + 1):
+        if k < grid:
+            off = first + k * step
+            gap = act(b + off) - v
+            f = 0.5 * torch.addcmul(gap.square(), off, off, value=c)
+            is_min = prev_left & (prev_f <= f)
+        else:
+            is_min = prev_left  # the last grid point has no right neighbour
+        if k > 0:  # discrete local minima are two grid steps apart or more: no basin check needed
+            min1_f, min1_u, min2_f, min2_u = _keep_two_best(is_min, prev_f, b + prev_off, min1_f, min1_u, min2_f,
+                                                            min2_u)  # fmt: skip
+        if 0 < k < grid:
+            # sigma - v changes sign between two grid points: a valley of phi with value <= c/2 d^2 may hide
+            # there, d the farther end's distance to b; keep the two with the smallest d
+            d = torch.maximum(prev_off.abs(), off.abs())
+            crossing = prev_gap * gap <= 0
+            root1_d, root1_lo, root2_d, root2_lo = _keep_two_best(crossing, d, b + prev_off, root1_d, root1_lo,
+                                                                  root2_d, root2_lo)  # fmt: skip
+        if k < grid:
+            prev_left = f < prev_f
+            prev_off, prev_gap, prev_f = off, gap, f
+
+    # the two roots compete with the discrete minima for the two Newton starts
+    for root_d, root_lo in ((root1_d, root1_lo), (root2_d, root2_lo)):
+        sign = torch.where(act(root_lo) <= v, 1.0, -1.0).to(v.dtype)
+
+        def signed_gap(u: Tensor, sign: Tensor = sign) -> tuple[Tensor, Tensor]:
+            return sign * (act(u) - v), sign * act.derivative(u)
+
+        root_u = increasing_root(signed_gap, root_lo, root_lo + step, ROOT_STEPS)
+        root_f = torch.where(root_d < inf, phi(root_u), inf)
+        min1_f, min1_u, min2_f, min2_u = _keep_two_best(root_f < inf, root_f, root_u, min1_f, min1_u, min2_f, min2_u,
+                                                        step)  # fmt: skip
+    # best grid point (now min1 or min2, unless a better root in its basin displaced it) against the old best
+    better = min1_f < best_f
+    best_u = torch.where(better, min1_u, best_u)
+    best_f = torch.where(better, min1_f, best_f)
+
+    for u0, f0 in ((min1_u, min1_f), (min2_u, min2_f)):
+        u, f = _safeguarded_newton(act, phi, v, b, c, u0, f0, step, newton_steps)
+        better = f < best_f
+        best_u = torch.where(better, u, best_u)
+        best_f = torch.where(better, f, best_f)
+    return best_u, best_f
+
+
+def _keep_two_best(
+    offer: Tensor,
+    f: Tensor,
+    u: Tensor,
+    f1: Tensor,
+    u1: Tensor,
+    f2: Tensor,
+    u2: Tensor,
+    sep: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Inserts (f, u) where ``offer`` into the pair of best (value, place): returns (f1, u1, f2, u2), f1 <= f2.
+
+    With ``sep``, places within ``sep`` of the best one count as its basin: they replace it or
+    are dropped, so the pair stays two different basins.
+    """
+    new1 = offer & (f < f1)
+    new2 = offer & ~new1 & (f < f2)
+    demote = new1
+    if sep is not None:
+        same = (u - u1).abs() <= sep
+        new2 = new2 & ~same
+        demote = new1 & ~same  # the old best becomes the second unless the new one is in its basin
+    f2 = torch.where(demote, f1, torch.where(new2, f, f2))
+    u2 = torch.where(demote, u1, torch.where(new2, u, u2))
+    return torch.where(new1, f, f1), torch.where(new1, u, u1), f2, u2
+
+
+def _safeguarded_newton(
+    act: SmoothActivation,
+    phi: Callable[[Tensor], Tensor],
+    v: Tensor,
+    b: Tensor,
+    c: float,
+    u: Tensor,
+    f: Tensor,
+    radius: Tensor,
+    steps: int,
+) -> tuple[Tensor, Tensor]:
+    """Monotone Newton descent on phi from (u, f = phi(u)); returns the last accepted point and its value."""
+    tol = 8 * torch.finfo(u.dtype).eps
+    for _ in range(steps):
+        s, ds = act(u), act.derivative(u)
+        g = (s - v) * ds + c * (u - b)
+        h = ds.square() + (s - v) * act.second_derivative(u) + c
+        move = torch.where(h > 0, -g / h, -g)
+        move = torch.minimum(torch.maximum(move, -radius), radius)
+        u_new = u + move
+        f_new = phi(u_new)
+        ok = f_new < f
+        u = torch.where(ok, u_new, u)
+        f = torch.where(ok, f_new, f)
+        # a rejected step is retried at half its length
+        radius = torch.where(ok, radius, 0.5 * move.abs())
+        # stop once no element has a step larger than rounding left to take
+        if not bool(torch.any(move.abs() > tol * (1 + u.abs()))):
+            break
+    return u, f
+
+
+def increasing_root(
+    g_and_slope: Callable[[Tensor], tuple[Tensor, Tensor]], lo: Tensor, hi: Tensor, iterations: int
+) -> Tensor:
+    """Returns a root in [lo, hi] of a continuous g with g(lo) <= 0 <= g(hi), elementwise (unique if g increases).
+
+    Newton steps from the midpoint, each replaced by a bisection step when it leaves the
+    current (closed) bracket; the bracket shrinks to the side where g changes sign after every
+    evaluation, so the iterate converges even where Newton alone would not.
+    """
+    z = 0.5 * (lo + hi)
+    for _ in range(iterations):
+        g, slope = g_and_slope(z)
+        lo = torch.where(g <= 0, z, lo)
+        hi = torch.where(g >= 0, z, hi)
+        newton = z - g / slope
+        # an endpoint is allowed: a root that rounds to it is reached by Newton, not by halving towards it
+        inside = (newton >= lo) & (newton <= hi)
+        z = torch.where(inside, newton, 0.5 * (lo + hi))
+    return z

@@ -1,0 +1,77 @@
+"""What every BCD scheme shares: its hyperparameters, the starting point and the objective's bookkeeping."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from bcd_cli.engine.blocks import ALPHA_CHECKS, feasible, output_alpha
+from bcd_cli.engine.inner import InnerSolver
+from bcd_cli.engine.network import MLP
+
+
+class BCDScheme:
+    """Hyperparameters and state of a BCD scheme; subclasses define ``sweep`` and ``objective_parts``.
+
+    ``rho`` (the weight of ||U - W V||^2 in three-splitting) defaults to ``gamma``.
+    ``inner_iters``/``inner_tol`` bound the monotone inner solvers of blocks without a
+    closed form; ``alpha_check`` ('warn' or 'raise') is what happens when alpha fails
+    Theorem 2 for a prox-linear loss (see ``blocks.output_alpha``).
+    The weights start inside the domain of ``reg_w`` (projected); ``net`` is updated in
+    place, so its forward pass always uses the current weights.
+    """
+
+    name: ClassVar[str]
+    residual: ClassVar[bool] = False  # whether the scheme trains networks with residual layers
+
+    def __init__(
+        self,
+        net: MLP,
+        X: Tensor,
+        Y: Tensor,
+        *,
+        loss,
+        reg_w,
+        reg_v,
+        gamma: float,
+        alpha: float,
+        rho: float | None = None,
+        solve_dtype: torch.dtype | None = None,
+        inner_iters: int = 20,
+        inner_tol: float = 1e-6,
+        alpha_check: str = "warn",
+    ) -> None:
+        if any(net.residual) != self.residual:
+            raise ValueError(
+                f"splitting={self.name} trains {'residual' if self.residual else 'plain'} networks; "
+                f"this one {'has' if any(net.residual) else 'has no'} residual layers"
+            )
+        if alpha_check not in ALPHA_CHECKS:
+            raise ValueError("alpha_check", alpha_check, " or ".join(ALPHA_CHECKS))
+        self.net, self.X, self.Y = net, X, Y
+        self.loss, self.reg_w, self.reg_v = loss, reg_w, reg_v
+        self.gamma, self.alpha = float(gamma), float(alpha)
+        self.rho = float(gamma if rho is None else rho)
+        self.solve_dtype = solve_dtype
+        self.inner = InnerSolver(iters=int(inner_iters), tol=float(inner_tol))
+        self.alpha_out = output_alpha(loss, Y.shape[1], gamma=self.gamma, alpha=self.alpha, check=alpha_check)
+        net.W[:] = [feasible(reg_w, w) for w in net.W]
+
+    def sweep(self) -> float:
+        """One sweep over all blocks; returns D_k = ||P^k - P^(k-1)||_F^2."""
+        raise NotImplementedError
+
+    def objective_parts(self) -> dict[str, Tensor]:
+        """The terms of the scheme's objective as 0-dim tensors: loss, penalty_v, penalty_u, reg_w, reg_v."""
+        raise NotImplementedError
+
+    def objective(self) -> dict[str, float]:
+        """L(P^k) and its parts, moved to the host in one transfer."""
+        parts = self.objective_parts()
+        device = self.Y.device
+        values = torch.stack([torch.as_tensor(p, dtype=torch.float64, device=device) for p in parts.values()])
+        result = dict(zip(parts, values.tolist(), strict=True))
+        result["objective"] = sum(result.values())
+        return result
