@@ -93,3 +93,29 @@ def test_trainer_inner_solver_settings_reach_the_scheme(tmp_path: Path):
     cfg = compose_config(*TINY, "trainer.inner_iters=7", "trainer.inner_tol=0.01", "trainer.alpha_check=raise")
     algorithm = run(cfg, tmp_path).algorithm
     assert (algorithm.inner.iters, algorithm.inner.tol) == (7, 0.01)
+
+
+def readme_examples() -> list:
+    """The overrides of every ``bcd-train ...`` line of the README's usage block (multirun, --help, cuda excluded)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Use", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    params = []
+    for line in block.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words[:1] != ["bcd-train"] or {"-m", "--help"} & set(words) or "device=cuda" in words:
+            continue
+        params.append(pytest.param(words[1:], id=" ".join(words[1:]) or "default"))
+    return params
+
+
+@pytest.mark.parametrize("overrides", readme_examples())
+def test_readme_examples_compose_and_validate(overrides: list[str], idx_folder: Path):
+    from bcd_cli.config import validate
+
+    overrides = [f"data.root={idx_folder}" if o.startswith("data.root=") else o for o in overrides]
+    validate(compose_config(*overrides))
+
+
+def test_readme_has_examples_of_every_scheme():
+    used = " ".join(" ".join(p.values[0]) for p in readme_examples())
+    assert "splitting=two" in used and "model=resnet" in used and "splitting=three" in used

@@ -24,6 +24,27 @@ def test_default_digits_run_reaches_090_test_accuracy(tmp_path: Path):
     assert json.loads((tmp_path / "summary.json").read_text())["final_test_acc"] == result.summary["final_test_acc"]
 
 
+# each scheme on digits (1347 train / 450 test), a 64-unit network, 15 sweeps, init_std 0.1:
+# (overrides, least final test accuracy); measured final accuracies in the comments
+SCHEMES_LEARN = [
+    pytest.param(["splitting=three"], 0.92, id="three-relu-square"),  # 0.942
+    pytest.param(["splitting=two"], 0.92, id="two-relu-square"),  # 0.936
+    pytest.param(["model=resnet", "model.width=64", "model.depth=2"], 0.89, id="resnet-relu-square"),  # 0.911
+    pytest.param(["loss=cross_entropy"], 0.93, id="three-relu-cross_entropy"),  # 0.956
+    pytest.param(["loss=hinge"], 0.93, id="three-relu-hinge"),  # 0.960
+    pytest.param(["splitting=two", "act=tanh", "loss=logistic"], 0.93, id="two-tanh-logistic"),  # 0.956
+]
+
+
+@pytest.mark.parametrize("overrides, least", SCHEMES_LEARN)
+def test_each_scheme_learns_digits(overrides: list[str], least: float, tmp_path: Path):
+    size = [] if "model=resnet" in overrides else ["model.widths=[64]"]
+    cfg = compose_config("device=cpu", "epochs=15", "model.init_std=0.1", *size, *overrides)
+    summary = run(cfg, tmp_path).summary
+    assert summary["final_test_acc"] >= least, summary
+    assert summary["descent_held"]
+
+
 def test_metrics_file_matches_the_run_and_its_parts_add_up(tmp_path: Path):
     result = run(compose_config(*TINY, "epochs=4", "reg@reg_w=l2", "reg@reg_v=l2"), tmp_path)
     on_disk = pd.read_csv(tmp_path / "metrics.csv")

@@ -127,8 +127,9 @@ def update_weights(
     H = rho [V;1][V;1]^T + alpha I and G = rho U [V;1]^T + alpha [W_old b_old]; [V;1][V;1]^T
     is assembled from V V^T, the row sums of V and n, so the row of ones is never built.
     For r = ridge/2 ||W||^2 the minimiser solves Theta (H + ridge I_W) = G (Cholesky).
-    Otherwise (l1, elastic net, box, nonnegativity) FISTA on Theta runs from [W_old b_old];
-    each of its steps costs one (d_out x (d+1)) x ((d+1) x (d+1)) product, independent of n.
+    Otherwise (l1, elastic net, box, nonnegativity) FISTA on Theta runs from [W_old b_old]
+    or from the prox of the minimiser without r, whichever is better; each of its steps
+    costs one (d_out x (d+1)) x ((d+1) x (d+1)) product, independent of n.
     """
     d = V_in.shape[0]
     if reg_w.quadratic:
@@ -141,9 +142,12 @@ def update_weights(
     def prox(Theta: Tensor, t: float) -> Tensor:
         return torch.cat([reg_w.prox(Theta[:, :d], t), Theta[:, d:]], dim=1)  # the bias column is not regularized
 
+    L = largest_eigenvalue(H)
+    # the minimiser without h, moved into dom h: exact when h is inactive there, a warm start otherwise
+    candidate = prox(spd_solve(H, G.T, solve_dtype=solve_dtype, block=block).T, 1.0 / L)
     Theta = fista(
         lambda T: T @ H, G, torch.cat([W_old, b_old.unsqueeze(1)], dim=1),
-        lipschitz=largest_eigenvalue(H), prox=prox, penalty=lambda T: reg_w(T[:, :d]), solver=inner or InnerSolver(),
+        lipschitz=L, prox=prox, penalty=lambda T: reg_w(T[:, :d]), solver=inner or InnerSolver(), candidate=candidate,
     )  # fmt: skip
     return Theta[:, :d].contiguous(), Theta[:, d].contiguous()
 
@@ -169,16 +173,20 @@ def update_hidden_state(
     smooth part is 1/2 <V, H V> - <G, V> with H = weight I + rho W^T W and
     G = weight target + rho W^T (U_next - b_next 1^T), the bias a column broadcast over
     the samples. For s = ridge/2 ||V||^2 the minimiser solves (H + ridge I) V = G
-    (Cholesky); otherwise FISTA runs from V_old.
+    (Cholesky); otherwise FISTA runs from V_old or from the prox of the minimiser without
+    s, whichever is better.
     """
     G = torch.addmm(target, W_next.T, U_next, beta=weight, alpha=rho)
     G.sub_((W_next.T @ b_next).mul_(rho).unsqueeze(1))
     H = add_to_diagonal(rho * (W_next.T @ W_next), weight + (reg_v.ridge if reg_v.quadratic else 0.0))
+    solution = spd_solve(H, G, solve_dtype=solve_dtype, block=block)
     if reg_v.quadratic:
-        return spd_solve(H, G, solve_dtype=solve_dtype, block=block)
+        return solution
+    L = largest_eigenvalue(H)
     return fista(
         lambda V: H @ V, G, V_old,
-        lipschitz=largest_eigenvalue(H), prox=reg_v.prox, penalty=reg_v, solver=inner or InnerSolver(),
+        lipschitz=L, prox=reg_v.prox, penalty=reg_v, solver=inner or InnerSolver(),
+        candidate=reg_v.prox(solution, 1.0 / L),  # the minimiser without h, moved into dom h
     )  # fmt: skip
 
 

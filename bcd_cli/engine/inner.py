@@ -43,22 +43,34 @@ def fista(
     prox: Callable[[Tensor, float], Tensor],
     penalty: Callable[[Tensor], Tensor],
     solver: InnerSolver,
+    candidate: Tensor | None = None,
 ) -> Tensor:
     """A point no worse than x0 for min_X 1/2 <X, H X> - <G, X> + h(X), H symmetric positive definite.
 
     ``apply_H`` is the linear map X -> H X (or X H), ``lipschitz`` an upper bound on the
     largest eigenvalue of H, ``prox(Z, t) = argmin_X h(X) + 1/(2t) ||X - Z||^2`` and
     ``penalty(X) = h(X)``. Monotone FISTA (Beck and Teboulle's MFISTA) with a momentum
-    restart whenever a step would raise the objective; x0 must lie in the domain of h.
+    restart whenever a step would raise the objective. It starts from x0, or from
+    ``candidate`` when that is better (e.g. the minimiser without h, mapped into the
+    domain of h); both must lie in the domain of h.
     """
+
+    def value_of(X: Tensor, HX: Tensor) -> Tensor:
+        return 0.5 * _dot(X, HX) - _dot(G, X) + penalty(X)
+
     step = 1.0 / lipschitz
     x, Hx = x0, apply_H(x0)
-    value = 0.5 * _dot(x, Hx) - _dot(G, x) + penalty(x)
+    value = value_of(x, Hx)
+    if candidate is not None:
+        H_candidate = apply_H(candidate)
+        candidate_value = value_of(candidate, H_candidate)
+        if bool(candidate_value < value):
+            x, Hx, value = candidate, H_candidate, candidate_value
     y, Hy, t = x, Hx, 1.0
     for _ in range(solver.iters):
         z = prox(y - step * (Hy - G), step)
         Hz = apply_H(z)
-        z_value = 0.5 * _dot(z, Hz) - _dot(G, z) + penalty(z)
+        z_value = value_of(z, Hz)
         if not bool(z_value <= value):  # restart the momentum from the best point
             if y is x:
                 break  # a plain proximal-gradient step from x failed: x is optimal up to rounding
