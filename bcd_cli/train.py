@@ -167,8 +167,12 @@ def _write_reports(
         metrics, status=status, wall_seconds=time.perf_counter() - started, device=str(data.X_train.device),
         dtype=cfg.dtype, parameters=net.n_parameters(),
         sizes=net.sizes, n_train=data.n_train, n_test=data.n_test,
+        splitting=algorithm.name, alpha_output_block=algorithm.alpha_out,
     )  # fmt: skip
     write_summary(out_dir / SUMMARY_FILE, summary)
-    title = f"{cfg.data.name}, {'-'.join(map(str, net.sizes))}, gamma={cfg.gamma}, alpha={cfg.alpha}"
+    title = (
+        f"{cfg.data.name}, splitting={algorithm.name}, {'-'.join(map(str, net.sizes))}, "
+        f"gamma={cfg.gamma}, alpha={cfg.alpha}"
+    )
     plot_curves(metrics, out_dir / CURVES_FILE, title=title)
     return metrics, summary

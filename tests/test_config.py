@@ -84,6 +84,7 @@ def test_catalogue_parameters_reach_the_entries(tmp_path: Path):
 def test_model_selects_its_scheme(overrides, scheme, residual, tmp_path: Path):
     result = run(compose_config(*tiny_overrides(*overrides)), tmp_path)
     assert type(result.algorithm).__name__ == scheme
+    assert result.summary["splitting"] == result.algorithm.name
     assert result.net.residual == residual
     if scheme == "ResNetBCD":
         assert result.net.sizes == [64, 12, 12, 12, 10]
