@@ -4,12 +4,15 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
+STAMP  := $(shell date +%Y-%m-%d/%H-%M-%S)
+# the folder `make report` regenerates: DIR=..., or the newest multirun or figure1 folder
+DIR    ?= $(shell ls -dt outputs/figure1/*/* outputs/sweep/*/* outputs/multirun/*/* 2>/dev/null | head -1)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-all bench lint clean
+.PHONY: help run test test-all figure1 sweep report bench lint clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
 $(BIN)/bcd-train: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +28,17 @@ test: $(BIN)/bcd-train  ## run the test suite without the slow tests (GPU tests 
 
 test-all: $(BIN)/bcd-train  ## run every test, slow ones included
 	$(BIN)/python -m pytest $(ARGS)
+
+figure1: $(BIN)/bcd-train  ## the paper's Figure 1: BCD vs SGD (MNIST, 784-600x10-10), comparison figure and table; shrink with ARGS="..."
+	$(BIN)/bcd-train -m experiment=figure1 trainer=bcd,sgd hydra.sweep.dir=outputs/figure1/$(STAMP) $(ARGS)
+	@echo "Figure 1: outputs/figure1/$(STAMP)/comparison.png, comparison.md"
+
+sweep: $(BIN)/bcd-train  ## a gamma x alpha grid on digits: sweep_summary.csv and heatmap.png; more overrides in ARGS="..."
+	$(BIN)/bcd-train -m gamma=0.1,1,10 alpha=0.1,1,10 hydra.sweep.dir=outputs/sweep/$(STAMP) $(ARGS)
+	@echo "Sweep report: outputs/sweep/$(STAMP)/sweep_summary.csv, heatmap.png"
+
+report: $(BIN)/bcd-train  ## regenerate every report of a run or multirun folder: make report DIR=outputs/... (default: the newest)
+	$(BIN)/bcd-report $(DIR)
 
 bench: $(BIN)/bcd-train  ## seconds per BCD sweep against the measured GEMM rate (scripts/bench_sweep.py; options in ARGS)
 	$(BIN)/python scripts/bench_sweep.py $(ARGS)

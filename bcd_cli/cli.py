@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
 
-from bcd_cli.console import SweepProgress, summary_table
+from bcd_cli.console import progress_display, summary_table
 from bcd_cli.errors import BCDError
 from bcd_cli.report import METRICS_FILE
 from bcd_cli.train import run
@@ -33,9 +33,9 @@ def _train(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     console = Console()
-    progress = SweepProgress(
-        console, description=f"BCD #{hydra_cfg.job.num}" if hydra_cfg.mode == RunMode.MULTIRUN else "BCD"
-    )
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    method = str(cfg.trainer.name).upper()
+    progress = progress_display(console, f"{method} #{hydra_cfg.job.num}" if multirun else method, live=not multirun)
     try:
         result = run(cfg, out_dir, progress)
     except BCDError as err:

@@ -35,7 +35,7 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "alpha", lambda x: x > 0, "a number > 0")
     _number(cfg, "epochs", lambda x: x >= 1, "an integer >= 1 (BCD sweeps)", integer=True)
     _number(cfg, "seed", lambda x: x >= 0, "an integer >= 0", integer=True)
-    for key in ("dtype", "trainer.solve_dtype"):
+    for key in ("dtype", "trainer.solve_dtype") if OmegaConf.select(cfg, "trainer.name") == "bcd" else ("dtype",):
         if OmegaConf.select(cfg, key) not in DTYPES:
             raise ConfigError(key, OmegaConf.select(cfg, key), f"one of {', '.join(DTYPES)}")
 
@@ -73,6 +73,8 @@ def _validate_model(cfg: DictConfig) -> None:
         _number(cfg, "model.width", lambda x: x >= 1, "an integer >= 1 (width of the residual layers)", integer=True)
         _number(cfg, "model.depth", lambda x: x >= 1, "an integer >= 1 (number of residual layers)", integer=True)
 
+    if OmegaConf.select(cfg, "trainer.name") != "bcd":
+        return  # the gradient baselines train the network itself, whatever the splitting
     target = OmegaConf.select(cfg, "splitting._target_")
     try:
         scheme = get_class(target)
@@ -89,7 +91,36 @@ def _validate_model(cfg: DictConfig) -> None:
 
 
 def _validate_trainer(cfg: DictConfig) -> None:
-    """The inner solver's budget and the Theorem 2 policy of the BCD trainer."""
+    """The inner solver's budget and the Theorem 2 policy of the BCD trainer; the optimizer settings of sgd/adam."""
+    trainers = ("bcd", "sgd", "adam")
+    name = OmegaConf.select(cfg, "trainer.name")
+    if name not in trainers:
+        raise ConfigError("trainer.name", name, f"one of {', '.join(trainers)}")
+    if name != "bcd":
+        _number(cfg, "trainer.lr", lambda x: x > 0, "a number > 0 (step size)")
+        _number(cfg, "trainer.batch_size", lambda x: x >= 1, "an integer >= 1 (samples per step)", integer=True)
+        _number(cfg, "trainer.weight_decay", lambda x: x >= 0, "a number >= 0")
+        if name == "sgd":
+            _number(cfg, "trainer.momentum", lambda x: 0 <= x < 1, "a number in [0, 1)")
+            nesterov = OmegaConf.select(cfg, "trainer.nesterov")
+            if not isinstance(nesterov, bool):
+                raise ConfigError("trainer.nesterov", nesterov, "true or false")
+            if nesterov and cfg.trainer.momentum == 0:
+                raise ConfigError(
+                    "trainer.nesterov", nesterov, "false when trainer.momentum=0 (Nesterov needs momentum > 0)"
+                )
+        else:
+            betas = OmegaConf.select(cfg, "trainer.betas")
+            if not (
+                isinstance(betas, ListConfig)
+                and len(betas) == 2
+                and all(
+                    isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and 0 <= x < 1
+                    for x in betas
+                )
+            ):
+                raise ConfigError("trainer.betas", _plain(betas), "a list of two numbers in [0, 1)")
+        return
     _number(cfg, "trainer.inner_iters", lambda x: x >= 1, "an integer >= 1 (inner solver steps)", integer=True)
     _number(cfg, "trainer.inner_tol", lambda x: x >= 0, "a number >= 0 (relative step size)")
     check = OmegaConf.select(cfg, "trainer.alpha_check")

@@ -1,4 +1,4 @@
-"""Terminal output of a run: a rich progress bar per sweep and the final summary table."""
+"""Terminal output of a run: a live progress bar in a terminal (plain lines otherwise) and the summary table."""
 
 from __future__ import annotations
 
@@ -34,6 +34,34 @@ class SweepProgress:
 
     def stop(self) -> None:
         self.bar.stop()
+
+
+class PlainProgress:
+    """One line per sweep, for output that is not a terminal (logs, pipes) and for multiruns (no interleaved bars)."""
+
+    def __init__(self, console: Console, description: str = "BCD") -> None:
+        self.console, self.description, self.total = console, description, 0
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def update(self, row: dict[str, Any]) -> None:
+        self.console.print(
+            f"{self.description} sweep {row['sweep']}/{self.total}  L={row['objective']:.6g}  "
+            f"train {row['train_acc']:.4f}  test {row['test_acc']:.4f}  ({row['seconds']:.2f} s)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    def stop(self) -> None:
+        pass
+
+
+def progress_display(console: Console, description: str, *, live: bool) -> SweepProgress | PlainProgress:
+    """A live bar when ``live`` and the console is a terminal, else plain lines."""
+    if live and console.is_terminal:
+        return SweepProgress(console, description)
+    return PlainProgress(console, description)
 
 
 def summary_table(summary: dict[str, Any], out_dir: str) -> Table:

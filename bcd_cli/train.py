@@ -75,12 +75,19 @@ def build_algorithm(cfg: DictConfig, data: Dataset, device: torch.device, dtype:
         residual=residual,
     )  # fmt: skip
     trainer = cfg.trainer
-    algorithm = build(cfg, "splitting")(
-        net, data.X_train, data.Y_train,
-        loss=loss, reg_w=reg_w, reg_v=reg_v, gamma=cfg.gamma, rho=cfg.rho, alpha=cfg.alpha,
-        solve_dtype=DTYPES[trainer.solve_dtype], inner_iters=trainer.inner_iters, inner_tol=trainer.inner_tol,
-        alpha_check=trainer.alpha_check,
-    )  # fmt: skip
+    from bcd_cli.baselines import OPTIMIZERS, GradientBaseline
+
+    if trainer.name in OPTIMIZERS:  # the same network trained by torch.optim; the splitting group is not used
+        algorithm: Any = GradientBaseline.from_trainer(
+            trainer, net, data.X_train, data.Y_train, loss=loss, reg_w=reg_w, seed=cfg.seed
+        )
+    else:
+        algorithm = build(cfg, "splitting")(
+            net, data.X_train, data.Y_train,
+            loss=loss, reg_w=reg_w, reg_v=reg_v, gamma=cfg.gamma, rho=cfg.rho, alpha=cfg.alpha,
+            solve_dtype=DTYPES[trainer.solve_dtype], inner_iters=trainer.inner_iters, inner_tol=trainer.inner_tol,
+            alpha_check=trainer.alpha_check,
+        )  # fmt: skip
     log.info(
         "network %s, %d parameters, on %s (%s)",
         "-".join(map(str, sizes)),
@@ -98,6 +105,7 @@ def sweeps(algorithm: Any, loss: Any, data: Dataset, epochs: int) -> Iterator[di
     """
     device = data.X_train.device
     previous = {"sweep": 0, "seconds": 0.0, "D": math.nan, "descent_ratio": math.nan} | _evaluate(algorithm, loss, data)
+    previous["grad_norm"] = algorithm.gradient_norm()
     if not math.isfinite(previous["objective"]):
         raise NumericalError(
             "non-finite objective at the initial point (sweep 0): lower model.init_std or use dtype=float64"
@@ -109,6 +117,7 @@ def sweeps(algorithm: Any, loss: Any, data: Dataset, epochs: int) -> Iterator[di
         D = algorithm.sweep()
         _synchronize(device)
         row = {"sweep": k, "seconds": time.perf_counter() - start, "D": D} | _evaluate(algorithm, loss, data)
+        row["grad_norm"] = algorithm.gradient_norm()
         row["descent_ratio"] = (previous["objective"] - row["objective"]) / D if D > 0 else math.nan
         if not (math.isfinite(row["objective"]) and math.isfinite(D)):
             raise NumericalError(f"non-finite objective or iterate at sweep {k}; metrics of sweeps 0..{k - 1} are kept")
@@ -167,12 +176,16 @@ def _write_reports(
         metrics, status=status, wall_seconds=time.perf_counter() - started, device=str(data.X_train.device),
         dtype=cfg.dtype, parameters=net.n_parameters(),
         sizes=net.sizes, n_train=data.n_train, n_test=data.n_test,
-        splitting=algorithm.name, alpha_output_block=algorithm.alpha_out,
+        method=algorithm.name, alpha_output_block=getattr(algorithm, "alpha_out", None),
     )  # fmt: skip
     write_summary(out_dir / SUMMARY_FILE, summary)
-    title = (
-        f"{cfg.data.name}, splitting={algorithm.name}, {'-'.join(map(str, net.sizes))}, "
-        f"gamma={cfg.gamma}, alpha={cfg.alpha}"
-    )
+    if cfg.trainer.name == "bcd":
+        settings = f"splitting={algorithm.name}, gamma={cfg.gamma}, alpha={cfg.alpha}"
+    else:
+        settings = f"trainer={algorithm.name}, lr={cfg.trainer.lr}, batch={cfg.trainer.batch_size}"
+    title = f"{cfg.data.name}, {'-'.join(map(str, net.sizes))}, {settings}"
     plot_curves(metrics, out_dir / CURVES_FILE, title=title)
+    from bcd_cli.report import CONVERGENCE_FILE, plot_convergence
+
+    plot_convergence(metrics, out_dir / CONVERGENCE_FILE, title=title)
     return metrics, summary

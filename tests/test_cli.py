@@ -32,6 +32,9 @@ def test_documented_command_runs_and_writes_the_run_folder(tmp_path: Path):
     assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (folder / ".hydra" / "config.yaml").is_file()
     assert "sweep 2:" in (folder / "train.log").read_text()
+    # not a terminal: one plain line per sweep instead of a live bar
+    assert "BCD sweep 0/2" in proc.stdout and "BCD sweep 2/2" in proc.stdout
+    assert "\x1b[" not in proc.stdout.split("bcd-train")[0]  # no cursor control before the summary table
     assert "final test accuracy" in proc.stdout
 
 
@@ -40,6 +43,7 @@ def test_multirun_gives_one_folder_per_job(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     folders = run_folders(tmp_path / "sweep")
     assert len(folders) == 6
+    assert all(f"BCD #{job} sweep 2/2" in proc.stdout for job in range(6))  # plain lines, one job after another
     seen = set()
     for folder in folders:
         overrides = (folder / ".hydra" / "overrides.yaml").read_text()
@@ -166,3 +170,20 @@ def test_non_finite_start_is_a_clear_error(tmp_path: Path):
     assert proc.returncode == 3
     assert "Traceback" not in proc.stderr
     assert "non-finite objective at the initial point" in proc.stderr and "model.init_std" in proc.stderr
+
+
+def test_figure1_shrunken_writes_the_comparison(idx_folder: Path, tmp_path: Path):
+    """The Figure 1 preset at toy scale: BCD and SGD from the same start, the comparison figure and table."""
+    sweep = tmp_path / "figure1"
+    proc = run_cli(
+        "-m", "experiment=figure1", "trainer=bcd,sgd", f"data.root={idx_folder}", "data.n_train=100",
+        "data.n_test=50", "model.widths=[16,16]", "epochs=2", "device=cpu", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "BCD #0 sweep 2/2" in proc.stdout and "SGD #1 sweep 2/2" in proc.stdout
+    table = pd.read_csv(sweep / "comparison.csv")
+    assert sorted(table["trainer"]) == ["bcd", "sgd"]
+    assert "| bcd" in (sweep / "comparison.md").read_text() and "| sgd" in (sweep / "comparison.md").read_text()
+    assert (sweep / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = [pd.read_csv(folder / "metrics.csv").iloc[0] for folder in run_folders(sweep)]
+    assert first[0]["test_acc"] == first[1]["test_acc"] and first[0]["loss"] == first[1]["loss"]  # same start

@@ -29,7 +29,7 @@ def tiny_overrides(*overrides: str) -> list[str]:
 def all_options() -> list:
     """One override per option of every group under conf/ (hydra/ excluded)."""
     params = []
-    for group in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name != "hydra"):
+    for group in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment")):
         for option in sorted(group.glob("*.yaml")):
             for key in PACKAGED.get(group.name, (None,)):
                 override = f"{group.name}@{key}={option.stem}" if key else f"{group.name}={option.stem}"
@@ -39,7 +39,7 @@ def all_options() -> list:
 
 
 def test_every_group_is_walked():
-    groups = {p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra"}
+    groups = {p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment")}
     assert {"data", "model", "splitting", "loss", "act", "reg", "device", "trainer"} <= groups
     assert len(all_options()) >= 15
 
@@ -84,7 +84,7 @@ def test_catalogue_parameters_reach_the_entries(tmp_path: Path):
 def test_model_selects_its_scheme(overrides, scheme, residual, tmp_path: Path):
     result = run(compose_config(*tiny_overrides(*overrides)), tmp_path)
     assert type(result.algorithm).__name__ == scheme
-    assert result.summary["splitting"] == result.algorithm.name
+    assert result.summary["method"] == result.algorithm.name
     assert result.net.residual == residual
     if scheme == "ResNetBCD":
         assert result.net.sizes == [64, 12, 12, 12, 10]
@@ -120,3 +120,25 @@ def test_readme_examples_compose_and_validate(overrides: list[str], idx_folder: 
 def test_readme_has_examples_of_every_scheme():
     used = " ".join(" ".join(p.values[0]) for p in readme_examples())
     assert "splitting=two" in used and "model=resnet" in used and "splitting=three" in used
+
+
+def test_figure1_preset_is_the_papers_setting():
+    cfg = compose_config("experiment=figure1")
+    assert cfg.data.name == "mnist" and list(cfg.model.widths) == [600] * 10
+    assert (cfg.model.init_std, cfg.model.init_bias, cfg.gamma, cfg.alpha) == (0.01, 0.1, 1.0, 1.0)
+    assert cfg.loss._target_.endswith("Square") and cfg.loss.reduction == "sum" and cfg.act._target_.endswith("ReLU")
+    assert cfg.splitting._target_.endswith("ThreeSplittingBCD")
+    sgd = compose_config("experiment=figure1", "trainer=sgd")
+    assert (sgd.trainer.lr, sgd.trainer.batch_size) == (0.001, 512)
+    # command-line overrides win over the preset
+    assert compose_config("experiment=figure1", "epochs=3", "data=fashion_mnist").data.name == "fashion_mnist"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_runs_a_sweep(preset: str, idx_folder: Path, tmp_path: Path):
+    cfg = compose_config(
+        f"experiment={preset}", f"data.root={idx_folder}", "data.n_train=100", "data.n_test=50", "epochs=1",
+        "device=cpu",
+    )  # fmt: skip
+    assert run(cfg, tmp_path).metrics["sweep"].tolist() == [0, 1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -25,6 +26,7 @@ class BCDScheme:
 
     name: ClassVar[str]
     residual: ClassVar[bool] = False  # whether the scheme trains networks with residual layers
+    V: list[Tensor]  # the states V_0 = X, V_1, ..., V_N (set by each scheme)
 
     def __init__(
         self,
@@ -66,6 +68,37 @@ class BCDScheme:
     def objective_parts(self) -> dict[str, Tensor]:
         """The terms of the scheme's objective as 0-dim tensors: loss, penalty_v, penalty_u, reg_w, reg_v."""
         raise NotImplementedError
+
+    def blocks(self) -> list[Tensor]:
+        """Every block of the state: W, b, then the V (and U) blocks."""
+        return [*self.net.W, *self.net.b, *self.V[1:], *getattr(self, "U", [])]
+
+    def _set_blocks(self, blocks: list[Tensor]) -> None:
+        depth = self.net.depth
+        self.net.W[:], self.net.b[:] = blocks[:depth], blocks[depth : 2 * depth]
+        self.V[1:] = blocks[2 * depth : 3 * depth]
+        if hasattr(self, "U"):
+            self.U[:] = blocks[3 * depth :]
+
+    def gradient_norm(self) -> float:
+        """||grad L(P^k)||_F over all blocks, by autograd (Lemma 2 bounds it by b ||P^k - P^(k-1)||).
+
+        NaN when a regularizer is not differentiable (l1, box, ...); elsewhere L is
+        differentiable almost everywhere (ReLU and hinge kinks have measure zero).
+        """
+        if not (self.reg_w.quadratic and self.reg_v.quadratic):
+            return math.nan
+        saved = self.blocks()
+        leaves = [t.detach().clone().requires_grad_(True) for t in saved]
+        try:
+            self._set_blocks(leaves)
+            with torch.enable_grad():
+                value = torch.stack([torch.as_tensor(p) for p in self.objective_parts().values()]).sum()
+                grads = torch.autograd.grad(value, leaves, allow_unused=True)
+        finally:
+            self._set_blocks(saved)
+        total = sum(g.square().sum() for g in grads if g is not None)
+        return math.sqrt(float(total))
 
     def objective(self) -> dict[str, float]:
         """L(P^k) and its parts, moved to the host in one transfer."""

@@ -1,0 +1,158 @@
+"""Gradient baselines: the network BCD trains, trained instead by mini-batch SGD or Adam (torch.optim).
+
+The baseline trains the plain forward network ``net(X)`` (residual layers included)
+from the same initial weights, on the objective F = R(net(X); Y) + sum_l r(W_l) with
+the catalogue loss R and weight regularizer r. Each epoch shuffles the samples and
+takes one optimizer step per mini-batch B of columns on the per-sample mean loss
+(1/|B|) sum_{j in B} l_j, i.e. the catalogue loss with ``reduction='mean'`` on the batch.
+
+The regularizer is handled by proximal SGD: after each optimizer step,
+W_l <- prox_{lr c r}(W_l), with c = 1/n when the loss sums over the n samples and
+c = 1 when it averages them, so that an epoch decreases F/n or F. For a quadratic r
+this is weight decay, for an indicator (box, nonneg) a projection. Adam takes the
+same proximal step after its own update (a common heuristic: the prox does not use
+Adam's per-coordinate step sizes). The torch.optim ``weight_decay`` option is separate,
+passed through to the optimizer, and applies to every parameter, biases included.
+
+The metrics follow the BCD schemes' protocol: ``sweep`` (one epoch), ``objective``
+(the parts of F, with zero penalties and no state regularizer) and ``gradient_norm``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bcd_cli.engine.network import MLP
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+class GradientBaseline:
+    """Mini-batch training of ``net`` by torch.optim SGD or Adam, with a proximal step for ``reg_w``.
+
+    ``net.W`` and ``net.b`` always hold the current (detached) weights, so ``net(X)``
+    and its accuracy use the trained network. The weights start inside the domain of
+    ``reg_w`` (projected), as in the BCD schemes. ``seed`` seeds the generator of the
+    epochs' sample permutations (drawn on the CPU), so runs are reproducible.
+    """
+
+    def __init__(
+        self,
+        net: MLP,
+        X: Tensor,
+        Y: Tensor,
+        *,
+        loss,
+        reg_w,
+        optimizer: str = "sgd",
+        lr: float = 1e-3,
+        batch_size: int = 512,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        betas: Sequence[float] = (0.9, 0.999),
+        seed: int = 0,
+    ) -> None:
+        if optimizer not in OPTIMIZERS:
+            raise ValueError("optimizer", optimizer, " or ".join(OPTIMIZERS))
+        if int(batch_size) < 1:
+            raise ValueError("batch_size", batch_size, "an integer >= 1")
+        self.name = optimizer
+        self.net, self.X, self.Y = net, X, Y
+        self.loss, self.reg_w = loss, reg_w
+        self.batch_loss = dataclasses.replace(loss, reduction="mean")
+        self.lr, self.batch_size = float(lr), int(batch_size)
+        # the prox step of r for one optimizer step: the epoch minimises F/n (sum over samples) or F (mean)
+        self.prox_step = self.lr / X.shape[1] if loss.reduction == "sum" else self.lr
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.W = [reg_w.prox(w, 0.0).detach().clone().requires_grad_(True) for w in net.W]
+        self.b = [b.detach().clone().requires_grad_(True) for b in net.b]
+        params = [*self.W, *self.b]
+        self.optimizer: torch.optim.Optimizer
+        if optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(
+                params, lr=self.lr, momentum=float(momentum), nesterov=bool(nesterov), weight_decay=float(weight_decay)
+            )
+        else:
+            beta1, beta2 = (float(beta) for beta in betas)
+            self.optimizer = torch.optim.Adam(
+                params, lr=self.lr, betas=(beta1, beta2), weight_decay=float(weight_decay)
+            )
+        self._publish()
+
+    @classmethod
+    def from_trainer(cls, trainer: Any, net: MLP, X: Tensor, Y: Tensor, *, loss, reg_w, seed: int) -> GradientBaseline:
+        """The baseline that the ``trainer`` config group (sgd or adam) describes."""
+        return cls(
+            net, X, Y, loss=loss, reg_w=reg_w, optimizer=trainer.name, lr=trainer.lr, batch_size=trainer.batch_size,
+            momentum=trainer.get("momentum", 0.0), nesterov=trainer.get("nesterov", False),
+            weight_decay=trainer.get("weight_decay", 0.0), betas=tuple(trainer.get("betas", (0.9, 0.999))), seed=seed,
+        )  # fmt: skip
+
+    def _publish(self) -> None:
+        """Points ``net`` at detached views of the trained parameters (they follow every in-place update)."""
+        self.net.W[:] = [w.detach() for w in self.W]
+        self.net.b[:] = [b.detach() for b in self.b]
+
+    def _forward(self, X: Tensor, W: list[Tensor], b: list[Tensor]) -> Tensor:
+        """The network's output at weights W, b, differentiable with respect to them."""
+        saved_W, saved_b = list(self.net.W), list(self.net.b)
+        self.net.W[:], self.net.b[:] = W, b
+        try:
+            with torch.enable_grad():
+                for l in range(self.net.depth):
+                    X = self.net.layer_output(l, X, self.net.pre_activation(l, X))
+        finally:
+            self.net.W[:], self.net.b[:] = saved_W, saved_b
+        return X
+
+    def sweep(self) -> float:
+        """One epoch over a fresh permutation of the samples; returns D = ||theta_after - theta_before||_F^2."""
+        before = [p.detach().clone() for p in (*self.W, *self.b)]
+        n = self.X.shape[1]
+        order = torch.randperm(n, generator=self.generator).to(self.X.device)
+        for start in range(0, n, self.batch_size):
+            batch = order[start : start + self.batch_size]
+            X, Y = self.X.index_select(1, batch), self.Y.index_select(1, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                self.batch_loss(self._forward(X, self.W, self.b), Y).backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                for w in self.W:
+                    projected = self.reg_w.prox(w, self.prox_step)
+                    if projected is not w:
+                        w.copy_(projected)
+        with torch.no_grad():
+            change = torch.stack([(p - q).square().sum() for p, q in zip((*self.W, *self.b), before, strict=True)])
+        return float(change.sum())
+
+    @torch.no_grad()
+    def objective(self) -> dict[str, float]:
+        """F at the current weights and its parts (penalties and reg_v are 0), moved to the host in one transfer."""
+        loss = self.loss(self.net(self.X), self.Y)
+        reg_w = torch.stack([torch.as_tensor(self.reg_w(w), dtype=loss.dtype, device=loss.device) for w in self.net.W])
+        zero = loss.new_zeros(())
+        parts = {"loss": loss, "penalty_v": zero, "penalty_u": zero, "reg_w": reg_w.sum(), "reg_v": zero}
+        values = torch.stack([p.to(torch.float64) for p in parts.values()]).tolist()
+        result = dict(zip(parts, values, strict=True))
+        result["objective"] = sum(result.values())
+        return result
+
+    def gradient_norm(self) -> float:
+        """||grad F||_F over all W and b, by autograd; NaN when ``reg_w`` is not differentiable (l1, box, ...)."""
+        if not self.reg_w.quadratic:
+            return math.nan
+        W = [w.detach().clone().requires_grad_(True) for w in self.W]
+        b = [b.detach().clone().requires_grad_(True) for b in self.b]
+        with torch.enable_grad():
+            value = self.loss(self._forward(self.X, W, b), self.Y) + sum(self.reg_w(w) for w in W)
+            grads = torch.autograd.grad(value, [*W, *b], allow_unused=True)
+        total = torch.stack([g.square().sum() for g in grads if g is not None]).sum()
+        return math.sqrt(float(total))

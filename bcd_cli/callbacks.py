@@ -1,0 +1,27 @@
+"""Hydra callbacks: the sweep report written when a multirun ends."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from bcd_cli.sweep import write_sweep_report
+
+log = logging.getLogger(__name__)
+
+
+class SweepReport(Callback):
+    """Writes ``write_sweep_report(hydra.sweep.dir)`` after the last job of a multirun; never raises."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            folder = Path(str(config.hydra.sweep.dir))
+            written = write_sweep_report(folder)
+        except Exception as err:  # a report must not fail the sweep
+            log.warning("sweep report not written: %s: %s", type(err).__name__, err)
+            return
+        log.info("sweep report: %s", ", ".join(str(p) for p in written))

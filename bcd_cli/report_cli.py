@@ -1,0 +1,122 @@
+"""The ``bcd-report`` command: regenerate a run's or a multirun's reports from the files on disk."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bcd_cli.report import (
+    CONVERGENCE_FILE,
+    CURVES_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    plot_convergence,
+    plot_curves,
+    read_metrics,
+    summarize,
+    write_summary,
+)
+from bcd_cli.sweep import job_folders, write_sweep_report
+
+
+class ReportError(Exception):
+    """Bad input to bcd-report: one line, exit status 2."""
+
+
+def regenerate_run(folder: Path) -> list[Path]:
+    """curves.png and convergence.png from metrics.csv, and summary.json's metric fields (its others kept)."""
+    try:
+        metrics = read_metrics(folder / METRICS_FILE)
+    except ValueError as err:
+        raise ReportError(f"{err}; expected a metrics file written by bcd-train") from err
+    summary_path = folder / SUMMARY_FILE
+    try:
+        old = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        old = {}
+    if not isinstance(old, dict):
+        old = {}
+    summary = {**old, **summarize(metrics)}
+    title = _title(folder, summary)
+    write_summary(summary_path, summary)
+    plot_curves(metrics, folder / CURVES_FILE, title=title)
+    plot_convergence(metrics, folder / CONVERGENCE_FILE, title=title)
+    return [summary_path, folder / CURVES_FILE, folder / CONVERGENCE_FILE]
+
+
+def _title(folder: Path, summary: dict[str, Any]) -> str:
+    """The title bcd-train gives the run's plots, from .hydra/config.yaml and summary.json where present."""
+    try:
+        cfg = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        cfg = {}
+    if not isinstance(cfg, dict):
+        cfg = {}
+    parts = []
+    data = cfg.get("data")
+    if isinstance(data, dict) and "name" in data:
+        parts.append(str(data["name"]))
+    if "method" in summary:
+        parts.append(f"splitting={summary['method']}")
+    if isinstance(summary.get("sizes"), list):
+        parts.append("-".join(map(str, summary["sizes"])))
+    parts += [f"{key}={cfg[key]}" for key in ("gamma", "alpha") if key in cfg]
+    return ", ".join(parts) or folder.name
+
+
+def report(folder: Path, keys: list[str] | None = None) -> list[Path]:
+    """The reports of a run folder, or of every job of a multirun folder and then the sweep report."""
+    if not folder.exists():
+        raise ReportError(f"{folder} does not exist; expected a run folder (with {METRICS_FILE}) or a multirun folder")
+    if not folder.is_dir():
+        raise ReportError(f"{folder} is not a folder; expected a run folder (with {METRICS_FILE}) or a multirun folder")
+    if (folder / METRICS_FILE).exists():
+        return regenerate_run(folder)
+    jobs = job_folders(folder)
+    if not jobs:
+        raise ReportError(
+            f"{folder} has no {METRICS_FILE} and no job folders (with .hydra/overrides.yaml); "
+            "expected a run folder or a multirun folder"
+        )
+    written: list[Path] = []
+    for job in jobs:
+        if not (job / METRICS_FILE).exists():
+            print(f"bcd-report: skipped {job}: no {METRICS_FILE}", file=sys.stderr)
+            continue
+        try:
+            written += regenerate_run(job)
+        except ReportError as err:
+            print(f"bcd-report: skipped {job}: {err}", file=sys.stderr)
+    try:
+        written += write_sweep_report(folder, keys=keys)
+    except ValueError as err:
+        raise ReportError(str(err)) from err
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``bcd-report``."""
+    parser = argparse.ArgumentParser(
+        prog="bcd-report",
+        description="Regenerate the plots and summaries of a bcd-train run folder, or of a multirun folder "
+        "(every job's plots, then sweep_summary.csv, heatmap.png and the seed/trainer reports).",
+    )
+    parser.add_argument("dir", type=Path, help="a run folder (with metrics.csv) or a multirun folder")
+    parser.add_argument("--keys", nargs=2, metavar=("ROWS", "COLUMNS"), help="the two swept keys of the heatmap")
+    args = parser.parse_args(argv)
+    try:
+        written = report(args.dir, args.keys)
+    except ReportError as err:
+        print(f"bcd-report: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    for path in written:
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
