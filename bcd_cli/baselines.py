@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bcd_cli.engine.blocks import feasible
 from bcd_cli.engine.network import MLP
 
 OPTIMIZERS = ("sgd", "adam")
@@ -71,7 +72,7 @@ class GradientBaseline:
         # the prox step of r for one optimizer step: the epoch minimises F/n (sum over samples) or F (mean)
         self.prox_step = self.lr / X.shape[1] if loss.reduction == "sum" else self.lr
         self.generator = torch.Generator().manual_seed(int(seed))
-        self.W = [reg_w.prox(w, 0.0).detach().clone().requires_grad_(True) for w in net.W]
+        self.W = [feasible(reg_w, w).detach().clone().requires_grad_(True) for w in net.W]
         self.b = [b.detach().clone().requires_grad_(True) for b in net.b]
         params = [*self.W, *self.b]
         self.optimizer: torch.optim.Optimizer
@@ -133,26 +134,29 @@ class GradientBaseline:
             change = torch.stack([(p - q).square().sum() for p, q in zip((*self.W, *self.b), before, strict=True)])
         return float(change.sum())
 
-    @torch.no_grad()
-    def objective(self) -> dict[str, float]:
-        """F at the current weights and its parts (penalties and reg_v are 0), moved to the host in one transfer."""
-        loss = self.loss(self.net(self.X), self.Y)
-        reg_w = torch.stack([torch.as_tensor(self.reg_w(w), dtype=loss.dtype, device=loss.device) for w in self.net.W])
+    def gradient_norm(self) -> float:
+        """||grad F||_F over all W and b (see ``objective``)."""
+        return self.objective(with_gradient=True)["grad_norm"]
+
+    def objective(self, *, with_gradient: bool = False) -> dict[str, float]:
+        """F at the current weights and its parts (penalties and reg_v are 0), moved to the host in one transfer.
+
+        ``with_gradient`` adds ``grad_norm`` = ||grad F||_F over all W and b, by autograd
+        through the same evaluation; NaN when ``reg_w`` is not differentiable (l1, box, ...).
+        """
+        differentiable = with_gradient and self.reg_w.quadratic
+        W = [w.detach().clone().requires_grad_(differentiable) for w in self.W]
+        b = [b.detach().clone().requires_grad_(differentiable) for b in self.b]
+        with torch.set_grad_enabled(differentiable):
+            loss = self.loss(self._forward(self.X, W, b), self.Y)
+            reg_w = torch.stack([torch.as_tensor(self.reg_w(w), dtype=loss.dtype, device=loss.device) for w in W]).sum()
+            grads = torch.autograd.grad(loss + reg_w, [*W, *b], allow_unused=True) if differentiable else []
         zero = loss.new_zeros(())
-        parts = {"loss": loss, "penalty_v": zero, "penalty_u": zero, "reg_w": reg_w.sum(), "reg_v": zero}
-        values = torch.stack([p.to(torch.float64) for p in parts.values()]).tolist()
+        parts = {"loss": loss, "penalty_v": zero, "penalty_u": zero, "reg_w": reg_w, "reg_v": zero}
+        values = torch.stack([p.detach().to(torch.float64) for p in parts.values()]).tolist()
         result = dict(zip(parts, values, strict=True))
         result["objective"] = sum(result.values())
+        if with_gradient:
+            squares = [g.square().sum() for g in grads if g is not None]
+            result["grad_norm"] = math.sqrt(float(torch.stack(squares).sum())) if differentiable else math.nan
         return result
-
-    def gradient_norm(self) -> float:
-        """||grad F||_F over all W and b, by autograd; NaN when ``reg_w`` is not differentiable (l1, box, ...)."""
-        if not self.reg_w.quadratic:
-            return math.nan
-        W = [w.detach().clone().requires_grad_(True) for w in self.W]
-        b = [b.detach().clone().requires_grad_(True) for b in self.b]
-        with torch.enable_grad():
-            value = self.loss(self._forward(self.X, W, b), self.Y) + sum(self.reg_w(w) for w in W)
-            grads = torch.autograd.grad(value, [*W, *b], allow_unused=True)
-        total = torch.stack([g.square().sum() for g in grads if g is not None]).sum()
-        return math.sqrt(float(total))

@@ -54,9 +54,9 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _evaluate(algorithm: Any, loss: Any, data: Dataset) -> dict[str, float]:
-    """Objective parts at the current point, and the network's own loss and accuracies."""
+    """Objective parts and gradient norm at the current point, and the network's own loss and accuracies."""
     net = algorithm.net
-    row = algorithm.objective()
+    row = algorithm.objective(with_gradient=True)
     output = net(data.X_train)
     row["train_loss"] = loss(output, data.Y_train).item()
     row["train_acc"] = (output.argmax(dim=0) == data.y_train).double().mean().item()
@@ -105,7 +105,6 @@ def sweeps(algorithm: Any, loss: Any, data: Dataset, epochs: int) -> Iterator[di
     """
     device = data.X_train.device
     previous = {"sweep": 0, "seconds": 0.0, "D": math.nan, "descent_ratio": math.nan} | _evaluate(algorithm, loss, data)
-    previous["grad_norm"] = algorithm.gradient_norm()
     if not math.isfinite(previous["objective"]):
         raise NumericalError(
             "non-finite objective at the initial point (sweep 0): lower model.init_std or use dtype=float64"
@@ -117,7 +116,6 @@ def sweeps(algorithm: Any, loss: Any, data: Dataset, epochs: int) -> Iterator[di
         D = algorithm.sweep()
         _synchronize(device)
         row = {"sweep": k, "seconds": time.perf_counter() - start, "D": D} | _evaluate(algorithm, loss, data)
-        row["grad_norm"] = algorithm.gradient_norm()
         row["descent_ratio"] = (previous["objective"] - row["objective"]) / D if D > 0 else math.nan
         if not (math.isfinite(row["objective"]) and math.isfinite(D)):
             raise NumericalError(f"non-finite objective or iterate at sweep {k}; metrics of sweeps 0..{k - 1} are kept")

@@ -81,30 +81,31 @@ class BCDScheme:
             self.U[:] = blocks[3 * depth :]
 
     def gradient_norm(self) -> float:
-        """||grad L(P^k)||_F over all blocks, by autograd (Lemma 2 bounds it by b ||P^k - P^(k-1)||).
+        """||grad L(P^k)||_F over all blocks (see ``objective``)."""
+        return self.objective(with_gradient=True)["grad_norm"]
 
+    def objective(self, *, with_gradient: bool = False) -> dict[str, float]:
+        """L(P^k) and its parts, moved to the host in one transfer.
+
+        ``with_gradient`` adds ``grad_norm`` = ||grad L(P^k)||_F over all blocks, by
+        autograd through the same evaluation (Lemma 2 bounds it by b ||P^k - P^(k-1)||):
         NaN when a regularizer is not differentiable (l1, box, ...); elsewhere L is
         differentiable almost everywhere (ReLU and hinge kinks have measure zero).
         """
-        if not (self.reg_w.quadratic and self.reg_v.quadratic):
-            return math.nan
+        differentiable = with_gradient and self.reg_w.quadratic and self.reg_v.quadratic
         saved = self.blocks()
-        leaves = [t.detach().clone().requires_grad_(True) for t in saved]
+        leaves = [t.detach().clone().requires_grad_(True) for t in saved] if differentiable else saved
         try:
             self._set_blocks(leaves)
-            with torch.enable_grad():
-                value = torch.stack([torch.as_tensor(p) for p in self.objective_parts().values()]).sum()
-                grads = torch.autograd.grad(value, leaves, allow_unused=True)
+            with torch.set_grad_enabled(differentiable):
+                parts = self.objective_parts()
+                values = torch.stack([torch.as_tensor(p, dtype=torch.float64) for p in parts.values()])
+                grads = torch.autograd.grad(values.sum(), leaves, allow_unused=True) if differentiable else []
         finally:
             self._set_blocks(saved)
-        total = sum(g.square().sum() for g in grads if g is not None)
-        return math.sqrt(float(total))
-
-    def objective(self) -> dict[str, float]:
-        """L(P^k) and its parts, moved to the host in one transfer."""
-        parts = self.objective_parts()
-        device = self.Y.device
-        values = torch.stack([torch.as_tensor(p, dtype=torch.float64, device=device) for p in parts.values()])
-        result = dict(zip(parts, values.tolist(), strict=True))
+        result = dict(zip(parts, values.detach().tolist(), strict=True))
         result["objective"] = sum(result.values())
+        if with_gradient:
+            squares = [g.square().sum() for g in grads if g is not None]
+            result["grad_norm"] = math.sqrt(float(torch.stack(squares).sum())) if differentiable else math.nan
         return result
