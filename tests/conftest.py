@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from bcd_cli.cli import config_dir
 
@@ -24,6 +26,20 @@ def compose_config(*overrides: str):
     """The real ``conf/train.yaml`` composed with ``overrides``; Hydra's global state is cleared after."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=list(overrides))
+
+
+def catalogue_entries(group: str) -> dict:
+    """Every entry of ``conf/<group>`` (act, loss or reg) built as the CLI builds it, keyed by its YAML file name."""
+    return {p.stem: instantiate(OmegaConf.load(p)) for p in sorted((CONF / group).glob("*.yaml"))}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: a second intra-op thread only adds synchronisation (slow on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -29,6 +29,7 @@ from bcd_cli.engine.blocks import (
 )
 from bcd_cli.engine.linalg import spd_solve
 from bcd_cli.errors import NumericalError
+from tests.conftest import catalogue_entries
 
 DT = torch.float64
 LAM = 0.4  # large enough for the regularizer to move the minimiser visibly
@@ -295,15 +296,7 @@ def test_squared_distance():
 # X* = prox_{t h}(X* - t grad f(X*)) for any t > 0: an optimality test that does not depend on the solver's path.
 
 
-def conf_entries(group: str) -> dict:
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    root = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf" / group
-    return {p.stem: instantiate(OmegaConf.load(p)) for p in sorted(root.glob("*.yaml"))}
-
-
-ALL_REGS, ALL_LOSSES, ALL_ACTS = conf_entries("reg"), conf_entries("loss"), conf_entries("act")
+ALL_REGS, ALL_LOSSES, ALL_ACTS = catalogue_entries("reg"), catalogue_entries("loss"), catalogue_entries("act")
 NONQUADRATIC = [name for name, reg in ALL_REGS.items() if not reg.quadratic]
 
 

@@ -16,36 +16,23 @@ with an inexact solver carry a proximal term). A prox-linear V_N step lowers L b
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from bcd_cli.engine import MLP, ResNetBCD, ThreeSplittingBCD, TwoSplittingBCD
+from tests.conftest import catalogue_entries
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 DT = torch.float64
 CPU = torch.device("cpu")
 SWEEPS = 4
 SCHEMES = {"two": TwoSplittingBCD, "three": ThreeSplittingBCD, "resnet": ResNetBCD}
 
 
-def entries(group: str) -> dict:
-    return {p.stem: instantiate(OmegaConf.load(p)) for p in sorted((CONF / group).glob("*.yaml"))}
+LOSSES, ACTS, REGS = catalogue_entries("loss"), catalogue_entries("act"), catalogue_entries("reg")
 
 
-LOSSES, ACTS, REGS = entries("loss"), entries("act"), entries("reg")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The matrices are tiny: a second intra-op thread only adds synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ problems and independent objectives
