@@ -30,6 +30,7 @@ from torch import Tensor
 
 from bcd_cli.engine.blocks import feasible
 from bcd_cli.engine.network import MLP
+from bcd_cli.engine.scheme import first_nonfinite
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -133,6 +134,13 @@ class GradientBaseline:
         with torch.no_grad():
             change = torch.stack([(p - q).square().sum() for p, q in zip((*self.W, *self.b), before, strict=True)])
         return float(change.sum())
+
+    def nonfinite_block(self) -> str | None:
+        """The first layer's weights, W1 (W_1 with b_1) to WN, holding a NaN or an infinity; None if all are finite.
+
+        An epoch updates every parameter at each step, so layer order is the order they can go non-finite.
+        """
+        return first_nonfinite([(f"W{l + 1}", [w, b]) for l, (w, b) in enumerate(zip(self.W, self.b, strict=True))])
 
     def gradient_norm(self) -> float:
         """||grad F||_F over all W and b (see ``objective``)."""

@@ -35,6 +35,13 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "alpha", lambda x: x > 0, "a number > 0")
     _number(cfg, "epochs", lambda x: x >= 1, "an integer >= 1 (BCD sweeps)", integer=True)
     _number(cfg, "seed", lambda x: x >= 0, "an integer >= 0", integer=True)
+    _number(
+        cfg, "checkpoint.every", lambda x: x >= 0,
+        "an integer >= 0 (sweeps between checkpoints; 0: only at the end and on Ctrl-C)", integer=True,
+    )  # fmt: skip
+    resume = OmegaConf.select(cfg, "resume")
+    if resume is not None and (not isinstance(resume, str) or not resume.strip()):
+        raise ConfigError("resume", resume, "the path of a run folder to continue, or null")
     for key in ("dtype", "trainer.solve_dtype") if OmegaConf.select(cfg, "trainer.name") == "bcd" else ("dtype",):
         if OmegaConf.select(cfg, key) not in DTYPES:
             raise ConfigError(key, OmegaConf.select(cfg, key), f"one of {', '.join(DTYPES)}")

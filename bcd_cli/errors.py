@@ -29,3 +29,9 @@ class NumericalError(BCDError):
     """A non-finite value or a failed factorisation inside the engine."""
 
     exit_code = 3
+
+
+class Interrupted(BCDError):
+    """The run was stopped by Ctrl-C (SIGINT); its message says how to resume it."""
+
+    exit_code = 130

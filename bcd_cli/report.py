@@ -26,20 +26,36 @@ METRIC_COLUMNS = [
 
 
 class MetricsWriter:
-    """Appends one row per sweep to ``metrics.csv``, flushed to disk before the next sweep."""
+    """Appends one row per sweep to ``metrics.csv``, on disk before the next sweep starts.
+
+    Each row (the header with the first) goes out in a single ``write`` on a file opened for
+    appending, so a killed run leaves whole rows only; ``size`` is the file's length after the
+    last row, which a checkpoint records.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.size = path.stat().st_size if path.exists() else 0
 
     def append(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a", newline="") as f:
-            pd.DataFrame([row], columns=METRIC_COLUMNS).to_csv(f, header=f.tell() == 0, index=False)
-            f.flush()
-            os.fsync(f.fileno())
+        text = pd.DataFrame([row], columns=METRIC_COLUMNS).to_csv(header=self.size == 0, index=False)
+        data = text.encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(f"{self.path}: short write ({written} of {len(data)} bytes)")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.size += len(data)
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    """Writes summary.json atomically (temporary file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def plot_curves(metrics: pd.DataFrame, path: Path, title: str = "") -> None:

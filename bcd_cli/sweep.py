@@ -70,7 +70,8 @@ def _read_summary(job: Path) -> dict[str, Any] | None:
 
 
 def sweep_table(folder: Path) -> tuple[pd.DataFrame, list[str]]:
-    """One row per job: job, its override values, status and the summary's results; and the swept keys.
+    """One row per job: job, its override values, status (completed, failed, interrupted, or missing for a job
+    that never started), the error of a job that failed, the summary's results; and the swept keys.
 
     The swept keys are the override keys that take more than one value over the jobs, in override order.
     """
@@ -82,10 +83,11 @@ def sweep_table(folder: Path) -> tuple[pd.DataFrame, list[str]]:
         summary = _read_summary(job)
         row: dict[str, Any] = {"job": job.relative_to(folder).as_posix(), **overrides}
         row["status"] = "missing" if summary is None else summary.get("status", "unknown")
+        row["error"] = (summary or {}).get("error", "")
         for field in SUMMARY_FIELDS:
             row[field] = (summary or {}).get(field, math.nan)
         rows.append(row)
-    table = pd.DataFrame(rows, columns=["job", *keys, "status", *SUMMARY_FIELDS])
+    table = pd.DataFrame(rows, columns=["job", *keys, "status", "error", *SUMMARY_FIELDS])
     swept = [k for k in keys if table[k].nunique(dropna=False) > 1]
     return table, swept
 
@@ -126,7 +128,7 @@ def _heatmap_keys(table: pd.DataFrame, swept: list[str], keys: Sequence[str] | N
         keys = list(keys)
         if len(keys) != 2 or keys[0] == keys[1]:
             raise ValueError(f"the heatmap needs two different keys, got {keys}")
-        unknown = [k for k in keys if k not in table.columns or k in ("job", "status", *SUMMARY_FIELDS)]
+        unknown = [k for k in keys if k not in table.columns or k in ("job", "status", "error", *SUMMARY_FIELDS)]
         if unknown:
             raise ValueError(f"no override key {', '.join(unknown)} in the sweep (its keys: {', '.join(swept)})")
         return keys[0], keys[1]

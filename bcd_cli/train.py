@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,12 +14,24 @@ from typing import Any, Protocol
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from bcd_cli.checkpoint import (
+    CHECKPOINT_FILE,
+    RESUMABLE,
+    Checkpoint,
+    capture,
+    read_checkpoint,
+    restore,
+    run_config,
+    run_lock,
+    truncate_metrics,
+    write_checkpoint,
+)
 from bcd_cli.config import DTYPES, architecture, build, resolve_device, validate
 from bcd_cli.data import Dataset, load_data
 from bcd_cli.engine.network import MLP
-from bcd_cli.errors import BCDError, NumericalError
+from bcd_cli.errors import BCDError, ConfigError, DataError, Interrupted, NumericalError
 from bcd_cli.report import (
     CURVES_FILE,
     METRIC_COLUMNS,
@@ -98,61 +112,229 @@ def build_algorithm(cfg: DictConfig, data: Dataset, device: torch.device, dtype:
     return algorithm, loss
 
 
-def sweeps(algorithm: Any, loss: Any, data: Dataset, epochs: int) -> Iterator[dict[str, Any]]:
-    """Yields the metrics row of the initial point, then of each of ``epochs`` sweeps.
+def sweeps(
+    algorithm: Any, loss: Any, data: Dataset, epochs: int, *, start: int = 0, previous: dict[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Yields the metrics row of the initial point, then of each sweep up to ``epochs``.
 
-    Raises NumericalError at the first non-finite objective or iterate, before yielding its row.
+    A resumed run passes ``start`` (the sweeps already done) and ``previous`` (the row of sweep
+    ``start``); the initial row is then not yielded again. Raises NumericalError at the first
+    non-finite objective, iterate or factorisation, naming the sweep and the block, before
+    yielding that sweep's row.
     """
     device = data.X_train.device
-    previous = {"sweep": 0, "seconds": 0.0, "D": math.nan, "descent_ratio": math.nan} | _evaluate(algorithm, loss, data)
-    if not math.isfinite(previous["objective"]):
-        raise NumericalError(
-            "non-finite objective at the initial point (sweep 0): lower model.init_std or use dtype=float64"
-        )
-    yield previous
-    for k in range(1, epochs + 1):
+    if previous is None:
+        previous = {"sweep": 0, "seconds": 0.0, "D": math.nan, "descent_ratio": math.nan}
+        previous |= _evaluate(algorithm, loss, data)
+        if not math.isfinite(previous["objective"]):
+            block = algorithm.nonfinite_block()
+            where = f"block {block} is non-finite" if block else "the objective overflows"
+            raise NumericalError(
+                f"non-finite objective at the initial point (sweep 0): {where}; "
+                "lower model.init_std or use dtype=float64"
+            )
+        yield previous
+    for k in range(start + 1, epochs + 1):
         _synchronize(device)
-        start = time.perf_counter()
-        D = algorithm.sweep()
+        started = time.perf_counter()
+        try:
+            D = algorithm.sweep()
+        except NumericalError as err:  # a factorisation met a non-finite matrix or failed even in float64
+            origin = algorithm.nonfinite_block()
+            first = f"; block {origin} went non-finite first" if origin else ""
+            raise NumericalError(f"sweep {k}: {err}{first}") from err
         _synchronize(device)
-        row = {"sweep": k, "seconds": time.perf_counter() - start, "D": D} | _evaluate(algorithm, loss, data)
+        row = {"sweep": k, "seconds": time.perf_counter() - started, "D": D} | _evaluate(algorithm, loss, data)
         row["descent_ratio"] = (previous["objective"] - row["objective"]) / D if D > 0 else math.nan
         if not (math.isfinite(row["objective"]) and math.isfinite(D)):
-            raise NumericalError(f"non-finite objective or iterate at sweep {k}; metrics of sweeps 0..{k - 1} are kept")
+            block = algorithm.nonfinite_block()
+            where = f"block {block} went non-finite first" if block else "the objective overflowed (every block finite)"
+            remedy = "a smaller trainer.lr" if hasattr(algorithm, "optimizer") else "a larger alpha"
+            raise NumericalError(f"sweep {k} diverged: {where}; try {remedy} or dtype=float64")
         log.debug("sweep %d: %s", k, ", ".join(f"{key}={value:.6g}" for key, value in row.items()))
         yield row
         previous = row
 
 
-def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> RunResult:
-    """Trains the network of ``cfg`` and writes metrics.csv, summary.json and curves.png to ``out_dir``.
+class GracefulStop:
+    """Ctrl-C (SIGINT) while installed: the first asks the run to stop after the current sweep
+    (``requested``), a second stops it at once (KeyboardInterrupt). Only the main thread can
+    install a handler; elsewhere Ctrl-C keeps its default behaviour."""
 
-    metrics.csv gains a row after every sweep. When training stops on a
-    numerical error, summary.json (status ``failed: ...``) and curves.png of the
-    sweeps done are still written before the error propagates.
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after the current sweep with a checkpoint (Ctrl-C again stops at once)")
+
+
+@dataclass
+class _Start:
+    """Where a run starts: its config, and for a resumed run its checkpoint (None: from sweep 0)."""
+
+    cfg: DictConfig
+    checkpoint: Checkpoint | None = None
+    resumed: bool = False
+
+
+def _resolve_start(cfg: DictConfig, out_dir: Path) -> _Start:
+    """A fresh run starts from ``cfg``; ``resume=DIR`` continues DIR with the config it was started with."""
+    if cfg.get("resume") is None:
+        if (out_dir / METRICS_FILE).exists():
+            raise BCDError(
+                f"{out_dir} already holds a run ({METRICS_FILE}); choose another folder (hydra.run.dir=...) "
+                f"or continue it with resume={out_dir}"
+            )
+        return _Start(cfg)
+    folder = Path(str(cfg.resume))
+    saved_path = folder / ".hydra" / "config.yaml"
+    try:
+        saved = OmegaConf.load(saved_path)
+    except FileNotFoundError:
+        raise DataError(f"resume={folder}: not a bcd-train run folder (no {saved_path})") from None
+    except Exception as exc:
+        raise DataError(f"{saved_path}: unreadable ({type(exc).__name__}: {exc})") from exc
+    assert isinstance(saved, DictConfig)
+    for key in RESUMABLE:  # the sweeps, the checkpoint cadence and the folder may change on resume
+        saved[key] = cfg[key]
+    return _Start(saved, resumed=True)
+
+
+def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> RunResult:
+    """Trains the network of ``cfg`` and writes metrics.csv, summary.json, curves.png and checkpoints to ``out_dir``.
+
+    metrics.csv gains a row after every sweep; checkpoint.pt holds the full state every
+    ``checkpoint.every`` sweeps, at the end and on Ctrl-C. With ``resume=DIR`` (``out_dir`` is
+    DIR) the run continues from DIR's checkpoint with DIR's config, its metrics cut back to the
+    checkpoint's sweep, and ends as the uninterrupted run would. When training stops on a
+    numerical error or Ctrl-C, summary.json (status ``failed`` or ``interrupted``) and the
+    figures of the sweeps done are still written before the error propagates.
     """
+    start = _resolve_start(cfg, out_dir)
+    cfg = start.cfg
     validate(cfg)
-    if (out_dir / METRICS_FILE).exists():
-        raise BCDError(f"{out_dir} already holds a run ({METRICS_FILE}); choose another folder (hydra.run.dir=...)")
     device, dtype = resolve_device(cfg), DTYPES[cfg.dtype]
     data = load_data(cfg.data, dtype=dtype, device=device)
     algorithm, loss = build_algorithm(cfg, data, device, dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(out_dir), GracefulStop() as stop:
+        rows: list[dict[str, Any]] = []
+        elapsed = 0.0
+        if start.resumed:
+            start.checkpoint = _resume_state(cfg, out_dir, algorithm, data)
+            if start.checkpoint is not None:
+                rows, elapsed = list(start.checkpoint.rows), start.checkpoint.elapsed
+        return _train(cfg, out_dir, algorithm, loss, data, start.checkpoint, rows, elapsed, stop, progress)
+
+
+def _resume_state(cfg: DictConfig, out_dir: Path, algorithm: Any, data: Dataset) -> Checkpoint | None:
+    """Loads out_dir's checkpoint into ``algorithm`` and cuts metrics.csv back to it; None: restart at sweep 0."""
+    checkpoint = read_checkpoint(out_dir)
+    metrics = out_dir / METRICS_FILE
+    if checkpoint is None:
+        log.warning("resuming %s: no checkpoint yet, so the run starts again from sweep 0", out_dir)
+        metrics.unlink(missing_ok=True)
+        return None
+    if checkpoint.config != run_config(cfg):
+        changed = sorted(
+            k for k in {*checkpoint.config, *run_config(cfg)} if checkpoint.config.get(k) != run_config(cfg).get(k)
+        )
+        raise DataError(
+            f"{out_dir / CHECKPOINT_FILE}: written by a different config than {out_dir}/.hydra/config.yaml "
+            f"(keys {', '.join(changed)} differ)"
+        )
+    if checkpoint.data_shape != _data_shape(data):
+        raise DataError(
+            f"{out_dir / CHECKPOINT_FILE}: written for data of shape {checkpoint.data_shape}, "
+            f"but {cfg.data.name} now loads as {_data_shape(data)}"
+        )
+    if checkpoint.sweep > cfg.epochs:
+        raise ConfigError("epochs", cfg.epochs, f"at least {checkpoint.sweep}, the sweeps {out_dir} already holds")
+    truncate_metrics(metrics, checkpoint.metrics_bytes)
+    restore(algorithm, checkpoint.state)
+    log.info("resuming %s at sweep %d of %d", out_dir, checkpoint.sweep, cfg.epochs)
+    return checkpoint
+
+
+def _data_shape(data: Dataset) -> list[int]:
+    return [data.n_features, data.n_train, data.n_test, data.n_classes]
+
+
+def _train(
+    cfg: DictConfig,
+    out_dir: Path,
+    algorithm: Any,
+    loss: Any,
+    data: Dataset,
+    checkpoint: Checkpoint | None,
+    rows: list[dict[str, Any]],
+    elapsed: float,
+    stop: GracefulStop,
+    progress: Progress | None,
+) -> RunResult:
+    """The sweep loop of ``run``: metrics row, checkpoint and Ctrl-C check after every sweep."""
     writer = MetricsWriter(out_dir / METRICS_FILE)
-    started = time.perf_counter()
-    rows: list[dict[str, Any]] = []
+    started = time.perf_counter() - elapsed
+    every, epochs = int(cfg.checkpoint.every), int(cfg.epochs)
+    saved_sweep = checkpoint.sweep if checkpoint is not None else None
+    config = run_config(cfg)
     if progress is not None:
-        progress.start(cfg.epochs)
+        progress.start(epochs)
+        for row in rows[-1:]:
+            progress.update(row)
+
+    def checkpoint_now(row: dict[str, Any]) -> None:
+        nonlocal saved_sweep
+        state = Checkpoint(
+            sweep=int(row["sweep"]), config=config, state=capture(algorithm), rows=rows,
+            metrics_bytes=writer.size, elapsed=time.perf_counter() - started, data_shape=_data_shape(data),
+        )  # fmt: skip
+        write_checkpoint(out_dir, state)
+        saved_sweep = state.sweep
+        log.debug("checkpoint of sweep %d written", state.sweep)
+
+    def kept() -> str:
+        saved = f"the checkpoint of sweep {saved_sweep}" if saved_sweep is not None else "no checkpoint yet"
+        last = rows[-1]["sweep"] if rows else None
+        recorded = "no metrics" if last is None else f"metrics of sweep{f's 0..{last}' if last else ' 0'}"
+        return f"{recorded} and {saved} are kept in {out_dir}"
+
+    previous = checkpoint.rows[-1] if checkpoint is not None else None
+    start = checkpoint.sweep if checkpoint is not None else 0
     try:
-        for row in sweeps(algorithm, loss, data, cfg.epochs):
+        for row in sweeps(algorithm, loss, data, epochs, start=start, previous=previous):
             rows.append(row)
             writer.append(row)
             if progress is not None:
                 progress.update(row)
+            k = row["sweep"]
+            if k == epochs or stop.requested or (every and k % every == 0 and k > 0):
+                checkpoint_now(row)
+            if stop.requested and k < epochs:
+                raise Interrupted(f"stopped after sweep {k}; {kept()}; resume with: bcd-train resume={out_dir}")
     except NumericalError as err:
         if rows:
-            _write_reports(cfg, rows, algorithm, data, out_dir, status=f"failed: {err}", started=started)
-        raise
+            _write_reports(cfg, rows, algorithm, data, out_dir, status="failed", error=str(err), started=started)
+        raise NumericalError(f"{err}; {kept()}") from err
+    except (Interrupted, KeyboardInterrupt) as err:
+        if rows:
+            _write_reports(cfg, rows, algorithm, data, out_dir, status="interrupted", started=started)
+        if isinstance(err, Interrupted):
+            raise
+        raise Interrupted(f"stopped during a sweep; {kept()}; resume with: bcd-train resume={out_dir}") from None
     metrics, summary = _write_reports(cfg, rows, algorithm, data, out_dir, status="completed", started=started)
     return RunResult(metrics, summary, algorithm.net, algorithm, data)
 
@@ -166,12 +348,14 @@ def _write_reports(
     *,
     status: str,
     started: float,
+    error: str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """summary.json and curves.png of the rows recorded so far."""
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     net = algorithm.net
     summary = summarize(
-        metrics, status=status, wall_seconds=time.perf_counter() - started, device=str(data.X_train.device),
+        metrics, status=status, **({"error": error} if error else {}),
+        wall_seconds=time.perf_counter() - started, device=str(data.X_train.device),
         dtype=cfg.dtype, parameters=net.n_parameters(),
         sizes=net.sizes, n_train=data.n_train, n_test=data.n_test,
         method=algorithm.name, alpha_output_block=getattr(algorithm, "alpha_out", None),

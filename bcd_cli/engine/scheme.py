@@ -26,6 +26,7 @@ class BCDScheme:
 
     name: ClassVar[str]
     residual: ClassVar[bool] = False  # whether the scheme trains networks with residual layers
+    layer_blocks: ClassVar[tuple[str, ...]]  # the blocks of layer i in the order ``sweep`` updates them ("W": W_i, b_i)
     V: list[Tensor]  # the states V_0 = X, V_1, ..., V_N (set by each scheme)
 
     def __init__(
@@ -64,6 +65,20 @@ class BCDScheme:
     def sweep(self) -> float:
         """One sweep over all blocks; returns D_k = ||P^k - P^(k-1)||_F^2."""
         raise NotImplementedError
+
+    def update_order(self) -> list[tuple[str, list[Tensor]]]:
+        """Every block as (name, tensors) in the order a sweep updates them: layers N down to 1, each in the
+        order ``layer_blocks``; named in the paper's indexing, e.g. V3, U3, W3 (W_3 with b_3)."""
+        layers = reversed(range(self.net.depth))
+        return [(f"{kind}{l + 1}", self.block_tensors(kind, l)) for l in layers for kind in self.layer_blocks]
+
+    def block_tensors(self, kind: str, l: int) -> list[Tensor]:
+        """The tensors of block ``kind`` of layer l (the paper's i = l + 1): [V_i] for "V", [W_i, b_i] for "W"."""
+        return [self.V[l + 1]] if kind == "V" else [self.net.W[l], self.net.b[l]]
+
+    def nonfinite_block(self) -> str | None:
+        """The first block, in the order a sweep updates them, holding a NaN or an infinity; None if all are finite."""
+        return first_nonfinite(self.update_order())
 
     def objective_parts(self) -> dict[str, Tensor]:
         """The terms of the scheme's objective as 0-dim tensors: loss, penalty_v, penalty_u, reg_w, reg_v."""
@@ -109,3 +124,15 @@ class BCDScheme:
             squares = [g.square().sum() for g in grads if g is not None]
             result["grad_norm"] = math.sqrt(float(torch.stack(squares).sum())) if differentiable else math.nan
         return result
+
+
+def first_nonfinite(blocks: list[tuple[str, list[Tensor]]]) -> str | None:
+    """The name of the first (name, tensors) pair with a NaN or an infinity in a tensor; None if all are finite.
+
+    Checks every tensor on its device and moves the flags to the host in one synchronisation.
+    """
+    if not blocks:
+        return None
+    names = [name for name, tensors in blocks for _ in tensors]
+    finite = torch.stack([torch.isfinite(t).all() for _, tensors in blocks for t in tensors]).tolist()
+    return next((name for name, ok in zip(names, finite, strict=True) if not ok), None)

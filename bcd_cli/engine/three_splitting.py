@@ -47,6 +47,10 @@ class ThreeSplittingBCD(BCDScheme):
     """
 
     name = "three"
+    layer_blocks = ("V", "U", "W")  # sweep: V_N, U_N, W_N, V_{N-1}, U_{N-1}, W_{N-1}, ..., W_1
+
+    def block_tensors(self, kind: str, l: int) -> list[Tensor]:
+        return [self.U[l]] if kind == "U" else super().block_tensors(kind, l)
 
     def __init__(self, net, X, Y, **hyper) -> None:
         super().__init__(net, X, Y, **hyper)

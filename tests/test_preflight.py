@@ -1,0 +1,223 @@
+"""Command lines Hydra cannot compose, or whose jobs do not validate, are refused in one line before any job runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigAttributeError
+
+from bcd_cli import cli
+from bcd_cli.errors import ConfigError
+from bcd_cli.preflight import JobError, preflight
+from tests.conftest import TINY, run_cli
+
+GROUPS = "one of cross_entropy, exponential, hinge, logistic, square"
+
+BAD_RUNS = [
+    # (overrides of a single run, texts its one error line must contain: key, value, what is allowed)
+    (["loss=foo"], [f"loss='foo' is invalid: {GROUPS}"]),
+    (["reg@reg_w=foo"], ["reg@reg_w='foo' is invalid: one of box, elastic_net, l1, l2, none, nonneg"]),
+    (["experiment=nope"], ["experiment='nope' is invalid: one of figure1"]),
+    (["loss=[square,foo]"], ["loss=['square', 'foo'] is invalid: " + GROUPS]),
+    (["data=null"], ["data=None is invalid: one of digits, fashion_mnist, mnist", "~data removes the group"]),
+    (["reg=l2"], ["reg='l2' is invalid: reg is not in the defaults list; did you mean reg@reg_v or reg@reg_w?"]),
+    (["+experiment=figure1"], ["+experiment='figure1' is invalid: experiment is already in the defaults list"]),
+    (["++loss=hinge"], ["++loss='hinge' is invalid: a config group: choose an option with loss=hinge"]),
+    (
+        ["gamm=1"],
+        [
+            "gamm=1 is invalid: no such key; did you mean gamma? (top-level keys: ",
+            "alpha, ",
+            "add a new key with +gamm=1",
+        ],
+    ),
+    (
+        ["data.n_trian=5"],
+        ["data.n_trian=5 is invalid: no such key; did you mean data.n_train?", "keys of data: n_test, n_train, name, "],
+    ),
+    (["model=resnet", "model.widths=[4]"], ["model.widths=[4] is invalid: no such key; did you mean model.width?"]),
+    (["gamma=[1,"], ["override 'gamma=[1,' is not valid override syntax: no viable alternative at input '[1,'"]),
+    (["gamma"], ["override 'gamma' is not valid override syntax: missing EQUAL at '<EOF>'"]),
+    (["=1"], ["override '=1' is not valid override syntax: no key before '='"]),
+    (["gamma=1,2"], ["gamma='1,2' is invalid: one value per run; for a list write gamma=[1,2]", "add -m (--multirun)"]),
+    (["+gamma=2"], ["+gamma=2 is invalid: gamma already exists; set it without the +: gamma=2"]),
+    (["~foo"], ["~foo is invalid: no such key to delete (top-level keys: ", "gamma, "]),
+    (["~gamma=2"], ["~gamma=2 is invalid: gamma is 1.0; delete it with ~gamma"]),
+    (["gamma=${nope}"], ["gamma='${nope}' is invalid: an interpolation that resolves", "key 'nope' not found"]),
+    (["hydra.foo=1"], ["hydra.foo=1 is invalid: no such key (keys of hydra: callbacks, ", "run, runtime, "]),
+    (["hydra.job.chdir=maybe"], ["hydra.job.chdir='maybe' is invalid: a bool"]),
+    (["hydra.mode=FOO"], ["hydra.mode='FOO' is invalid: one of RUN, MULTIRUN"]),
+    (["hydra/launcher=foo"], ["hydra/launcher='foo' is invalid: one of basic"]),
+    (
+        ["hydra.run.dir=${oops:x}"],
+        ["hydra.run.dir='${oops:x}' is invalid: an interpolation that resolves", "Unsupported interpolation type oops"],
+    ),
+    (["-cn", "nope"], ["--config-name='nope' is invalid: one of train"]),
+    (["gamma=0"], ["gamma=0 is invalid: a number > 0"]),  # bcd_cli.config.validate, as before
+]
+
+BAD_MULTIRUNS = [
+    (["loss=square,foo"], [f"job 1 (loss=foo): loss='foo' is invalid: {GROUPS}"]),
+    (["gamm=1,2"], ["job 0 (gamm=1): gamm=1 is invalid: no such key; did you mean gamma?"]),
+    (["gamma=[1,2"], ["override 'gamma=[1,2' is not valid override syntax"]),
+    (["gamma=range(1,x)"], ["override 'gamma=range(1,x)' is not valid override syntax: TypeError while evaluating"]),
+    (["gamma=interval(0,1)"], ["gamma='interval(0,1)' is invalid: a list (a,b,c), choice(...), range(...)"]),
+    (["hydra.run.dir=a,b"], ["hydra.run.dir='a,b' is invalid: one value: Hydra's own settings (hydra.*) cannot be"]),
+    (["hydra.sweep.subdir=${nope}"], ["job 0: hydra.sweep.subdir='${nope}' is invalid: an interpolation that"]),
+    (["model=mlp,resnet", "splitting=two"], ["job 1 (model=resnet): splitting='two' is invalid: ", "Algorithm 3"]),
+    (["gamma=0.1,1", "alpha=1,x"], ["job 1 (gamma=0.1 alpha=x): alpha='x' is invalid: a number > 0"]),
+]
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fails the test, instead of training, if the preflight lets a command line through."""
+
+    def train() -> None:
+        raise AssertionError("the preflight let a bad command line through to Hydra")
+
+    monkeypatch.setattr(cli, "_train", train)
+
+
+def main_in_process(monkeypatch, capsys, *args: str) -> tuple[object, str, str]:
+    """``bcd_cli.cli.main()`` with ``sys.argv[1:] = args``: its exit status (0 when it returns), stdout, stderr."""
+    monkeypatch.setattr(sys, "argv", ["bcd-train", *args])
+    status: object = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def with_folders(args: list[str], tmp_path: Path, *, multirun: bool) -> list[str]:
+    """``args`` with the run (or sweep) folder in ``tmp_path``, unless ``args`` sets it."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = [] if any(a.startswith(key) for a in args) else [f"{key}={tmp_path / key.split('.')[1]}"]
+    return [*(["-m"] if multirun else []), *folder, *args]
+
+
+def assert_one_error_line(status: object, err: str, expected: list[str]) -> str:
+    assert status == 2, err
+    assert "Traceback" not in err
+    [line] = err.strip().splitlines()
+    assert line.startswith("bcd-train: error: ")
+    for text in expected:
+        assert text in line, line
+    return line
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_RUNS, ids=[" ".join(a) for a, _ in BAD_RUNS])
+def test_bad_run_is_refused_in_one_line(args, expected, tmp_path, monkeypatch, capsys, no_training):
+    monkeypatch.chdir(tmp_path)
+    status, _, err = main_in_process(monkeypatch, capsys, *with_folders(args, tmp_path, multirun=False))
+    assert_one_error_line(status, err, expected)
+    assert not list(tmp_path.iterdir()), "no run folder (nor outputs/) may be created"
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_MULTIRUNS, ids=[" ".join(a) for a, _ in BAD_MULTIRUNS])
+def test_bad_multirun_is_refused_before_any_job(args, expected, tmp_path, monkeypatch, capsys, no_training):
+    monkeypatch.chdir(tmp_path)
+    status, _, err = main_in_process(monkeypatch, capsys, *with_folders(args, tmp_path, multirun=True))
+    assert_one_error_line(status, err, expected)
+    assert not list(tmp_path.iterdir()), "no sweep folder (nor outputs/) may be created"
+
+
+def test_bad_sweep_folder_interpolation(tmp_path, monkeypatch, capsys, no_training):
+    monkeypatch.chdir(tmp_path)
+    status, _, err = main_in_process(monkeypatch, capsys, "-m", "gamma=1,2", "hydra.sweep.dir=${oops:x}")
+    assert_one_error_line(status, err, ["hydra.sweep.dir='${oops:x}' is invalid: an interpolation that resolves"])
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_installed_command_gives_the_same_line(tmp_path: Path, monkeypatch, capsys, no_training):
+    """The entry point in a subprocess, and main() in this process (run twice), print the same one line."""
+    args = with_folders(["loss=foo"], tmp_path, multirun=False)
+    proc = run_cli(*args, cwd=tmp_path)
+    line = assert_one_error_line(proc.returncode, proc.stderr, [f"loss='foo' is invalid: {GROUPS}"])
+    assert proc.stdout == ""
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        status, _, err = main_in_process(monkeypatch, capsys, *args)
+        assert status == 2 and err.strip() == line
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("multirun", "args", "expected"),
+    [
+        (True, ["model=mlp,resnet", "splitting=two"], ["job 1 (model=resnet): splitting='two' is invalid"]),
+        (False, ["data.n_trian=5"], ["data.n_trian=5 is invalid: no such key; did you mean data.n_train?"]),
+    ],
+    ids=["multirun", "run"],
+)
+def test_installed_command_refuses_before_any_job(multirun: bool, args: list[str], expected: list[str], tmp_path):
+    proc = run_cli(*with_folders(args, tmp_path, multirun=multirun), cwd=tmp_path)
+    assert_one_error_line(proc.returncode, proc.stderr, expected)
+    assert not list(tmp_path.iterdir())
+
+
+def test_job_error_keeps_key_value_and_job():
+    with pytest.raises(JobError) as info:
+        preflight(["-m", "model=mlp,resnet", "splitting=two"])
+    error = info.value
+    assert isinstance(error, ConfigError) and error.exit_code == 2
+    assert (error.job, error.overrides, error.key, error.value) == (1, ["model=resnet"], "splitting", "two")
+
+
+def test_valid_multirun_passes_and_leaves_hydra_clean():
+    preflight(["-m", "gamma=0.1,1,10", "alpha=1,2,5", *TINY])
+    preflight(["-m", "loss=square,hinge,logistic", "act=relu,tanh,sigmoid", *TINY])
+    preflight(TINY)
+    assert not GlobalHydra.instance().is_initialized()
+    assert not HydraConfig.initialized()
+    with pytest.raises(ConfigError):
+        preflight(["gamm=1"])
+    assert not GlobalHydra.instance().is_initialized()
+    assert not HydraConfig.initialized()
+
+
+def test_config_dir_adds_options(tmp_path: Path):
+    extra = tmp_path / "extra"
+    (extra / "loss").mkdir(parents=True)
+    (extra / "loss" / "mine.yaml").write_text("_target_: bcd_cli.catalogue.losses.Square\nreduction: mean\n")
+    preflight(["-cd", str(extra), "loss=mine", *TINY])
+    with pytest.raises(ConfigError, match=r"loss='nope' is invalid: one of .*logistic, mine, square"):
+        preflight(["--config-dir", str(extra), "loss=nope"])
+    with pytest.raises(ConfigError, match=r"--config-dir='.*no-such' is invalid: an existing folder"):
+        preflight(["-cd", str(tmp_path / "no-such"), "gamma=1"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["--hydra-help"], ["--cfg", "job", "gamm=1"], ["--info"], ["--version"], ["--no-such-flag"]],
+    ids=lambda a: " ".join(a),
+)
+def test_preflight_leaves_other_commands_to_hydra(args: list[str], capsys):
+    preflight(args)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_hydra_full_error_gives_the_original_exception(monkeypatch, capsys, no_training):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.setattr(sys, "argv", ["bcd-train", "gamm=1"])
+    with pytest.raises(ConfigCompositionException) as info:
+        cli.main()
+    assert isinstance(info.value.__cause__, ConfigAttributeError)
+    assert capsys.readouterr().err == ""
+
+
+def test_help_and_cfg_still_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    status, out, _ = main_in_process(monkeypatch, capsys, "--help")
+    assert status == 0 and "bcd-train: train a deep network by block coordinate descent" in out
+    status, out, err = main_in_process(monkeypatch, capsys, "--cfg", "job", "gamma=2", "loss=hinge")
+    assert status == 0, err
+    assert "gamma: 2" in out and "catalogue.losses.Hinge" in out
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,323 @@
+"""Nothing lost: checkpoints and resume after SIGKILL or Ctrl-C, the divergence guard, failing multirun jobs."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from bcd_cli import cli
+from bcd_cli.checkpoint import CHECKPOINT_FILE, read_checkpoint, run_lock
+from bcd_cli.errors import Interrupted, NumericalError
+from bcd_cli.report import METRICS_FILE, SUMMARY_FILE
+from bcd_cli.train import run
+from tests.conftest import TINY, compose_config, run_cli
+
+# digits, two hidden layers of 300: a sweep takes long enough, and a checkpoint is big enough (about 8 MB),
+# to be killed inside either; a checkpoint after every sweep
+KILLABLE = ["model.widths=[300,300]", "epochs=10", "checkpoint.every=1", "device=cpu"]
+TIMING = {"seconds", "train_seconds", "wall_seconds"}
+
+
+def metrics_without_timing(folder: Path) -> pd.DataFrame:
+    return pd.read_csv(folder / METRICS_FILE).drop(columns="seconds")
+
+
+def summary_without_timing(folder: Path) -> dict:
+    summary = json.loads((folder / SUMMARY_FILE).read_text())
+    return {k: v for k, v in summary.items() if k not in TIMING}
+
+
+def assert_same_run(folder: Path, reference: Path) -> None:
+    """Bit-identical metrics (all but the timings), summary and final state."""
+    resumed, expected = metrics_without_timing(folder), metrics_without_timing(reference)
+    pd.testing.assert_frame_equal(resumed, expected, check_exact=True)
+    assert resumed["sweep"].tolist() == list(range(len(expected)))  # no duplicate or missing rows
+    assert summary_without_timing(folder) == summary_without_timing(reference)
+    final, want = read_checkpoint(folder), read_checkpoint(reference)
+    assert final is not None and want is not None and final.sweep == want.sweep
+    for a, b in zip(final.state["blocks"], want.state["blocks"], strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.fixture
+def bcd_train(monkeypatch, capsys) -> Callable[..., tuple[int, str]]:
+    """``bcd-train ARGS`` in this process (no interpreter start-up): returns (exit status, stderr)."""
+
+    def call(*args: str, cwd: Path) -> tuple[int, str]:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["bcd-train", *args])
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        return code, capsys.readouterr().err
+
+    return call
+
+
+def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bcd_cli", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def kill_when(
+    proc: subprocess.Popen, ready: Callable[[], bool], sig: int = signal.SIGKILL, timeout: float = 240
+) -> str | None:
+    """Sends ``sig`` to ``proc`` as soon as ``ready()`` holds and returns its stderr; None if it ended first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready():
+            proc.send_signal(sig)
+            return proc.communicate(timeout=timeout)[1]
+        time.sleep(0.0005)
+    proc.communicate(timeout=timeout)
+    return None
+
+
+def metrics_rows(folder: Path) -> int:
+    try:
+        return max(0, (folder / METRICS_FILE).read_bytes().count(b"\n") - 1)
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run that every killed and resumed run must reproduce."""
+    cwd = tmp_path_factory.mktemp("reference")
+    proc = run_cli(*KILLABLE, "hydra.run.dir=run", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return cwd / "run"
+
+
+def rows_beyond(run_dir: Path, rows: int) -> Callable[[], bool]:
+    """Ready once metrics.csv has more than ``rows`` rows: the run is then inside the next sweep."""
+    return lambda: metrics_rows(run_dir) > rows
+
+
+def writing_checkpoint(run_dir: Path, rows: int) -> Callable[[], bool]:
+    """Ready while a checkpoint beyond the first ``rows`` rows is being written (its temporary file exists)."""
+    return lambda: metrics_rows(run_dir) > rows and (run_dir / f"{CHECKPOINT_FILE}.tmp").exists()
+
+
+def before_first_checkpoint(run_dir: Path) -> Callable[[], bool]:
+    return lambda: metrics_rows(run_dir) >= 1 and not (run_dir / CHECKPOINT_FILE).exists()
+
+
+def kill_at(run_dir: Path, args: list[str], ready: Callable[[], bool], *, sig: int = signal.SIGKILL) -> str:
+    """Runs ``bcd-train ARGS`` until ``ready()``, then sends ``sig``; returns its stderr."""
+    proc = start_cli(*args, cwd=run_dir.parent)
+    stderr = kill_when(proc, ready, sig=sig)
+    assert stderr is not None, "the run ended before the kill point"
+    assert proc.returncode == (-sig if sig == signal.SIGKILL else Interrupted.exit_code), stderr
+    return stderr
+
+
+def test_killed_at_several_points_and_resumed_each_time_the_run_ends_as_the_uninterrupted_one(
+    tmp_path: Path, reference: Path
+):
+    """SIGKILL before the first checkpoint, inside a sweep and while a checkpoint is written, then Ctrl-C;
+    each time resumed in place. The metrics, summary and final state are those of the run never stopped."""
+    run_dir = tmp_path / "run"
+    kill_at(run_dir, [*KILLABLE, f"hydra.run.dir={run_dir}"], before_first_checkpoint(run_dir))
+    resume = [f"resume={run_dir}"]
+
+    kill_at(run_dir, resume, rows_beyond(run_dir, 2))  # restarts from sweep 0 (no checkpoint), killed mid-run
+    assert "starts again from sweep 0" in (run_dir / "train.log").read_text()
+    kill_at(run_dir, resume, writing_checkpoint(run_dir, metrics_rows(run_dir)))
+    assert (run_dir / CHECKPOINT_FILE).exists()
+
+    stderr = kill_at(run_dir, resume, rows_beyond(run_dir, metrics_rows(run_dir)), sig=signal.SIGINT)
+    checkpoint = read_checkpoint(run_dir)
+    assert checkpoint is not None
+    assert pd.read_csv(run_dir / METRICS_FILE)["sweep"].iloc[-1] == checkpoint.sweep < 10  # saved the sweep it was in
+    assert json.loads((run_dir / SUMMARY_FILE).read_text())["status"] == "interrupted"
+    assert (run_dir / "curves.png").exists()
+    last = stderr.strip().splitlines()[-1]
+    assert f"resume with: bcd-train resume={run_dir}" in last and "Traceback" not in stderr
+
+    finished = run_cli(*resume, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    assert_same_run(run_dir, reference)
+    assert not (run_dir / f"{CHECKPOINT_FILE}.tmp").exists()
+    assert json.loads((run_dir / SUMMARY_FILE).read_text())["status"] == "completed"
+    assert (run_dir / "train.log").read_text().count("resuming") >= 3
+
+
+KILL_POINTS = {
+    # before the first checkpoint: the resume starts again from sweep 0
+    "early": before_first_checkpoint,
+    # inside a sweep, with checkpoints of earlier sweeps on disk
+    "mid-sweep": lambda run_dir: rows_beyond(run_dir, 2),
+    # while a checkpoint is being written (its temporary file exists), with an older one on disk
+    "checkpoint-write": lambda run_dir: writing_checkpoint(run_dir, 1),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_sigkill_at_one_point_then_resume_gives_the_uninterrupted_run(tmp_path: Path, reference: Path, point: str):
+    run_dir = tmp_path / "run"
+    kill_at(run_dir, [*KILLABLE, f"hydra.run.dir={run_dir}"], KILL_POINTS[point](run_dir))
+    resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run_dir, reference)
+
+
+def test_resume_of_a_baseline_restores_the_optimizer_and_the_shuffling(tmp_path: Path, bcd_train):
+    """Adam's moments and the permutation generator come back: the resumed run matches the uninterrupted one."""
+    args = ["trainer=adam", "trainer.batch_size=64", *TINY, "epochs=6", "checkpoint.every=2"]
+    assert bcd_train(*args, "hydra.run.dir=ref", cwd=tmp_path)[0] == 0
+    # the same run stopped by Ctrl-C after its checkpoint of sweep 2, then resumed
+    proc = start_cli(*args, "hydra.run.dir=run", cwd=tmp_path)
+    assert kill_when(proc, lambda: (tmp_path / "run" / CHECKPOINT_FILE).exists(), sig=signal.SIGINT) is not None
+    assert proc.returncode == 130
+    code, stderr = bcd_train("resume=run", cwd=tmp_path)
+    assert code == 0, stderr
+    assert_same_run(tmp_path / "run", tmp_path / "ref")
+
+
+def test_resume_can_extend_a_finished_run(tmp_path: Path, bcd_train):
+    assert bcd_train(*TINY, "epochs=3", "hydra.run.dir=short", cwd=tmp_path)[0] == 0
+    assert bcd_train(*TINY, "epochs=5", "hydra.run.dir=long", cwd=tmp_path)[0] == 0
+    code, stderr = bcd_train("resume=short", "epochs=5", cwd=tmp_path)
+    assert code == 0, stderr
+    assert_same_run(tmp_path / "short", tmp_path / "long")
+
+
+# ---------------------------------------------------------------------------- bad resumes: one line, exit 2
+
+
+def test_bad_resumes_are_refused_with_one_line(tmp_path: Path, bcd_train):
+    assert bcd_train(*TINY, "hydra.run.dir=done", cwd=tmp_path)[0] == 0
+    done = tmp_path / "done"
+    (tmp_path / "corrupt" / ".hydra").mkdir(parents=True)
+    (tmp_path / "corrupt" / ".hydra" / "config.yaml").write_text((done / ".hydra" / "config.yaml").read_text())
+    (tmp_path / "corrupt" / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["resume=nowhere"], ["resume='nowhere' is invalid: a bcd-train run folder", "does not exist"]),
+        (["resume=empty"], ["resume='empty' is invalid", "has no .hydra/config.yaml"]),
+        (["resume=done", "loss=hinge"], ["resume='done' is invalid: alone or with epochs=N", "got loss=hinge"]),
+        (["resume=done", "-m"], ["resume='done' is invalid", "without --multirun"]),
+        (["resume=done", "epochs=1"], ["epochs=1 is invalid: at least 2"]),
+        (["resume=done", "checkpoint.every=-1"], ["checkpoint.every=-1 is invalid: an integer >= 0"]),
+        (["resume=corrupt"], [f"corrupt/{CHECKPOINT_FILE}: not a readable bcd-cli checkpoint"]),
+    ]
+    for args, needles in cases:
+        code, stderr = bcd_train(*args, cwd=tmp_path)
+        assert code == 2, (args, stderr)
+        line = stderr.strip().splitlines()[-1]
+        assert line.startswith("bcd-train: error:"), (args, stderr)
+        assert all(n in line for n in needles), (args, line)
+        assert "Traceback" not in stderr
+    # the refused resumes left the finished run as it was
+    assert json.loads((done / SUMMARY_FILE).read_text())["status"] == "completed"
+    assert pd.read_csv(done / METRICS_FILE)["sweep"].tolist() == [0, 1, 2]
+
+
+def test_resume_of_a_folder_in_use_is_refused(tmp_path: Path, bcd_train):
+    assert bcd_train(*TINY, "hydra.run.dir=done", cwd=tmp_path)[0] == 0
+    with run_lock(tmp_path / "done"):
+        code, stderr = bcd_train("resume=done", "epochs=4", cwd=tmp_path)
+    assert code == 2 and "another bcd-train process is running in this folder" in stderr, stderr
+    assert pd.read_csv(tmp_path / "done" / METRICS_FILE)["sweep"].tolist() == [0, 1, 2]
+
+
+# ---------------------------------------------------------------------------- divergence guard
+
+
+def test_a_poisoned_update_stops_the_run_naming_sweep_and_block(tmp_path: Path, monkeypatch):
+    """U_1 becomes NaN in sweep 3: the run stops there; metrics 0..2 and the checkpoint of sweep 2 stay."""
+    import bcd_cli.engine.three_splitting as three
+
+    real, calls = three.update_preactivation, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        U = real(*args, **kwargs)
+        return U.fill_(math.nan) if calls["n"] == 2 * 2 + 2 else U  # 2 layers: the 2nd U update of sweep 3
+
+    monkeypatch.setattr(three, "update_preactivation", poisoned)
+    cfg = compose_config(*TINY, "epochs=5", "checkpoint.every=1")
+    with pytest.raises(NumericalError) as err:
+        run(cfg, tmp_path)
+    message = str(err.value)
+    assert "sweep 3" in message and "block U1" in message and "checkpoint of sweep 2" in message
+    assert pd.read_csv(tmp_path / METRICS_FILE)["sweep"].tolist() == [0, 1, 2]
+    checkpoint = read_checkpoint(tmp_path)
+    assert checkpoint is not None and checkpoint.sweep == 2
+    assert all(torch.isfinite(t).all() for t in checkpoint.state["blocks"])
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["status"] == "failed" and "sweep 3" in summary["error"] and summary["sweeps"] == 2
+
+
+def test_a_huge_step_stops_the_cli_with_exit_3_and_keeps_the_good_sweeps(tmp_path: Path, bcd_train):
+    code, stderr = bcd_train("trainer=sgd", "trainer.lr=1e30", *TINY, "epochs=4", "hydra.run.dir=run", cwd=tmp_path)
+    assert code == 3, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert "sweep 1 diverged" in line and "trainer.lr" in line and "Traceback" not in stderr
+    assert pd.read_csv(tmp_path / "run" / METRICS_FILE)["sweep"].tolist() == [0]
+    assert json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())["status"] == "failed"
+
+
+def test_cholesky_trouble_is_retried_in_float64_and_logged(tmp_path: Path, caplog, monkeypatch):
+    """A factorisation that fails is retried in float64 with a diagonal jitter, logged, and the run goes on."""
+    import bcd_cli.engine.linalg as linalg
+
+    real, failed = torch.linalg.cholesky_ex, {"n": 0}
+
+    def fails_once(H, **kwargs):
+        if failed["n"] == 0:
+            failed["n"] += 1
+            L, info = real(H, **kwargs)
+            return L, torch.ones_like(info)
+        return real(H, **kwargs)
+
+    monkeypatch.setattr(linalg.torch.linalg, "cholesky_ex", fails_once)
+    cfg = compose_config(*TINY, "epochs=2")
+    with caplog.at_level("WARNING"):
+        result = run(cfg, tmp_path)
+    assert failed["n"] == 1 and result.summary["status"] == "completed"
+    [warning] = [r.getMessage() for r in caplog.records if "Cholesky" in r.getMessage()]
+    assert "block W2" in warning and "float64" in warning and "jitter" in warning
+
+
+# ---------------------------------------------------------------------------- multirun isolation
+
+
+def test_a_failing_multirun_job_does_not_stop_the_others(tmp_path: Path, bcd_train):
+    sweep = tmp_path / "sweep"
+    # job 1 asks for more training samples than digits has: it fails when its data is loaded
+    code, stderr = bcd_train("-m", "data.n_train=100,5000,120", *TINY[1:], f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert code == 1, stderr
+    assert "1 of 3 jobs failed" in stderr and "job 1: failed: data.n_train=5000 is invalid" in stderr
+    table = pd.read_csv(sweep / "sweep_summary.csv")
+    assert table["status"].tolist() == ["completed", "failed", "completed"]
+    assert table["error"].iloc[1].startswith("data.n_train=5000 is invalid")
+    assert table["final_test_acc"].iloc[[0, 2]].notna().all()
+    assert json.loads((sweep / "1" / SUMMARY_FILE).read_text())["status"] == "failed"
+    assert (sweep / "2" / METRICS_FILE).exists()
+
+
+def test_ctrl_c_in_a_multirun_stops_it_and_reports_the_jobs_done(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    proc = start_cli("-m", "seed=0,1,2", *KILLABLE, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    stderr = kill_when(proc, lambda: metrics_rows(sweep / "1") >= 2, sig=signal.SIGINT)
+    assert proc.returncode == 130 and stderr is not None
+    assert "resume with: bcd-train resume=" in stderr
+    table = pd.read_csv(sweep / "sweep_summary.csv")
+    assert table["status"].tolist()[:2] == ["completed", "interrupted"]
+    assert not (sweep / "2").exists()
