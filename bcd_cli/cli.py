@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -58,9 +59,11 @@ def _train(cfg: DictConfig) -> float:
             return _job_failed(out_dir, err, hydra_cfg.job.num)
         if not isinstance(err, BCDError):
             raise
-        print(f"bcd-train: error: {err}", file=sys.stderr)
-        if not (out_dir / METRICS_FILE).exists():
+        if cfg.get("resume") is None and not (out_dir / METRICS_FILE).exists():  # nothing to keep
             _remove_empty_run_folder(out_dir, hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log", LOCK_FILE)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"bcd-train: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     progress.stop()
     console.print(summary_table(result.summary, str(out_dir)))
@@ -165,6 +168,8 @@ def main() -> None:
         sys.argv[1:] = resume_arguments(sys.argv[1:])
         preflight(sys.argv[1:])
     except BCDError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         print(f"bcd-train: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     SweepReport.folder = None

@@ -6,6 +6,7 @@ import gzip
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from bcd_cli import cli
 from bcd_cli.cli import config_dir
 
 CONF = config_dir()
@@ -47,6 +49,23 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
     return subprocess.run(
         [sys.executable, "-m", "bcd_cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture
+def bcd_train(monkeypatch, capsys) -> Callable[..., tuple[int, str]]:
+    """``bcd-train ARGS`` in this process (no interpreter start-up): returns (exit status, stderr)."""
+
+    def call(*args: str, cwd: Path) -> tuple[int, str]:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["bcd-train", *args])
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        return code, capsys.readouterr().err
+
+    return call
 
 
 def write_idx(path: Path, array: np.ndarray, *, gz: bool = False) -> None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from bcd_cli.report import METRIC_COLUMNS
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, write_idx
 
 
 def run_folders(root: Path) -> list[Path]:
@@ -84,17 +87,55 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("overrides", "expected"), BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
-def test_bad_input_gives_one_clear_error(overrides: list[str], expected: list[str], tmp_path: Path):
-    overrides = [o.replace("MISSING", str(tmp_path / "no-such-folder")) for o in overrides]
+@pytest.fixture(scope="module")
+def bad_data(idx_folder: Path, tmp_path_factory) -> Path:
+    """Copies of the synthetic idx folder, each with one broken file."""
+    root = tmp_path_factory.mktemp("bad-data")
+    broken = {
+        # the train images gzip cut in half
+        "truncated": lambda f: f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2]),
+        # the train images file starting with a labels file's magic number
+        "magic": lambda f: f.write_bytes(gzip.compress(b"\0\0\x08\x01" + gzip.decompress(f.read_bytes())[4:])),
+        # 10 labels fewer than images
+        "count": None,
+    }
+    for name, breaks in broken.items():
+        shutil.copytree(idx_folder, root / name)
+        if breaks is not None:
+            breaks(root / name / "train-images-idx3-ubyte.gz")
+    labels = root / "count" / "train-labels-idx1-ubyte.gz"
+    write_idx(labels.with_suffix(""), gzip_labels(labels)[:-10], gz=True)
+    return root
+
+
+def gzip_labels(path: Path) -> np.ndarray:
+    return np.frombuffer(gzip.decompress(path.read_bytes())[8:], dtype=np.uint8)
+
+
+BAD_DATA = [
+    (["data=mnist", "data.root=BAD/truncated"], ["train-images-idx3-ubyte.gz", "corrupt/truncated gzip"]),
+    (["data=mnist", "data.root=BAD/magic"], ["train-images-idx3-ubyte.gz", "wrong magic number 0x00000801"]),
+    (["data=mnist", "data.root=BAD/count"], ["holds 200 images but", "train-labels-idx1-ubyte.gz holds 190 labels"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"), BAD_INPUTS + BAD_DATA, ids=[" ".join(o) for o, _ in BAD_INPUTS + BAD_DATA]
+)
+def test_bad_input_gives_one_clear_error(overrides, expected, tmp_path: Path, bad_data: Path, bcd_train):
+    """Each bad input: exit status 2, one line naming the key or file and what is allowed, no run folder."""
+
+    def place(text: str) -> str:
+        return text.replace("MISSING", str(tmp_path / "no-such-folder")).replace("BAD", str(bad_data))
+
     tiny = [o for o in TINY[:-1] if not (o.startswith("model.widths") and "model=resnet" in overrides)]
-    proc = run_cli(*tiny, *overrides, cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr + proc.stdout
+    code, stderr = bcd_train(*tiny, *map(place, overrides), cwd=tmp_path)
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    [line] = [line for line in stderr.splitlines() if line.startswith("bcd-train:")]
     for text in expected:
-        assert text.replace("MISSING", str(tmp_path / "no-such-folder")) in proc.stderr, proc.stderr
-    assert not run_folders(tmp_path), "a failed run must not leave a result folder behind"
-    assert not list((tmp_path / "outputs").glob("*/*")) if (tmp_path / "outputs").exists() else True
+        assert place(text) in line, stderr
+    assert not [p for p in tmp_path.glob("outputs/**/*") if p.is_file()], "a refused run leaves no run folder"
 
 
 def test_data_root_without_the_files_names_the_missing_file(tmp_path: Path):

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 import torch
 
-from bcd_cli import cli
 from bcd_cli.checkpoint import CHECKPOINT_FILE, read_checkpoint, run_lock
 from bcd_cli.errors import Interrupted, NumericalError
 from bcd_cli.report import METRICS_FILE, SUMMARY_FILE
@@ -47,23 +46,6 @@ def assert_same_run(folder: Path, reference: Path) -> None:
     assert final is not None and want is not None and final.sweep == want.sweep
     for a, b in zip(final.state["blocks"], want.state["blocks"], strict=True):
         assert torch.equal(a, b)
-
-
-@pytest.fixture
-def bcd_train(monkeypatch, capsys) -> Callable[..., tuple[int, str]]:
-    """``bcd-train ARGS`` in this process (no interpreter start-up): returns (exit status, stderr)."""
-
-    def call(*args: str, cwd: Path) -> tuple[int, str]:
-        monkeypatch.chdir(cwd)
-        monkeypatch.setattr(sys, "argv", ["bcd-train", *args])
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        return code, capsys.readouterr().err
-
-    return call
 
 
 def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
