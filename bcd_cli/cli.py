@@ -84,7 +84,6 @@ def _job_failed(out_dir: Path, err: Exception, job: int) -> float:
             summary = json.loads(summary_path.read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     write_summary(summary_path, {**summary, "status": "failed", "error": message})
-    print(f"bcd-train: job {job} failed: {message}", file=sys.stderr)
     return math.nan
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bcd_cli import cli
 from bcd_cli.checkpoint import CHECKPOINT_FILE, read_checkpoint, run_lock
 from bcd_cli.errors import Interrupted, NumericalError
 from bcd_cli.report import METRICS_FILE, SUMMARY_FILE
@@ -292,6 +293,24 @@ def test_a_failing_multirun_job_does_not_stop_the_others(tmp_path: Path, bcd_tra
     assert table["final_test_acc"].iloc[[0, 2]].notna().all()
     assert json.loads((sweep / "1" / SUMMARY_FILE).read_text())["status"] == "failed"
     assert (sweep / "2" / METRICS_FILE).exists()
+
+
+def test_an_unexpected_error_in_one_job_is_recorded_with_its_traceback(tmp_path: Path, bcd_train, monkeypatch):
+    real = cli.run
+
+    def flaky(cfg, out_dir, progress=None):
+        if cfg.seed == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(cfg, out_dir, progress)
+
+    monkeypatch.setattr(cli, "run", flaky)
+    sweep = tmp_path / "sweep"
+    code, stderr = bcd_train("-m", "seed=0,1,2", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert code == 1 and "1 of 3 jobs failed" in stderr, stderr
+    table = pd.read_csv(sweep / "sweep_summary.csv")
+    assert table["status"].tolist() == ["completed", "failed", "completed"]
+    assert table["error"].iloc[1] == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert "Traceback" in (sweep / "1" / "train.log").read_text()
 
 
 def test_ctrl_c_in_a_multirun_stops_it_and_reports_the_jobs_done(tmp_path: Path):
