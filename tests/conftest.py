@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,14 +60,35 @@ def bcd_train(monkeypatch, capsys) -> Callable[..., tuple[int, str]]:
     def call(*args: str, cwd: Path) -> tuple[int, str]:
         monkeypatch.chdir(cwd)
         monkeypatch.setattr(sys, "argv", ["bcd-train", *args])
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
+        with logging_restored():
+            try:
+                cli.main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
         return code, capsys.readouterr().err
 
     return call
+
+
+@contextlib.contextmanager
+def logging_restored() -> Iterator[None]:
+    """Undoes the logging set-up of a Hydra run in this process: its handlers write into the run's folder."""
+    manager = logging.Logger.manager
+    loggers = [logging.getLogger(), *(lg for lg in manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    saved = {lg: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers}
+    try:
+        yield
+    finally:
+        for lg in [logging.getLogger(), *manager.loggerDict.values()]:
+            if not isinstance(lg, logging.Logger):
+                continue
+            handlers, level, propagate, disabled = saved.get(lg, ([], logging.NOTSET, True, False))
+            for handler in lg.handlers:
+                if handler not in handlers:
+                    handler.close()
+            lg.handlers[:] = handlers
+            lg.level, lg.propagate, lg.disabled = level, propagate, disabled
 
 
 def write_idx(path: Path, array: np.ndarray, *, gz: bool = False) -> None:
