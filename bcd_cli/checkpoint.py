@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from bcd_cli.engine.parallel import gather_columns, local_columns
 from bcd_cli.errors import DataError
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -52,8 +53,13 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
     return {str(k): v for k, v in plain.items() if k not in RESUMABLE and k != "hydra"}
 
 
-def capture(algorithm: Any) -> dict[str, Any]:
-    """The algorithm's full state, detached (the baselines' optimizer state and generator included)."""
+def capture(algorithm: Any, n_samples: int) -> dict[str, Any]:
+    """The algorithm's full state, detached (the baselines' optimizer state and generator included).
+
+    In a data-parallel run the V and U blocks of the ``n_samples`` samples are gathered from
+    the ranks' shards (a collective: every rank calls it), so the checkpoint is the same as
+    that of one process and can be resumed with any number of processes.
+    """
     from bcd_cli.baselines import GradientBaseline
 
     state: dict[str, Any] = {"rng": torch.get_rng_state()}
@@ -64,7 +70,9 @@ def capture(algorithm: Any) -> dict[str, Any]:
         state["optimizer"] = algorithm.optimizer.state_dict()
         state["generator"] = algorithm.generator.get_state()
     else:
-        state["blocks"] = [_own(t) for t in algorithm.blocks()]
+        blocks, n_weights = algorithm.blocks(), 2 * algorithm.net.depth
+        states = [gather_columns(t, n_samples) for t in blocks[n_weights:]]
+        state["blocks"] = [_own(t) for t in (*blocks[:n_weights], *states)]
     return state
 
 
@@ -84,11 +92,10 @@ def restore(algorithm: Any, state: dict[str, Any]) -> None:
         algorithm.optimizer.load_state_dict(state["optimizer"])
         algorithm.generator.set_state(state["generator"])
     else:
-        current = algorithm.blocks()
-        _check_shapes(current, state["blocks"])
-        algorithm._set_blocks(
-            [s.to(device=c.device, dtype=c.dtype) for c, s in zip(current, state["blocks"], strict=True)]
-        )
+        current, n_weights = algorithm.blocks(), 2 * algorithm.net.depth
+        saved = [*state["blocks"][:n_weights], *(local_columns(t) for t in state["blocks"][n_weights:])]
+        _check_shapes(current, saved)
+        algorithm._set_blocks([s.to(device=c.device, dtype=c.dtype) for c, s in zip(current, saved, strict=True)])
 
 
 def _own(t: torch.Tensor) -> torch.Tensor:

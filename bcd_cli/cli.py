@@ -9,10 +9,13 @@ import math
 import os
 import shutil
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +24,7 @@ from rich.console import Console
 from bcd_cli.callbacks import SweepReport, report_sweep
 from bcd_cli.checkpoint import LOCK_FILE
 from bcd_cli.console import progress_display, summary_table
+from bcd_cli.engine.parallel import rank
 from bcd_cli.errors import BCDError, ConfigError, Interrupted
 from bcd_cli.preflight import preflight
 from bcd_cli.report import METRICS_FILE, SUMMARY_FILE, write_summary
@@ -46,9 +50,10 @@ def _train(cfg: DictConfig) -> float:
     console = Console()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     method = str(cfg.trainer.name).upper()
+    main_rank = rank() == 0  # in a data-parallel run the other ranks print nothing
     progress = progress_display(console, f"{method} #{hydra_cfg.job.num}" if multirun else method, live=not multirun)
     try:
-        result = run(cfg, out_dir, progress)
+        result = run(cfg, out_dir, progress if main_rank else None)
     except Interrupted as err:  # Ctrl-C: a multirun stops too (the exit propagates through Hydra's launcher)
         progress.stop()
         print(f"bcd-train: interrupted: {err}", file=sys.stderr)
@@ -66,7 +71,8 @@ def _train(cfg: DictConfig) -> float:
         print(f"bcd-train: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     progress.stop()
-    console.print(summary_table(result.summary, str(out_dir)))
+    if main_rank:
+        console.print(summary_table(result.summary, str(out_dir)))
     return result.summary["final_test_acc"]
 
 
@@ -154,6 +160,33 @@ def _quoted(value: str) -> str:
     return f"'{escaped}'"
 
 
+def data_parallel_arguments(argv: list[str]) -> list[str]:
+    """Under torchrun (WORLD_SIZE > 1): joins the process group and makes every rank use one run folder.
+
+    Rank 0 picks the folder (``outputs/DATE/TIME`` unless hydra.run.dir is given) and tells the
+    others; they write neither .hydra/ nor a log there. The backend is gloo for CPU tensors and
+    NCCL for CUDA tensors.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return argv
+    if any(a in ("-m", "--multirun") for a in argv):
+        raise ConfigError("--multirun", True, "a single run under torchrun: each data-parallel run is one job")
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    extra = []
+    if not any(_override_key(a) == "hydra.run.dir" for a in overrides):
+        folder = [datetime.now().strftime("outputs/%Y-%m-%d/%H-%M-%S")]
+        dist.broadcast_object_list(folder, src=0)
+        extra.append(f"hydra.run.dir={_quoted(folder[0])}")
+    if rank() != 0:
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    return [*argv, *extra]
+
+
 def _failed_jobs(folder: Path) -> list[str]:
     """'job N: error' for every job of the multirun in ``folder`` that did not complete."""
     table, _ = sweep_table(folder)
@@ -164,28 +197,32 @@ def _failed_jobs(folder: Path) -> list[str]:
 def main() -> None:
     """Entry point of ``bcd-train``: every job's config is composed and validated before Hydra starts any."""
     try:
-        sys.argv[1:] = resume_arguments(sys.argv[1:])
+        sys.argv[1:] = data_parallel_arguments(resume_arguments(sys.argv[1:]))
         preflight(sys.argv[1:])
     except BCDError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"bcd-train: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
-    SweepReport.folder = None
     try:
-        _train()
-    except SystemExit as exc:
-        if exc.code == Interrupted.exit_code and SweepReport.folder is not None:
-            report_sweep(SweepReport.folder)  # the report of the jobs done before Ctrl-C
-        raise
-    except KeyboardInterrupt:  # before the first sweep, or a second Ctrl-C outside a run
-        print("bcd-train: interrupted", file=sys.stderr)
-        sys.exit(Interrupted.exit_code)
-    if SweepReport.folder is not None and (failed := _failed_jobs(SweepReport.folder)):
-        total = len(sweep_table(SweepReport.folder)[0])
-        print(
-            f"bcd-train: {len(failed)} of {total} jobs failed (see {SweepReport.folder / SWEEP_SUMMARY_FILE}):\n  "
-            + "\n  ".join(failed),
-            file=sys.stderr,
-        )
-        sys.exit(1)
+        SweepReport.folder = None
+        try:
+            _train()
+        except SystemExit as exc:
+            if exc.code == Interrupted.exit_code and SweepReport.folder is not None:
+                report_sweep(SweepReport.folder)  # the report of the jobs done before Ctrl-C
+            raise
+        except KeyboardInterrupt:  # before the first sweep, or a second Ctrl-C outside a run
+            print("bcd-train: interrupted", file=sys.stderr)
+            sys.exit(Interrupted.exit_code)
+        if SweepReport.folder is not None and (failed := _failed_jobs(SweepReport.folder)):
+            total = len(sweep_table(SweepReport.folder)[0])
+            print(
+                f"bcd-train: {len(failed)} of {total} jobs failed (see {SweepReport.folder / SWEEP_SUMMARY_FILE}):\n  "
+                + "\n  ".join(failed),
+                file=sys.stderr,
+            )
+            sys.exit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

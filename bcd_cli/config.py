@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bcd_cli.engine.blocks import ALPHA_CHECKS
+from bcd_cli.engine.parallel import world_size
 from bcd_cli.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -54,11 +56,33 @@ def validate(cfg: DictConfig) -> None:
     for group in CATALOGUE:  # small objects: building them checks their parameters before any data is read
         build(cfg, group)
 
+    if world_size() > 1:
+        _validate_data_parallel(cfg)
     name = OmegaConf.select(cfg, "device.name")
     if name not in DEVICES:
         raise ConfigError("device.name", name, f"one of {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda", "CUDA is not available on this machine; use device=cpu or device=auto")
+
+
+def _validate_data_parallel(cfg: DictConfig) -> None:
+    """What a data-parallel run (torchrun, more than one process) supports: BCD with sample-separable blocks."""
+    trainer = OmegaConf.select(cfg, "trainer.name")
+    if trainer != "bcd":
+        raise ConfigError(
+            "trainer", trainer, "bcd under torchrun: data-parallel runs train by BCD; run the baselines in one process"
+        )
+    scheme = getattr(get_class(OmegaConf.select(cfg, "splitting._target_")), "name", None)
+    if scheme == "two":
+        raise ConfigError(
+            "splitting", scheme, "three or resnet under torchrun: two-splitting's W blocks with a nonlinear "
+            "activation need sums over all samples inside their inner solver",
+        )  # fmt: skip
+    reduction = OmegaConf.select(cfg, "loss.reduction")
+    if reduction != "sum":
+        raise ConfigError(
+            "loss.reduction", reduction, "sum under torchrun: with mean, each sample's weight 1/n depends on all shards"
+        )
 
 
 def _validate_model(cfg: DictConfig) -> None:
@@ -153,8 +177,9 @@ def resolve_device(cfg: DictConfig) -> torch.device:
     name = cfg.device.name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", int(cfg.device.get("index", 0)))
+    if name == "cuda":  # a data-parallel run puts each process on its own GPU: torchrun's LOCAL_RANK
+        index = int(os.environ["LOCAL_RANK"]) if world_size() > 1 else int(cfg.device.get("index", 0))
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 

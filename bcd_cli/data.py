@@ -6,6 +6,7 @@ pixels scaled to [0, 1], one-hot targets, in the requested dtype and device.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import logging
 import os
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from bcd_cli.engine.parallel import local_columns, world_size
 from bcd_cli.errors import ConfigError, DataError
 
 _Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]  # X_tr, y_tr, X_te, y_te, source
@@ -48,6 +50,9 @@ class Dataset:
     Y_test: torch.Tensor
     y_test: torch.Tensor
     n_classes: int
+    # in a data-parallel run this process holds a shard: the sample counts of the whole data set
+    n_train_all: int | None = None
+    n_test_all: int | None = None
 
     @property
     def n_features(self) -> int:
@@ -55,11 +60,26 @@ class Dataset:
 
     @property
     def n_train(self) -> int:
-        return self.X_train.shape[1]
+        """Training samples of the whole data set (all ranks' shards together)."""
+        return self.X_train.shape[1] if self.n_train_all is None else self.n_train_all
 
     @property
     def n_test(self) -> int:
-        return self.X_test.shape[1]
+        """Test samples of the whole data set (all ranks' shards together)."""
+        return self.X_test.shape[1] if self.n_test_all is None else self.n_test_all
+
+
+def shard(data: Dataset) -> Dataset:
+    """This rank's contiguous share of the train and test samples in a data-parallel run; ``data`` in one process."""
+    if world_size() == 1:
+        return data
+    train, test = [local_columns(t) for t in (data.X_train, data.Y_train)], local_columns(data.X_test)
+    return dataclasses.replace(
+        data,
+        X_train=train[0], Y_train=train[1], y_train=local_columns(data.y_train),
+        X_test=test, Y_test=local_columns(data.Y_test), y_test=local_columns(data.y_test),
+        n_train_all=data.n_train, n_test_all=data.n_test,
+    )  # fmt: skip
 
 
 def load_data(cfg: DictConfig | Mapping[str, Any], *, dtype: torch.dtype, device: torch.device) -> Dataset:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -29,8 +30,9 @@ from bcd_cli.checkpoint import (
     write_checkpoint,
 )
 from bcd_cli.config import DTYPES, architecture, build, resolve_device, validate
-from bcd_cli.data import Dataset, load_data
+from bcd_cli.data import Dataset, load_data, shard
 from bcd_cli.engine.network import MLP
+from bcd_cli.engine.parallel import all_reduce_sum_, any_rank, rank
 from bcd_cli.errors import BCDError, ConfigError, DataError, Interrupted, NumericalError
 from bcd_cli.report import (
     CURVES_FILE,
@@ -72,9 +74,15 @@ def _evaluate(algorithm: Any, loss: Any, data: Dataset) -> dict[str, float]:
     net = algorithm.net
     row = algorithm.objective(with_gradient=True)
     output = net(data.X_train)
-    row["train_loss"] = loss(output, data.Y_train).item()
-    row["train_acc"] = (output.argmax(dim=0) == data.y_train).double().mean().item()
-    row["test_acc"] = net.accuracy(data.X_test, data.y_test)
+    sums = torch.stack([
+        loss(output, data.Y_train).double(),
+        (output.argmax(dim=0) == data.y_train).double().sum(),
+        (net(data.X_test).argmax(dim=0) == data.y_test).double().sum(),
+    ])  # fmt: skip
+    train_loss, train_correct, test_correct = all_reduce_sum_(sums).tolist()  # over the ranks' shards
+    row["train_loss"] = train_loss
+    row["train_acc"] = train_correct / data.n_train
+    row["test_acc"] = test_correct / data.n_test
     return row
 
 
@@ -227,10 +235,11 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
     cfg = start.cfg
     validate(cfg)
     device, dtype = resolve_device(cfg), DTYPES[cfg.dtype]
-    data = load_data(cfg.data, dtype=dtype, device=device)
+    data = shard(load_data(cfg.data, dtype=dtype, device=device))
     algorithm, loss = build_algorithm(cfg, data, device, dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(out_dir), GracefulStop() as stop:
+    lock = run_lock(out_dir) if rank() == 0 else contextlib.nullcontext()  # rank 0 alone writes
+    with lock, GracefulStop() as stop:
         rows: list[dict[str, Any]] = []
         elapsed = 0.0
         if start.resumed:
@@ -246,7 +255,8 @@ def _resume_state(cfg: DictConfig, out_dir: Path, algorithm: Any, data: Dataset)
     metrics = out_dir / METRICS_FILE
     if checkpoint is None:
         log.warning("resuming %s: no checkpoint yet, so the run starts again from sweep 0", out_dir)
-        metrics.unlink(missing_ok=True)
+        if rank() == 0:
+            metrics.unlink(missing_ok=True)
         return None
     if checkpoint.config != run_config(cfg):
         changed = sorted(
@@ -263,7 +273,8 @@ def _resume_state(cfg: DictConfig, out_dir: Path, algorithm: Any, data: Dataset)
         )
     if checkpoint.sweep > cfg.epochs:
         raise ConfigError("epochs", cfg.epochs, f"at least {checkpoint.sweep}, the sweeps {out_dir} already holds")
-    truncate_metrics(metrics, checkpoint.metrics_bytes)
+    if rank() == 0:
+        truncate_metrics(metrics, checkpoint.metrics_bytes)
     restore(algorithm, checkpoint.state)
     log.info("resuming %s at sweep %d of %d", out_dir, checkpoint.sweep, cfg.epochs)
     return checkpoint
@@ -287,6 +298,7 @@ def _train(
 ) -> RunResult:
     """The sweep loop of ``run``: metrics row, checkpoint and Ctrl-C check after every sweep."""
     writer = MetricsWriter(out_dir / METRICS_FILE)
+    main, device = rank() == 0, data.X_train.device  # rank 0 alone writes files in a data-parallel run
     started = time.perf_counter() - elapsed
     every, epochs = int(cfg.checkpoint.every), int(cfg.epochs)
     saved_sweep = checkpoint.sweep if checkpoint is not None else None
@@ -299,10 +311,11 @@ def _train(
     def checkpoint_now(row: dict[str, Any]) -> None:
         nonlocal saved_sweep
         state = Checkpoint(
-            sweep=int(row["sweep"]), config=config, state=capture(algorithm), rows=rows,
+            sweep=int(row["sweep"]), config=config, state=capture(algorithm, data.n_train), rows=rows,
             metrics_bytes=writer.size, elapsed=time.perf_counter() - started, data_shape=_data_shape(data),
         )  # fmt: skip
-        write_checkpoint(out_dir, state)
+        if main:
+            write_checkpoint(out_dir, state)
         saved_sweep = state.sweep
         log.debug("checkpoint of sweep %d written", state.sweep)
 
@@ -317,13 +330,15 @@ def _train(
     try:
         for row in sweeps(algorithm, loss, data, epochs, start=start, previous=previous):
             rows.append(row)
-            writer.append(row)
+            if main:
+                writer.append(row)
             if progress is not None:
                 progress.update(row)
             k = row["sweep"]
-            if k == epochs or stop.requested or (every and k % every == 0 and k > 0):
+            stopping = any_rank(stop.requested, device)  # every rank stops after the same sweep
+            if k == epochs or stopping or (every and k % every == 0 and k > 0):
                 checkpoint_now(row)
-            if stop.requested and k < epochs:
+            if stopping and k < epochs:
                 raise Interrupted(f"stopped after sweep {k}; {kept()}; resume with: bcd-train resume={out_dir}")
     except NumericalError as err:
         if rows:
@@ -360,6 +375,8 @@ def _write_reports(
         sizes=net.sizes, n_train=data.n_train, n_test=data.n_test,
         method=algorithm.name, alpha_output_block=getattr(algorithm, "alpha_out", None),
     )  # fmt: skip
+    if rank() != 0:  # rank 0 alone writes the reports of a data-parallel run
+        return metrics, summary
     write_summary(out_dir / SUMMARY_FILE, summary)
     if cfg.trainer.name == "bcd":
         settings = f"splitting={algorithm.name}, gamma={cfg.gamma}, alpha={cfg.alpha}"

@@ -22,6 +22,7 @@ from bcd_cli.engine.inner import (
     spectral_norm_squared,
 )
 from bcd_cli.engine.linalg import add_to_diagonal, spd_solve
+from bcd_cli.engine.parallel import all_reduce_sum_, world_size
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +98,22 @@ def _weights_system(U: Tensor, V_in: Tensor, W_old: Tensor, b_old: Tensor, *, rh
     H[:d, d] = row_sums
     H[d, :d] = row_sums
     H[d, d] = n
+    G = U.new_empty(U.shape[0], d + 1)
+    if world_size() > 1:  # data-parallel: sum the sample products over the ranks' shards first
+        G[:, :d] = U @ V_in.T
+        G[:, d] = U.sum(dim=1)
+        all_reduce_sum_(H)
+        all_reduce_sum_(G)
+        G.mul_(rho)
+        G[:, :d].add_(W_old, alpha=alpha)
+        G[:, d].add_(b_old, alpha=alpha)
+    else:
+        G[:, :d] = torch.addmm(W_old, U, V_in.T, beta=alpha, alpha=rho)
+        G[:, d] = U.sum(dim=1).mul_(rho).add_(b_old, alpha=alpha)
     H.mul_(rho)
     diagonal = H.new_full((d + 1,), alpha + ridge)
     diagonal[d] = alpha
     add_to_diagonal(H, diagonal)
-
-    G = U.new_empty(U.shape[0], d + 1)
-    G[:, :d] = torch.addmm(W_old, U, V_in.T, beta=alpha, alpha=rho)
-    G[:, d] = U.sum(dim=1).mul_(rho).add_(b_old, alpha=alpha)
     return H, G
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor
 from bcd_cli.engine.blocks import ALPHA_CHECKS, feasible, output_alpha
 from bcd_cli.engine.inner import InnerSolver
 from bcd_cli.engine.network import MLP
+from bcd_cli.engine.parallel import all_reduce_sum_, world_size
 
 
 class BCDScheme:
@@ -99,6 +101,28 @@ class BCDScheme:
         """||grad L(P^k)||_F over all blocks (see ``objective``)."""
         return self.objective(with_gradient=True)["grad_norm"]
 
+    def _squared_gradient_norm(self, grads: Sequence[Tensor | None]) -> float:
+        """||grad L||^2 from the gradients of this rank's terms, in the order of ``blocks()``.
+
+        Data-parallel: the gradients of W_1..W_N, b_1..b_N sum over the ranks (they are the
+        same on every rank afterwards); those of the V and U shards are the rank's own, so
+        their squared norms sum over the ranks.
+        """
+        if world_size() == 1:
+            return float(torch.stack([g.square().sum() for g in grads if g is not None]).sum())
+        n_weights = 2 * self.net.depth
+        weights, states = [torch.zeros((), dtype=torch.float64)], [torch.zeros((), dtype=torch.float64)]
+        for i, g in enumerate(grads):
+            if g is not None:
+                target = weights if i < n_weights else states
+                target.append(
+                    all_reduce_sum_(g).square().sum().double().cpu()
+                    if i < n_weights
+                    else g.square().sum().double().cpu()
+                )
+        state_part = all_reduce_sum_(torch.stack(states).sum().to(self.X.device))
+        return float(torch.stack(weights).sum()) + float(state_part)
+
     def objective(self, *, with_gradient: bool = False) -> dict[str, float]:
         """L(P^k) and its parts, moved to the host in one transfer.
 
@@ -115,14 +139,16 @@ class BCDScheme:
             with torch.set_grad_enabled(differentiable):
                 parts = self.objective_parts()
                 values = torch.stack([torch.as_tensor(p, dtype=torch.float64) for p in parts.values()])
-                grads = torch.autograd.grad(values.sum(), leaves, allow_unused=True) if differentiable else []
+                # data-parallel: every term but r(W) sums over this rank's samples; r(W) is the same on every rank
+                weights = values.new_tensor([1.0 / world_size() if k == "reg_w" else 1.0 for k in parts])
+                local = values * weights
+                grads = torch.autograd.grad(local.sum(), leaves, allow_unused=True) if differentiable else []
         finally:
             self._set_blocks(saved)
-        result = dict(zip(parts, values.detach().tolist(), strict=True))
+        result = dict(zip(parts, all_reduce_sum_(local.detach()).tolist(), strict=True))
         result["objective"] = sum(result.values())
         if with_gradient:
-            squares = [g.square().sum() for g in grads if g is not None]
-            result["grad_norm"] = math.sqrt(float(torch.stack(squares).sum())) if differentiable else math.nan
+            result["grad_norm"] = math.sqrt(self._squared_gradient_norm(grads)) if differentiable else math.nan
         return result
 
 

@@ -36,6 +36,7 @@ from bcd_cli.engine.blocks import (
     update_preactivation,
     update_weights,
 )
+from bcd_cli.engine.parallel import all_reduce_sum_
 from bcd_cli.engine.scheme import BCDScheme
 
 
@@ -80,7 +81,7 @@ class ThreeSplittingBCD(BCDScheme):
         W, b = net.W, net.b
         gamma, rho, alpha = self.gamma, self.rho, self.alpha
         N = net.depth
-        D = U[0].new_zeros(())
+        D, D_states = U[0].new_zeros(()), U[0].new_zeros(())  # W, b are the same on every rank; V, U are shards
         for l in reversed(range(N)):
             i = l + 1  # the paper's layer index, for messages
             if l == N - 1:
@@ -101,7 +102,7 @@ class ThreeSplittingBCD(BCDScheme):
                     net.acts[l], self.activation_target(l, V_new), net.pre_activation(l, V[l]), U[l],
                     gamma=gamma, rho=rho, alpha=alpha,
                 )  # fmt: skip
-            D += squared_distance(V_new, V[i]) + squared_distance(U_new, U[l])
+            D_states += squared_distance(V_new, V[i]) + squared_distance(U_new, U[l])
             V[i], U[l] = V_new, U_new
             W_new, b_new = update_weights(
                 self.reg_w, U[l], V[l], W[l], b[l],
@@ -109,7 +110,7 @@ class ThreeSplittingBCD(BCDScheme):
             )  # fmt: skip
             D += squared_distance(W_new, W[l]) + squared_distance(b_new, b[l])
             W[l], b[l] = W_new, b_new
-        return D.item()
+        return (D + all_reduce_sum_(D_states)).item()
 
     def objective_parts(self):
         """The terms of (2.5) (or (3.4) for residual layers, whose penalty is ||V_i - V_{i-1} - sigma(U_i)||^2)."""
