@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from bcd_cli.callbacks import SweepReport, report_sweep
-from bcd_cli.checkpoint import LOCK_FILE
+from bcd_cli.checkpoint import LOCK_FILE, run_lock
 from bcd_cli.console import progress_display, summary_table
 from bcd_cli.engine.parallel import rank
-from bcd_cli.errors import BCDError, ConfigError, Interrupted
+from bcd_cli.errors import BCDError, ConfigError, DataError, Interrupted
 from bcd_cli.preflight import preflight
 from bcd_cli.report import METRICS_FILE, SUMMARY_FILE, write_summary
 from bcd_cli.sweep import SWEEP_SUMMARY_FILE, sweep_table
@@ -187,6 +188,25 @@ def data_parallel_arguments(argv: list[str]) -> list[str]:
     return [*argv, *extra]
 
 
+def _wait_for_jobs(folder: Path, timeout: float = 10.0) -> None:
+    """Waits, at most ``timeout`` s, until no job folder of the multirun in ``folder`` is locked by its run.
+
+    After Ctrl-C, jobs that run in processes of their own (hydra/launcher=submitit_local) may still be
+    writing their checkpoint and summary when the launcher has stopped waiting for them.
+    """
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C again: write the report at once
+        for lock in sorted(folder.glob(f"*/{LOCK_FILE}")):
+            while True:
+                try:
+                    with run_lock(lock.parent):
+                        break
+                except DataError:  # its run still holds it
+                    if time.monotonic() > deadline:
+                        return
+                    time.sleep(0.1)
+
+
 def _failed_jobs(folder: Path) -> list[str]:
     """'job N: error' for every job of the multirun in ``folder`` that did not complete."""
     table, _ = sweep_table(folder)
@@ -212,7 +232,10 @@ def main() -> None:
             if exc.code == Interrupted.exit_code and SweepReport.folder is not None:
                 report_sweep(SweepReport.folder)  # the report of the jobs done before Ctrl-C
             raise
-        except KeyboardInterrupt:  # before the first sweep, or a second Ctrl-C outside a run
+        except KeyboardInterrupt:  # before the first sweep, a second Ctrl-C outside a run, or while a launcher waits
+            if SweepReport.folder is not None:  # the jobs of a parallel launcher (joblib, submitit) stop at once
+                _wait_for_jobs(SweepReport.folder)
+                report_sweep(SweepReport.folder)
             print("bcd-train: interrupted", file=sys.stderr)
             sys.exit(Interrupted.exit_code)
         if SweepReport.folder is not None and (failed := _failed_jobs(SweepReport.folder)):

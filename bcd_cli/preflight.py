@@ -15,6 +15,7 @@ import difflib
 import io
 import os
 import re
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -44,6 +45,7 @@ from bcd_cli.errors import ConfigError
 
 CONFIG_NAME = "train"  # the primary config of ``bcd_cli.cli._train``
 BASIC_SWEEPER = f"{BasicSweeper.__module__}.{BasicSweeper.__name__}"
+SLURM_COMMANDS = ("sbatch", "srun")  # what submitit's SLURM executor calls
 _UNRESOLVABLE = (InterpolationResolutionError, GrammarParseError)
 
 
@@ -154,6 +156,7 @@ class _Preflight:
         except Exception as err:
             self._refuse(err, sweep_overrides)
         _resolve(master, "hydra.sweep.dir")
+        _check_launcher(master)
         if OmegaConf.select(master, "hydra.sweeper._target_") != BASIC_SWEEPER:
             return  # another sweeper plugin expands the sweep its own way
         params = OmegaConf.to_container(master.hydra.sweeper.params or OmegaConf.create())
@@ -339,6 +342,20 @@ class _Preflight:
             parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
             return _key_list(parent, parent_key)
         return "the config could not be composed"
+
+
+def _check_launcher(master: DictConfig) -> None:
+    """A SLURM launcher needs SLURM's commands on this machine: submitit fails with a traceback without them."""
+    if not str(OmegaConf.select(master, "hydra.launcher._target_") or "").endswith(".SlurmLauncher"):
+        return
+    missing = [command for command in SLURM_COMMANDS if shutil.which(command) is None]
+    if missing:
+        choice = OmegaConf.select(master, "hydra.runtime.choices").get("hydra/launcher")
+        raise ConfigError(
+            "hydra/launcher", choice, f"a launcher that runs here: SLURM's {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not on PATH (submit from a SLURM login node); "
+            "hydra/launcher=joblib or submitit_local run the jobs on this machine",
+        )  # fmt: skip
 
 
 def _parse_each(overrides: list[str]) -> list[Override]:
