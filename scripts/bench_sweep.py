@@ -233,6 +233,8 @@ def total_flops(terms: Sequence[Term], ops: Sequence[str] | None = None) -> floa
 
 @dataclass
 class Case:
+    """One benchmark case: a scheme (three, two, resnet) on a network of layer sizes, n training samples."""
+
     scheme: str
     sizes: list[int]
     n: int
@@ -368,7 +370,7 @@ def _reset_high_water_mark() -> bool:
 
 def _cpu_seconds() -> tuple[float, float]:
     """(CPU seconds the whole machine has been busy, CPU seconds of this process) so far (Linux /proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]  # guest: in user
     busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return busy / os.sysconf("SC_CLK_TCK"), usage.ru_utime + usage.ru_stime
@@ -464,10 +466,10 @@ def time_case(case: Case) -> dict:
     eval_s = statistics.median(eval_seconds)
     two = case.scheme == "two"
     by_op = {op: total_flops(terms[0], [op]) / 1e9 for op in ("gemm", "gram", "matvec", "cholesky", "solve")}
-    rates = [
-        {"m": m, "k": k, "n": n, "gflops": 2 * m * k * n / statistics.median(slot[(m, k, n)] for slot in slots) / 1e9}
-        for (m, k, n) in slots[0]
-    ]
+    rates = []  # per product shape (m x k) by (k x cols): the median over every measurement
+    for m, k, cols in slots[0]:
+        seconds = statistics.median(slot[(m, k, cols)] for slot in slots)
+        rates.append({"m": m, "k": k, "n": cols, "gflops": 2 * m * k * cols / seconds / 1e9})
     return {
         "case": case.name, "scheme": case.scheme, "sizes": size_label(sizes), "device": str(device),
         "dtype": cfg.dtype, "solve_dtype": cfg.trainer.solve_dtype, "n": n, "n_test": case.test_samples,

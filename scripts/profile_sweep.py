@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from bench_sweep import Case, _reset_high_water_mark, _status_mb, build_case, size_label
+from bench_sweep import Case, _cpu_seconds, _reset_high_water_mark, _status_mb, build_case, size_label
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from bcd_cli.engine import blocks, three_splitting
@@ -192,6 +192,7 @@ def main() -> None:
             print(f"  {name:30s} {calls:3d} calls  {mib:8.1f} MiB at most")
         return
     algorithm.sweep()  # warm-up
+    machine_busy, own_busy, started = *_cpu_seconds(), time.perf_counter()
     with labelled_blocks(), profile(activities=[ProfilerActivity.CPU], record_shapes=True, profile_memory=True) as p:
         start = time.perf_counter()
         algorithm.sweep()
@@ -216,7 +217,9 @@ def main() -> None:
     print(f"(4) alternatives on the shapes of {size_label(case.sizes)}, n={case.n} (median ms):")
     for what, ms in what_ifs(algorithm, loss, data):
         print(f"  {ms:9.1f}  {what}")
-    print("(5): run again with --memory")
+    machine_now, own_now = _cpu_seconds()
+    others = (machine_now - machine_busy - (own_now - own_busy)) / ((time.perf_counter() - started) * os.cpu_count())
+    print(f"other processes took {max(others, 0):.0%} of the machine's CPU meanwhile; (5): run again with --memory")
 
 
 if __name__ == "__main__":
