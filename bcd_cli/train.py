@@ -258,10 +258,9 @@ def _resume_state(cfg: DictConfig, out_dir: Path, algorithm: Any, data: Dataset)
         if rank() == 0:
             metrics.unlink(missing_ok=True)
         return None
-    if checkpoint.config != run_config(cfg):
-        changed = sorted(
-            k for k in {*checkpoint.config, *run_config(cfg)} if checkpoint.config.get(k) != run_config(cfg).get(k)
-        )
+    config = run_config(cfg)
+    if checkpoint.config != config:
+        changed = sorted(k for k in {*checkpoint.config, *config} if checkpoint.config.get(k) != config.get(k))
         raise DataError(
             f"{out_dir / CHECKPOINT_FILE}: written by a different config than {out_dir}/.hydra/config.yaml "
             f"(keys {', '.join(changed)} differ)"
