@@ -43,8 +43,8 @@ def _cholesky(a_shape, *args, **kwargs) -> float:
     return a_shape[-1] ** 3 / 3
 
 
-def _cholesky_solve(b_shape, l_shape, *args, **kwargs) -> float:
-    return 2.0 * l_shape[-1] ** 2 * b_shape[-1]
+def _solve_triangular(a_shape, b_shape, *args, left=True, **kwargs) -> float:
+    return float(a_shape[-1] ** 2 * (b_shape[-1] if left else b_shape[-2]))  # one m x m triangle, per right-hand side
 
 
 def _mv(a_shape, v_shape, *args, **kwargs) -> int:
@@ -55,7 +55,12 @@ def _addmm_(self_shape, a_shape, b_shape, *args, **kwargs) -> int:
     return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
 
-EXTRA = {aten.linalg_cholesky_ex: _cholesky, aten.cholesky_solve: _cholesky_solve, aten.mv: _mv, aten.addmm_: _addmm_}
+EXTRA = {
+    aten.linalg_cholesky_ex: _cholesky,
+    aten.linalg_solve_triangular: _solve_triangular,
+    aten.mv: _mv,
+    aten.addmm_: _addmm_,
+}
 
 
 def counted(fn) -> tuple[float, dict]:
@@ -81,7 +86,7 @@ def test_sweep_count_matches_flop_counter(scheme):
     assert products == flops["gemm"] + flops["gram"]
     assert ops.get("aten.mv", 0) == flops["matvec"]
     assert ops.get("aten.linalg_cholesky_ex", 0) == pytest.approx(flops["cholesky"])
-    assert ops.get("aten.cholesky_solve", 0) == pytest.approx(flops["solve"])
+    assert ops.get("aten.linalg_solve_triangular", 0) == pytest.approx(flops["solve"])
 
 
 @pytest.mark.parametrize("scheme", list(CASES))

@@ -17,7 +17,7 @@ import torch
 from bcd_cli.baselines import GradientBaseline
 from bcd_cli.catalogue import NoReg, ReLU, Square
 from bcd_cli.engine import MLP, ResNetBCD, ThreeSplittingBCD, TwoSplittingBCD, three_splitting, two_splitting
-from bcd_cli.engine.linalg import JITTER_EPS_MULTIPLES, spd_solve
+from bcd_cli.engine.linalg import JITTER_EPS_MULTIPLES, cholesky_solve, spd_solve
 from bcd_cli.errors import NumericalError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -70,6 +70,29 @@ def test_singular_psd_float32_is_solved_with_jitter_and_a_warning(caplog):
     )
 
 
+@pytest.mark.parametrize("k, n", [(1, 1), (6, 1), (6, 40), (40, 6)])
+@pytest.mark.parametrize("dtype, factor_dtype", [(DT, DT), (torch.float32, torch.float32), (torch.float32, DT)])
+def test_cholesky_solve_from_the_right(k, n, dtype, factor_dtype):
+    """X = H^-1 G against torch.linalg.solve; X keeps G's dtype and row-major layout, and G its values
+    unless ``overwrite`` lets X take G's memory (only possible when the dtypes agree)."""
+    gen = torch.Generator().manual_seed(k + n)
+    A = torch.randn(k, k, generator=gen, dtype=DT)
+    H = A @ A.T + k * torch.eye(k, dtype=DT)
+    G64 = torch.randn(k, n, generator=gen, dtype=DT)
+    L = torch.linalg.cholesky(H.to(factor_dtype))
+    tol = 1e-12 if factor_dtype == dtype == DT else 1e-5
+    for overwrite in (False, True):
+        G = G64.to(dtype, copy=True)
+        before = G.clone()
+        X = cholesky_solve(L, G, overwrite=overwrite)
+        assert X.dtype == dtype and X.shape == (k, n) and X.is_contiguous()
+        torch.testing.assert_close(X.double(), torch.linalg.solve(H, G64), rtol=tol, atol=tol)
+        shares = X.data_ptr() == G.data_ptr()
+        assert shares == (overwrite and factor_dtype == dtype)
+        if not shares:
+            assert torch.equal(G, before)
+
+
 def test_float32_failure_is_retried_in_float64_without_jitter_first(caplog):
     """An SPD float64 H with condition number 1e12 factorises in float64 but not in float32."""
     H = rotated([1.0, 1e-3, 1e-6, 1e-9, 1e-12], seed=1)
@@ -78,7 +101,7 @@ def test_float32_failure_is_retried_in_float64_without_jitter_first(caplog):
     with caplog.at_level(logging.WARNING, logger=LINALG_LOGGER):
         X = spd_solve(H, G, solve_dtype=torch.float32, block="V2")
     assert X.dtype == DT
-    assert torch.equal(X, torch.cholesky_solve(G, torch.linalg.cholesky(H)))  # H itself, no shift
+    assert torch.equal(X, cholesky_solve(torch.linalg.cholesky(H), G))  # H itself, no shift
     assert [r.getMessage() for r in caplog.records] == [
         "Cholesky factorisation failed in block V2 in float32; solved in float64 with diagonal jitter 0 "
         "(0 eps x mean|diag H|)"
@@ -131,7 +154,7 @@ def test_well_conditioned_matrix_takes_the_plain_path(dtype, solve_dtype, caplog
     with caplog.at_level(logging.DEBUG, logger=LINALG_LOGGER):
         X = spd_solve(H, G, solve_dtype=solve_dtype, block="V1")
     d = solve_dtype or dtype
-    assert torch.equal(X, torch.cholesky_solve(G.to(d), torch.linalg.cholesky(H.to(d))).to(dtype))  # as before
+    assert torch.equal(X, cholesky_solve(torch.linalg.cholesky(H.to(d)), G))  # no retry, no warning
     assert caplog.records == []
 
 

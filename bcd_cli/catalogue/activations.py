@@ -65,17 +65,22 @@ class ReLU:
     def prox(self, v: Tensor, b: Tensor, c: float, start: Tensor | None = None) -> Tensor:
         """Returns argmin_u 1/2 (relu(u) - v)^2 + c/2 (u - b)^2, elementwise (Lemma 13).
 
-        On u <= 0 the minimiser is min(b, 0), with value v^2/2 + c/2 relu(b)^2.
-        On u >= 0 it is p = (v + c b)/(1 + c) when p > 0, with value
-        c/(2(1 + c)) (v - b)^2; when p <= 0 that piece's minimiser is 0, which
-        the first piece already covers. The global minimiser is the better one,
-        so ``start`` is not needed.
+        The u <= 0 piece is minimised by min(b, 0), the u >= 0 piece by p = (v + c b)/(1 + c)
+        when p > 0. Comparing the two values (Lemma 13's case table) reduces to one threshold:
+        p wins exactly when v >= t with t = -c b for b >= 0 (twice the difference of the
+        values is (v + c b)^2 / (1 + c)) and t = -(c + sqrt(c (1 + c))) b for b < 0 (the
+        larger root of v^2 + 2 c b v - c b^2), that is t = -c b - sqrt(c (1 + c)) min(b, 0);
+        at the threshold both are minimisers. The global minimiser needs no ``start``.
+
+        Computed as max(p - BIG [v < t], min(b, 0)), BIG the dtype's largest value over 2:
+        arithmetic passes only (a boolean select costs several times more on the CPU) and
+        two temporaries of the size of v.
         """
-        p = (v + c * b) / (1 + c)
         left = torch.clamp(b, max=0.0)
-        # twice the two candidate values, compared in place of Lemma 13's case table
-        right_wins = (p > 0) & (c / (1 + c) * (v - b) ** 2 <= v**2 + c * torch.relu(b) ** 2)
-        return torch.where(right_wins, p, left)
+        # [v < t] from sign(t - v), t - v = -(c b + sqrt(c (1 + c)) min(b, 0) + v): 1 below the threshold, else 0
+        out = torch.add(b, left, alpha=math.sqrt(c * (1 + c)) / c).mul_(c).add_(v).neg_().sign_().clamp_(min=0.0)
+        out.mul_(-torch.finfo(out.dtype).max / 2).add_(v, alpha=1 / (1 + c)).add_(b, alpha=c / (1 + c))
+        return torch.maximum(out, left, out=out)
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,8 @@ def update_hidden_state(
     G = torch.addmm(target, W_next.T, U_next, beta=weight, alpha=rho)
     G.sub_((W_next.T @ b_next).mul_(rho).unsqueeze(1))
     H = add_to_diagonal(rho * (W_next.T @ W_next), weight + (reg_v.ridge if reg_v.quadratic else 0.0))
-    solution = spd_solve(H, G, solve_dtype=solve_dtype, block=block)
+    # the exact minimiser; for a quadratic s it may take G's memory, FISTA still needs G otherwise
+    solution = spd_solve(H, G, solve_dtype=solve_dtype, block=block, overwrite=reg_v.quadratic)
     if reg_v.quadratic:
         return solution
     L = largest_eigenvalue(H)
@@ -277,5 +278,5 @@ def update_weights_nonlinear(
 
 
 def squared_distance(A: Tensor, B: Tensor) -> Tensor:
-    """||A - B||_F^2 as a 0-dim tensor on A's device (no host synchronisation)."""
-    return torch.sub(A, B).square_().sum()
+    """||A - B||_F^2 as a 0-dim tensor on A's device (no host synchronisation), differences and squares fused."""
+    return torch.nn.functional.mse_loss(A, B, reduction="sum")

@@ -21,7 +21,9 @@ def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def spd_solve(H: Tensor, G: Tensor, *, solve_dtype: torch.dtype | None = None, block: str = "") -> Tensor:
+def spd_solve(
+    H: Tensor, G: Tensor, *, solve_dtype: torch.dtype | None = None, block: str = "", overwrite: bool = False
+) -> Tensor:
     """Returns X with H X = G, for H symmetric positive definite.
 
     H is factorised as L L^T in ``solve_dtype`` (default: H's dtype) and both
@@ -31,12 +33,29 @@ def spd_solve(H: Tensor, G: Tensor, *, solve_dtype: torch.dtype | None = None, b
     first retry that factorises, and whose shift changes H X by at most sqrt(eps(H.dtype)) ||G||,
     is kept, with a warning naming ``block`` (e.g. ``W3``, ``V2``).
     Raises NumericalError when H has a non-finite entry or every retry fails.
+    ``overwrite`` allows X to be written into G's memory (when G has the solve's dtype).
     """
     dtype = solve_dtype or H.dtype
     L, info = torch.linalg.cholesky_ex(H.to(dtype))
     if bool((info == 0) & torch.isfinite(H).all()):  # one host synchronisation, as for info alone
-        return torch.cholesky_solve(G.to(dtype), L).to(G.dtype)
+        return cholesky_solve(L, G, overwrite=overwrite)
     return _retry_with_jitter(H, G, failed_in=dtype, block=block)
+
+
+def cholesky_solve(L: Tensor, G: Tensor, *, overwrite: bool = False) -> Tensor:
+    """Returns X with L L^T X = G (L lower triangular), solved in L's dtype, in G's dtype and layout.
+
+    For G of shape k x n with many columns (a block of states, one per sample), solving
+    X^T (L L^T) = G^T from the right keeps the row-major G as LAPACK's column-major G^T: the
+    two triangular solves then run in place, with no transposed copy of G and a row-major X
+    (``torch.cholesky_solve`` returns a column-major X, on which every later elementwise pass
+    is several times slower). ``overwrite`` lets X take G's memory when the dtypes agree.
+    """
+    X = G if overwrite and G.dtype == L.dtype and G.is_contiguous() else G.to(L.dtype, copy=True)
+    Xt = X.mT  # n x k in column-major order
+    torch.linalg.solve_triangular(L.mT, Xt, upper=True, left=False, out=Xt)  # Y L^T = G^T
+    torch.linalg.solve_triangular(L, Xt, upper=False, left=False, out=Xt)  # X^T L = Y
+    return X.to(G.dtype)
 
 
 def _retry_with_jitter(H: Tensor, G: Tensor, *, failed_in: torch.dtype, block: str) -> Tensor:
@@ -54,7 +73,7 @@ def _retry_with_jitter(H: Tensor, G: Tensor, *, failed_in: torch.dtype, block: s
         L, info = torch.linalg.cholesky_ex(add_to_diagonal(H64.clone(), jitter))
         if int(info) != 0:
             continue
-        X = torch.cholesky_solve(G64, L)
+        X = cholesky_solve(L, G64)
         shift = jitter * float(torch.linalg.matrix_norm(X))  # ||(H + jitter I) X - H X||: what the shift changed
         if shift <= eps**0.5 * G_norm:  # large when G leaves the range of a singular H, whatever the jitter
             log.warning(

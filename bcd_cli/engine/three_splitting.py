@@ -27,7 +27,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bcd_cli.catalogue.activations import Linear
 from bcd_cli.engine.blocks import (
     feasible,
     squared_distance,
@@ -88,22 +87,22 @@ class ThreeSplittingBCD(BCDScheme):
                 V_new = update_output_state(
                     self.loss, self.reg_v, self.Y, U[l], V[i], gamma=gamma, alpha=self.alpha_out
                 )
-                # U_N: strongly convex, no proximal term
-                U_new = update_preactivation(
-                    Linear(), V_new, net.pre_activation(l, V[l]), U[l], gamma=gamma, rho=rho, alpha=0.0
-                )
             else:
                 target, weight = self.hidden_state_target(l)
                 V_new = update_hidden_state(
                     self.reg_v, target, weight, U[i], W[i], b[i], V[i],
                     rho=rho, solve_dtype=self.solve_dtype, inner=self.inner, block=f"V{i}",
                 )  # fmt: skip
-                U_new = update_preactivation(
-                    net.acts[l], self.activation_target(l, V_new), net.pre_activation(l, V[l]), U[l],
-                    gamma=gamma, rho=rho, alpha=alpha,
-                )  # fmt: skip
-            D_states += squared_distance(V_new, V[i]) + squared_distance(U_new, U[l])
-            V[i], U[l] = V_new, U_new
+                del target
+            D_states += squared_distance(V_new, V[i])
+            V[i] = V_new  # the old V_i is freed before the U_i block's temporaries are made
+            U_new = update_preactivation(
+                net.acts[l], self.activation_target(l, V_new), net.pre_activation(l, V[l]), U[l],
+                gamma=gamma, rho=rho, alpha=0.0 if l == N - 1 else alpha,  # U_N: strongly convex, no proximal term
+            )  # fmt: skip
+            del V_new
+            D_states += squared_distance(U_new, U[l])
+            U[l] = U_new
             W_new, b_new = update_weights(
                 self.reg_w, U[l], V[l], W[l], b[l],
                 rho=rho, alpha=alpha, solve_dtype=self.solve_dtype, inner=self.inner, block=f"W{i}",
