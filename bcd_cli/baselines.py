@@ -153,8 +153,8 @@ class GradientBaseline:
         through the same evaluation; NaN when ``reg_w`` is not differentiable (l1, box, ...).
         """
         differentiable = with_gradient and self.reg_w.quadratic
-        W = [w.detach().clone().requires_grad_(differentiable) for w in self.W]
-        b = [b.detach().clone().requires_grad_(differentiable) for b in self.b]
+        W = [w.detach().requires_grad_(differentiable) for w in self.W]  # the parameters' memory, not a copy
+        b = [b.detach().requires_grad_(differentiable) for b in self.b]
         with torch.set_grad_enabled(differentiable):
             loss = self.loss(self._forward(self.X, W, b), self.Y)
             reg_w = torch.stack([torch.as_tensor(self.reg_w(w), dtype=loss.dtype, device=loss.device) for w in W]).sum()

@@ -41,6 +41,8 @@ def validate(cfg: DictConfig) -> None:
         cfg, "checkpoint.every", lambda x: x >= 0,
         "an integer >= 0 (sweeps between checkpoints; 0: only at the end and on Ctrl-C)", integer=True,
     )  # fmt: skip
+    if not isinstance(OmegaConf.select(cfg, "grad_norm"), bool):
+        raise ConfigError("grad_norm", OmegaConf.select(cfg, "grad_norm"), "true or false")
     resume = OmegaConf.select(cfg, "resume")
     if resume is not None and (not isinstance(resume, str) or not resume.strip()):
         raise ConfigError("resume", resume, "the path of a run folder to continue, or null")

@@ -69,10 +69,12 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _evaluate(algorithm: Any, loss: Any, data: Dataset) -> dict[str, float]:
-    """Objective parts and gradient norm at the current point, and the network's own loss and accuracies."""
+def _evaluate(algorithm: Any, loss: Any, data: Dataset, *, grad_norm: bool = True) -> dict[str, float]:
+    """Objective parts (and with ``grad_norm`` the gradient norm) at the current point, and the network's own
+    loss and accuracies; without ``grad_norm`` the row's grad_norm is NaN."""
     net = algorithm.net
-    row = algorithm.objective(with_gradient=True)
+    row = algorithm.objective(with_gradient=grad_norm)
+    row.setdefault("grad_norm", math.nan)
     output = net(data.X_train)
     sums = torch.stack([
         loss(output, data.Y_train).double(),
@@ -121,9 +123,19 @@ def build_algorithm(cfg: DictConfig, data: Dataset, device: torch.device, dtype:
 
 
 def sweeps(
-    algorithm: Any, loss: Any, data: Dataset, epochs: int, *, start: int = 0, previous: dict[str, Any] | None = None
+    algorithm: Any,
+    loss: Any,
+    data: Dataset,
+    epochs: int,
+    *,
+    start: int = 0,
+    previous: dict[str, Any] | None = None,
+    grad_norm: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """Yields the metrics row of the initial point, then of each sweep up to ``epochs``.
+
+    ``grad_norm`` (the config key) chooses whether each row carries ||grad L|| (autograd, about as much
+    time and memory again as the rest of the evaluation) or NaN.
 
     A resumed run passes ``start`` (the sweeps already done) and ``previous`` (the row of sweep
     ``start``); the initial row is then not yielded again. Raises NumericalError at the first
@@ -133,7 +145,7 @@ def sweeps(
     device = data.X_train.device
     if previous is None:
         previous = {"sweep": 0, "seconds": 0.0, "D": math.nan, "descent_ratio": math.nan}
-        previous |= _evaluate(algorithm, loss, data)
+        previous |= _evaluate(algorithm, loss, data, grad_norm=grad_norm)
         if not math.isfinite(previous["objective"]):
             block = algorithm.nonfinite_block()
             where = f"block {block} is non-finite" if block else "the objective overflows"
@@ -152,7 +164,8 @@ def sweeps(
             first = f"; block {origin} went non-finite first" if origin else ""
             raise NumericalError(f"sweep {k}: {err}{first}") from err
         _synchronize(device)
-        row = {"sweep": k, "seconds": time.perf_counter() - started, "D": D} | _evaluate(algorithm, loss, data)
+        row = {"sweep": k, "seconds": time.perf_counter() - started, "D": D}
+        row |= _evaluate(algorithm, loss, data, grad_norm=grad_norm)
         row["descent_ratio"] = (previous["objective"] - row["objective"]) / D if D > 0 else math.nan
         if not (math.isfinite(row["objective"]) and math.isfinite(D)):
             block = algorithm.nonfinite_block()
@@ -327,7 +340,7 @@ def _train(
     previous = checkpoint.rows[-1] if checkpoint is not None else None
     start = checkpoint.sweep if checkpoint is not None else 0
     try:
-        for row in sweeps(algorithm, loss, data, epochs, start=start, previous=previous):
+        for row in sweeps(algorithm, loss, data, epochs, start=start, previous=previous, grad_norm=cfg.grad_norm):
             rows.append(row)
             if main:
                 writer.append(row)

@@ -16,7 +16,7 @@ import torch
 
 from bcd_cli.baselines import GradientBaseline
 from bcd_cli.catalogue import NoReg, ReLU, Square
-from bcd_cli.engine import MLP, ResNetBCD, ThreeSplittingBCD, TwoSplittingBCD, three_splitting, two_splitting
+from bcd_cli.engine import MLP, ResNetBCD, ThreeSplittingBCD, TwoSplittingBCD, linalg, three_splitting, two_splitting
 from bcd_cli.engine.linalg import JITTER_EPS_MULTIPLES, cholesky_solve, spd_solve
 from bcd_cli.errors import NumericalError
 
@@ -72,9 +72,12 @@ def test_singular_psd_float32_is_solved_with_jitter_and_a_warning(caplog):
 
 @pytest.mark.parametrize("k, n", [(1, 1), (6, 1), (6, 40), (40, 6)])
 @pytest.mark.parametrize("dtype, factor_dtype", [(DT, DT), (torch.float32, torch.float32), (torch.float32, DT)])
-def test_cholesky_solve_from_the_right(k, n, dtype, factor_dtype):
+@pytest.mark.parametrize("chunk", [None, 13], ids=["one-chunk", "13-entry-chunks"])
+def test_cholesky_solve_from_the_right(k, n, dtype, factor_dtype, chunk, monkeypatch):
     """X = H^-1 G against torch.linalg.solve; X keeps G's dtype and row-major layout, and G its values
-    unless ``overwrite`` lets X take G's memory (only possible when the dtypes agree)."""
+    unless ``overwrite`` lets X take G's memory; a wider factor solves column chunks (here also of 1 column)."""
+    if chunk:
+        monkeypatch.setattr(linalg, "SOLVE_CHUNK_ELEMENTS", chunk)
     gen = torch.Generator().manual_seed(k + n)
     A = torch.randn(k, k, generator=gen, dtype=DT)
     H = A @ A.T + k * torch.eye(k, dtype=DT)
@@ -88,7 +91,7 @@ def test_cholesky_solve_from_the_right(k, n, dtype, factor_dtype):
         assert X.dtype == dtype and X.shape == (k, n) and X.is_contiguous()
         torch.testing.assert_close(X.double(), torch.linalg.solve(H, G64), rtol=tol, atol=tol)
         shares = X.data_ptr() == G.data_ptr()
-        assert shares == (overwrite and factor_dtype == dtype)
+        assert shares == overwrite
         if not shares:
             assert torch.equal(G, before)
 

@@ -152,3 +152,15 @@ def test_non_finite_iterate_stops_the_run_and_keeps_the_good_sweeps(tmp_path: Pa
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"].startswith("failed") and summary["sweeps"] == 2
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("trainer", ["bcd", "sgd"])
+def test_grad_norm_false_leaves_the_column_empty_and_the_run_unchanged(trainer: str, tmp_path: Path):
+    runs = {
+        flag: run(compose_config(*TINY, "epochs=3", f"trainer={trainer}", f"grad_norm={flag}"), tmp_path / flag).metrics
+        for flag in ("true", "false")
+    }
+    assert runs["true"]["grad_norm"].notna().all() and (runs["true"]["grad_norm"] > 0).all()
+    assert runs["false"]["grad_norm"].isna().all()
+    rest = [c for c in METRIC_COLUMNS if c not in ("grad_norm", "seconds")]
+    pd.testing.assert_frame_equal(runs["true"][rest], runs["false"][rest], check_exact=True)

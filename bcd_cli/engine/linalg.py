@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 # a float32 A A^T, A 50 x 10), so a PSD H can look indefinite: the retries shift the diagonal by these
 # multiples of eps(H.dtype) x mean|diag H|, and keep a solution only if the shift hardly changed it.
 JITTER_EPS_MULTIPLES = (10.0, 1e2, 1e3, 1e4)
+# entries of G solved at a time when the factor is wider than G (float64 for float32 states): 16 MiB in float64
+SOLVE_CHUNK_ELEMENTS = 2**21
 
 
 def _name(dtype: torch.dtype) -> str:
@@ -43,19 +45,35 @@ def spd_solve(
 
 
 def cholesky_solve(L: Tensor, G: Tensor, *, overwrite: bool = False) -> Tensor:
-    """Returns X with L L^T X = G (L lower triangular), solved in L's dtype, in G's dtype and layout.
+    """Returns X with L L^T X = G (L lower triangular), solved in L's dtype, X in G's dtype and layout.
 
     For G of shape k x n with many columns (a block of states, one per sample), solving
     X^T (L L^T) = G^T from the right keeps the row-major G as LAPACK's column-major G^T: the
     two triangular solves then run in place, with no transposed copy of G and a row-major X
     (``torch.cholesky_solve`` returns a column-major X, on which every later elementwise pass
-    is several times slower). ``overwrite`` lets X take G's memory when the dtypes agree.
+    is several times slower). When L's dtype is wider than G's, the columns are solved in
+    chunks of ``SOLVE_CHUNK_ELEMENTS`` entries, each cast up and back on its own, so the wide
+    copy never holds all of G. ``overwrite`` lets X take G's memory.
     """
-    X = G if overwrite and G.dtype == L.dtype and G.is_contiguous() else G.to(L.dtype, copy=True)
+    X = G if overwrite and G.is_contiguous() else torch.empty_like(G, memory_format=torch.contiguous_format)
+    if G.dtype == L.dtype:
+        if X is not G:
+            X.copy_(G)
+        _solve_from_the_right(L, X)
+        return X
+    columns = max(1, SOLVE_CHUNK_ELEMENTS // max(1, G.shape[0]))
+    for g, x in zip(G.split(columns, dim=1), X.split(columns, dim=1), strict=True):
+        wide = g.to(L.dtype, memory_format=torch.contiguous_format)
+        _solve_from_the_right(L, wide)
+        x.copy_(wide)
+    return X
+
+
+def _solve_from_the_right(L: Tensor, X: Tensor) -> None:
+    """Overwrites the row-major X (k x n) with (L L^T)^-1 X, by X^T L^-T L^-1 in place."""
     Xt = X.mT  # n x k in column-major order
-    torch.linalg.solve_triangular(L.mT, Xt, upper=True, left=False, out=Xt)  # Y L^T = G^T
-    torch.linalg.solve_triangular(L, Xt, upper=False, left=False, out=Xt)  # X^T L = Y
-    return X.to(G.dtype)
+    torch.linalg.solve_triangular(L.mT, Xt, upper=True, left=False, out=Xt)  # Y L^T = X^T
+    torch.linalg.solve_triangular(L, Xt, upper=False, left=False, out=Xt)  # Z L = Y, Z = X^T (L L^T)^-1
 
 
 def _retry_with_jitter(H: Tensor, G: Tensor, *, failed_in: torch.dtype, block: str) -> Tensor:

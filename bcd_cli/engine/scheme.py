@@ -133,7 +133,8 @@ class BCDScheme:
         """
         differentiable = with_gradient and self.reg_w.quadratic and self.reg_v.quadratic
         saved = self.blocks()
-        leaves = [t.detach().clone().requires_grad_(True) for t in saved] if differentiable else saved
+        # leaves share the blocks' memory (objective_parts never writes into a block)
+        leaves = [t.detach().requires_grad_(True) for t in saved] if differentiable else saved
         try:
             self._set_blocks(leaves)
             with torch.set_grad_enabled(differentiable):
