@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -18,6 +19,8 @@ from bcd_cli.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
+# torch.set_float32_matmul_precision: exact float32 products, TF32 (NVIDIA, Ampere on), bfloat16 where supported
+MATMUL_PRECISIONS = ("highest", "high", "medium")
 MODELS = ("mlp", "resnet")
 CATALOGUE = ("loss", "act", "reg_w", "reg_v")
 
@@ -41,7 +44,7 @@ def validate(cfg: DictConfig) -> None:
         cfg, "checkpoint.every", lambda x: x >= 0,
         "an integer >= 0 (sweeps between checkpoints; 0: only at the end and on Ctrl-C)", integer=True,
     )  # fmt: skip
-    if not isinstance(OmegaConf.select(cfg, "grad_norm"), bool):
+    if not isinstance(OmegaConf.select(cfg, "grad_norm", default=True), bool):
         raise ConfigError("grad_norm", OmegaConf.select(cfg, "grad_norm"), "true or false")
     resume = OmegaConf.select(cfg, "resume")
     if resume is not None and (not isinstance(resume, str) or not resume.strip()):
@@ -65,6 +68,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("device.name", name, f"one of {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda", "CUDA is not available on this machine; use device=cpu or device=auto")
+    precision = OmegaConf.select(cfg, "device.matmul_precision", default="highest")
+    if precision not in MATMUL_PRECISIONS:
+        raise ConfigError(
+            "device.matmul_precision", precision,
+            "highest (exact float32 products), high (TF32 on NVIDIA GPUs) or medium (bfloat16 products)",
+        )  # fmt: skip
 
 
 def _validate_data_parallel(cfg: DictConfig) -> None:
@@ -172,6 +181,19 @@ def architecture(model: DictConfig, n_features: int, n_classes: int) -> tuple[li
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, ListConfig) else value
+
+
+@contextlib.contextmanager
+def matmul_precision(cfg: DictConfig) -> Iterator[str]:
+    """Runs the block with ``cfg.device.matmul_precision`` for float32 matrix products, then restores the
+    previous setting. Factorisations and triangular solves keep their dtype (``trainer.solve_dtype``)."""
+    before = torch.get_float32_matmul_precision()
+    precision = OmegaConf.select(cfg, "device.matmul_precision", default="highest")
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield precision
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def resolve_device(cfg: DictConfig) -> torch.device:

@@ -29,7 +29,7 @@ from bcd_cli.checkpoint import (
     truncate_metrics,
     write_checkpoint,
 )
-from bcd_cli.config import DTYPES, architecture, build, resolve_device, validate
+from bcd_cli.config import DTYPES, architecture, build, matmul_precision, resolve_device, validate
 from bcd_cli.data import Dataset, load_data, shard
 from bcd_cli.engine.network import MLP
 from bcd_cli.engine.parallel import all_reduce_sum_, any_rank, rank
@@ -249,17 +249,20 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
     validate(cfg)
     device, dtype = resolve_device(cfg), DTYPES[cfg.dtype]
     data = shard(load_data(cfg.data, dtype=dtype, device=device))
-    algorithm, loss = build_algorithm(cfg, data, device, dtype)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_lock(out_dir) if rank() == 0 else contextlib.nullcontext()  # rank 0 alone writes
-    with lock, GracefulStop() as stop:
-        rows: list[dict[str, Any]] = []
-        elapsed = 0.0
-        if start.resumed:
-            start.checkpoint = _resume_state(cfg, out_dir, algorithm, data)
-            if start.checkpoint is not None:
-                rows, elapsed = list(start.checkpoint.rows), start.checkpoint.elapsed
-        return _train(cfg, out_dir, algorithm, loss, data, start.checkpoint, rows, elapsed, stop, progress)
+    with matmul_precision(cfg) as precision:
+        if precision != "highest":
+            log.info("float32 matrix products at precision %s (torch.set_float32_matmul_precision)", precision)
+        algorithm, loss = build_algorithm(cfg, data, device, dtype)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = run_lock(out_dir) if rank() == 0 else contextlib.nullcontext()  # rank 0 alone writes
+        with lock, GracefulStop() as stop:
+            rows: list[dict[str, Any]] = []
+            elapsed = 0.0
+            if start.resumed:
+                start.checkpoint = _resume_state(cfg, out_dir, algorithm, data)
+                if start.checkpoint is not None:
+                    rows, elapsed = list(start.checkpoint.rows), start.checkpoint.elapsed
+            return _train(cfg, out_dir, algorithm, loss, data, start.checkpoint, rows, elapsed, stop, progress)
 
 
 def _resume_state(cfg: DictConfig, out_dir: Path, algorithm: Any, data: Dataset) -> Checkpoint | None:
@@ -340,7 +343,8 @@ def _train(
     previous = checkpoint.rows[-1] if checkpoint is not None else None
     start = checkpoint.sweep if checkpoint is not None else 0
     try:
-        for row in sweeps(algorithm, loss, data, epochs, start=start, previous=previous, grad_norm=cfg.grad_norm):
+        grad_norm = cfg.get("grad_norm", True)  # absent from the config of a run folder written before the key existed
+        for row in sweeps(algorithm, loss, data, epochs, start=start, previous=previous, grad_norm=grad_norm):
             rows.append(row)
             if main:
                 writer.append(row)

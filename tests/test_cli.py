@@ -68,6 +68,7 @@ BAD_INPUTS = [
     (["model.widths=[16,0]"], ["model.widths=[16, 0]", "positive integers"]),
     (["epochs=0"], ["epochs=0", "integer >= 1"]),
     (["grad_norm=sometimes"], ["grad_norm='sometimes'", "true or false"]),
+    (["device.matmul_precision=low"], ["device.matmul_precision='low'", "highest", "TF32"]),
     (["dtype=float16"], ["dtype='float16'", "float32, float64"]),
     (["loss.reduction=median"], ["loss.reduction='median'", "sum or mean"]),
     (["reg@reg_w=l2", "reg_w.lam=-1"], ["reg_w.lam=-1", ">= 0"]),

@@ -164,3 +164,34 @@ def test_grad_norm_false_leaves_the_column_empty_and_the_run_unchanged(trainer: 
     assert runs["false"]["grad_norm"].isna().all()
     rest = [c for c in METRIC_COLUMNS if c not in ("grad_norm", "seconds")]
     pd.testing.assert_frame_equal(runs["true"][rest], runs["false"][rest], check_exact=True)
+
+
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_matmul_precision_holds_during_the_run_and_is_restored(precision: str, tmp_path: Path, monkeypatch):
+    from bcd_cli.engine import ThreeSplittingBCD
+
+    seen = []
+    sweep = ThreeSplittingBCD.sweep
+
+    def recording(self):
+        seen.append(torch.get_float32_matmul_precision())
+        return sweep(self)
+
+    monkeypatch.setattr(ThreeSplittingBCD, "sweep", recording)
+    before = torch.get_float32_matmul_precision()
+    result = run(compose_config(*TINY, "epochs=2", f"device.matmul_precision={precision}"), tmp_path)
+    assert seen == [precision, precision]
+    assert torch.get_float32_matmul_precision() == before
+    assert result.summary["status"] == "completed"
+
+
+@requires_cuda
+def test_tf32_products_on_cuda_learn_as_exact_ones(tmp_path: Path):
+    """TF32 GEMMs (device.matmul_precision=high) with float64 factorisations: same accuracy within 2 points."""
+    accuracy = {
+        precision: run(
+            compose_config("device=cuda", "epochs=10", f"device.matmul_precision={precision}"), tmp_path / precision
+        ).summary["final_test_acc"]
+        for precision in ("highest", "high")
+    }
+    assert abs(accuracy["high"] - accuracy["highest"]) <= 0.02, accuracy
