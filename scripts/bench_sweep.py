@@ -87,10 +87,25 @@ def _weights_block(i: int, d: int, m: int, n: int) -> list[Term]:
 
 
 def _hidden_state_block(i: int, m: int, p: int, n: int) -> list[Term]:
-    """The closed-form V_i block (``blocks.update_hidden_state``, s = 0 or ridge): width m, next layer's p."""
-    return [
+    """The closed-form V_i block (``blocks.update_hidden_state``, s = 0 or ridge): width m, next layer's p.
+
+    H = gamma I + rho W^T W (m x m) is factorised when that is cheaper; otherwise, when
+    p^2 + 2 p m < m^2 (``linalg.shifted_gram_solve``), its Woodbury form: K = gamma I + rho W W^T
+    (p x p), R = K^-1 (W G), V = (G - rho W^T R) / gamma.
+    """
+    terms = [
         Term(f"V{i}", "gemm", "W^T U_next", m, p, n),
         Term(f"V{i}", "matvec", "W^T b_next", m, p, 1),
+    ]
+    if p * p + 2 * p * m < m * m:
+        return terms + [
+            Term(f"V{i}", "gemm", "W W^T", p, m, p),
+            Term(f"V{i}", "gemm", "W G", p, m, n),
+            Term(f"V{i}", "cholesky", "K = gamma I + rho W W^T", p),
+            Term(f"V{i}", "solve", "K R = W G", p, n=n),
+            Term(f"V{i}", "gemm", "G - rho W^T R", m, p, n),
+        ]
+    return terms + [
         Term(f"V{i}", "gemm", "W^T W", m, p, m),
         Term(f"V{i}", "cholesky", "H = gamma I + rho W^T W", m),
         Term(f"V{i}", "solve", "H V = G", m, n=n),
@@ -104,7 +119,7 @@ def three_splitting_terms(sizes: Sequence[int], n: int) -> list[Term]:
 
     - V_i (i < N): W^T U_{i+1} (m x p by p x n); W^T b_{i+1} (matvec); W^T W (m x p by p x m);
       Cholesky of H = gamma I + rho W^T W (m x m); H V = G, two triangular solves, n right-hand sides;
-      (V_N is elementwise.)
+      or, for a narrow next layer, the Woodbury form (``_hidden_state_block``); V_N is elementwise.
     - U_i: W_i V_{i-1} + b_i (m x d by d x n); the prox itself is elementwise;
     - W_i: the Gram product V V^T (d x n by n x d, run as a full GEMM); U V^T (m x n by n x d);
       Cholesky of the (d+1) x (d+1) matrix H; Theta H = G, m right-hand sides.

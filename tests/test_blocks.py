@@ -215,10 +215,11 @@ def test_update_weights_solves_in_solve_dtype():
 
 @pytest.mark.parametrize("reg_v, lam", REGS)
 @pytest.mark.parametrize("gamma, rho", [(1.0, 1.0), (0.2, 3.0), (5.0, 0.4)], ids=lambda x: f"{x}")
-def test_update_hidden_state(reg_v, lam, gamma, rho):
+@pytest.mark.parametrize("d, d_next", [(6, 4), (8, 2)], ids=["d x d system", "Woodbury"])
+def test_update_hidden_state(reg_v, lam, gamma, rho, d, d_next):
     """argmin_V lam/2 ||V||^2 + gamma/2 ||V - sigma(U_i)||^2 + rho/2 ||U_next - W_next V - b_next 1^T||^2."""
     gen = torch.Generator().manual_seed(17)
-    d, d_next, n = 6, 4, 10
+    n = 10
     target = torch.relu(rand(d, n, gen=gen))
     U_next, W_next, b_next = rand(d_next, n, gen=gen), rand(d_next, d, gen=gen), rand(d_next, gen=gen, scale=3)
 

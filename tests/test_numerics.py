@@ -17,7 +17,7 @@ import torch
 from bcd_cli.baselines import GradientBaseline
 from bcd_cli.catalogue import NoReg, ReLU, Square
 from bcd_cli.engine import MLP, ResNetBCD, ThreeSplittingBCD, TwoSplittingBCD, linalg, three_splitting, two_splitting
-from bcd_cli.engine.linalg import JITTER_EPS_MULTIPLES, cholesky_solve, spd_solve
+from bcd_cli.engine.linalg import JITTER_EPS_MULTIPLES, add_to_diagonal, cholesky_solve, shifted_gram_solve, spd_solve
 from bcd_cli.errors import NumericalError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -94,6 +94,37 @@ def test_cholesky_solve_from_the_right(k, n, dtype, factor_dtype, chunk, monkeyp
         assert shares == overwrite
         if not shares:
             assert torch.equal(G, before)
+
+
+@pytest.mark.parametrize("m, d", [(2, 9), (1, 1), (3, 4), (9, 5)], ids=["Woodbury", "1x1", "d x d", "wide W"])
+@pytest.mark.parametrize("dtype, solve_dtype", [(DT, None), (torch.float32, None), (torch.float32, DT)])
+@pytest.mark.parametrize("chunk", [None, 13], ids=["one-chunk", "13-entry-chunks"])
+def test_shifted_gram_solve(m, d, dtype, solve_dtype, chunk, monkeypatch):
+    """(shift I + scale W^T W) X = G against torch.linalg.solve, by either form; G kept unless overwritten."""
+    if chunk:
+        monkeypatch.setattr(linalg, "SOLVE_CHUNK_ELEMENTS", chunk)
+    gen = torch.Generator().manual_seed(m * d)
+    W64, G64 = torch.randn(m, d, generator=gen, dtype=DT), torch.randn(d, 7, generator=gen, dtype=DT)
+    shift, scale = 0.7, 2.5
+    exact = torch.linalg.solve(add_to_diagonal(scale * W64.T @ W64, shift), G64)
+    tol = 1e-12 if dtype == DT else 1e-5
+    W = W64.to(dtype)
+    for overwrite in (False, True):
+        G = G64.to(dtype, copy=True)
+        X = shifted_gram_solve(shift, scale, W, G, solve_dtype=solve_dtype, overwrite=overwrite)
+        assert X.dtype == dtype and X.shape == G.shape and X.is_contiguous()
+        torch.testing.assert_close(X.double(), exact, rtol=tol, atol=tol)
+        assert (X.data_ptr() == G.data_ptr()) == overwrite or torch.equal(G, G64.to(dtype))
+
+
+def test_shifted_gram_solve_takes_the_cheaper_form(monkeypatch):
+    """The m x m (Woodbury) factorisation exactly when m^2 + 2 m d < d^2."""
+    sizes = []
+    cholesky_ex = torch.linalg.cholesky_ex
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda H: sizes.append(H.shape[0]) or cholesky_ex(H))
+    for m, d in [(10, 1024), (400, 1000), (420, 1000), (1024, 1024)]:
+        shifted_gram_solve(1.0, 1.0, torch.randn(m, d, dtype=DT) / d, torch.randn(d, 3, dtype=DT))
+    assert sizes == [10, 400, 1000, 1024]
 
 
 def test_float32_failure_is_retried_in_float64_without_jitter_first(caplog):

@@ -21,7 +21,7 @@ from bcd_cli.engine.inner import (
     prox_gradient,
     spectral_norm_squared,
 )
-from bcd_cli.engine.linalg import add_to_diagonal, spd_solve
+from bcd_cli.engine.linalg import add_to_diagonal, shifted_gram_solve, spd_solve
 from bcd_cli.engine.parallel import all_reduce_sum_, world_size
 
 log = logging.getLogger(__name__)
@@ -182,16 +182,18 @@ def update_hidden_state(
     smooth part is 1/2 <V, H V> - <G, V> with H = weight I + rho W^T W and
     G = weight target + rho W^T (U_next - b_next 1^T), the bias a column broadcast over
     the samples. For s = ridge/2 ||V||^2 the minimiser solves (H + ridge I) V = G
-    (Cholesky); otherwise FISTA runs from V_old or from the prox of the minimiser without
+    (Cholesky, of the smaller Woodbury form when W_next has few rows: ``shifted_gram_solve``);
+    otherwise FISTA runs from V_old or from the prox of the minimiser without
     s, whichever is better.
     """
     G = torch.addmm(target, W_next.T, U_next, beta=weight, alpha=rho)
     G.sub_((W_next.T @ b_next).mul_(rho).unsqueeze(1))
-    H = add_to_diagonal(rho * (W_next.T @ W_next), weight + (reg_v.ridge if reg_v.quadratic else 0.0))
-    # the exact minimiser; for a quadratic s it may take G's memory, FISTA still needs G otherwise
-    solution = spd_solve(H, G, solve_dtype=solve_dtype, block=block, overwrite=reg_v.quadratic)
-    if reg_v.quadratic:
-        return solution
+    if reg_v.quadratic:  # H = (weight + ridge) I + rho W^T W: X may take G's memory
+        return shifted_gram_solve(
+            weight + reg_v.ridge, rho, W_next, G, solve_dtype=solve_dtype, block=block, overwrite=True
+        )
+    H = add_to_diagonal(rho * (W_next.T @ W_next), weight)
+    solution = spd_solve(H, G, solve_dtype=solve_dtype, block=block)  # the minimiser without s
     L = largest_eigenvalue(H)
     return fista(
         lambda V: H @ V, G, V_old,

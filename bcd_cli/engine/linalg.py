@@ -69,6 +69,46 @@ def cholesky_solve(L: Tensor, G: Tensor, *, overwrite: bool = False) -> Tensor:
     return X
 
 
+def shifted_gram_solve(
+    shift: float,
+    scale: float,
+    W: Tensor,
+    G: Tensor,
+    *,
+    solve_dtype: torch.dtype | None = None,
+    block: str = "",
+    overwrite: bool = False,
+) -> Tensor:
+    """Returns X with (shift I + scale W^T W) X = G, for W of shape m x d, G of shape d x n, shift > 0.
+
+    When the m x m form is cheaper (m^2 + 2 m d < d^2, e.g. W is the 10 x d output layer),
+    by the Woodbury identity (shift I + scale W^T W)^-1 = (I - scale W^T K^-1 W) / shift with
+    K = shift I_m + scale W W^T: an m x m factorisation and two m-row products in place of the
+    d x d factorisation and its 2 d^2 n triangular solves. Both products and K's solve run in
+    ``solve_dtype`` (default: G's), in column chunks as in ``cholesky_solve`` when it is wider.
+    Otherwise the d x d matrix is factorised by ``spd_solve``. Failures name ``block``.
+    """
+    m, d = W.shape
+    if m * m + 2 * m * d >= d * d:
+        H = add_to_diagonal(scale * (W.T @ W), shift)
+        return spd_solve(H, G, solve_dtype=solve_dtype, block=block, overwrite=overwrite)
+    dtype = solve_dtype or G.dtype
+    K = add_to_diagonal(scale * (W @ W.T), shift)
+    X = G if overwrite and G.is_contiguous() else torch.empty_like(G, memory_format=torch.contiguous_format)
+    if dtype == G.dtype:
+        R = spd_solve(K, W @ G, solve_dtype=dtype, block=block, overwrite=True)
+        if X is not G:
+            X.copy_(G)
+        return X.addmm_(W.T, R, alpha=-scale).div_(shift)
+    W_wide = W.to(dtype)
+    columns = max(1, SOLVE_CHUNK_ELEMENTS // max(1, d))
+    R = spd_solve(K, torch.cat([W_wide @ g.to(dtype) for g in G.split(columns, dim=1)], dim=1),
+                  solve_dtype=dtype, block=block, overwrite=True)  # fmt: skip
+    for g, r, x in zip(G.split(columns, dim=1), R.split(columns, dim=1), X.split(columns, dim=1), strict=True):
+        x.copy_(torch.addmm(g.to(dtype), W_wide.T, r, alpha=-scale).div_(shift))
+    return X
+
+
 def _solve_from_the_right(L: Tensor, X: Tensor) -> None:
     """Overwrites the row-major X (k x n) with (L L^T)^-1 X, by X^T L^-T L^-1 in place."""
     Xt = X.mT  # n x k in column-major order
