@@ -232,6 +232,21 @@ def test_update_hidden_state(reg_v, lam, gamma, rho, d, d_next):
     assert_is_minimiser(f, [got], ref)
 
 
+@pytest.mark.parametrize("reg_v, lam", REGS)
+@pytest.mark.parametrize("d, d_next", [(6, 4), (8, 2)], ids=["d x d system", "Woodbury"])
+def test_update_hidden_state_overwriting_its_target(reg_v, lam, d, d_next):
+    """overwrite_target: the same minimiser, in the target's memory."""
+    gen = torch.Generator().manual_seed(23)
+    target = torch.relu(rand(d, 9, gen=gen))
+    U_next, W_next, b_next = rand(d_next, 9, gen=gen), rand(d_next, d, gen=gen), rand(d_next, gen=gen)
+    args = (U_next, W_next, b_next, target.clone())
+    kept = update_hidden_state(reg_v, target, 0.7, *args, rho=1.3)
+    owned = target.clone()
+    got = update_hidden_state(reg_v, owned, 0.7, *args, rho=1.3, overwrite_target=True)
+    assert got.data_ptr() == owned.data_ptr()
+    torch.testing.assert_close(got, kept, rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------------ linalg
 
 

@@ -381,6 +381,24 @@ def test_activation_prox_handles_matrices_elementwise(act):
     torch.testing.assert_close(f_matrix, f_single, rtol=1e-13, atol=1e-15)
 
 
+IN_PLACE = [p for p in ACTS if hasattr(p.values[0], "prox_")]
+
+
+def test_relu_and_linear_have_in_place_prox():
+    assert {type(p.values[0]).__name__ for p in IN_PLACE} >= {"ReLU", "Linear"}
+
+
+@pytest.mark.parametrize("act", IN_PLACE)
+@pytest.mark.parametrize("dtype", [DT, torch.float32], ids=["float64", "float32"])
+def test_activation_in_place_prox_writes_the_prox_into_b(act, dtype):
+    cs, v, b, _ = _triples(14, rows=6)
+    for k in range(6):
+        v_in, b_in = v[k].to(dtype, copy=True), b[k].to(dtype, copy=True)
+        u = act.prox_(v_in, b_in, float(cs[k]))
+        assert u.data_ptr() == b_in.data_ptr() and torch.equal(v_in, v[k].to(dtype))
+        assert torch.equal(u, act.prox(v[k].to(dtype), b[k].to(dtype), float(cs[k])))
+
+
 @pytest.mark.parametrize("act", ACTS)
 def test_activation_prox_float32(act):
     """float32 in, float32 out, and within float32 accuracy of the float64 minimum (in value)."""

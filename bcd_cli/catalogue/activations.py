@@ -9,6 +9,10 @@ worse than it. The piecewise-linear entries solve the problem in closed form (th
 global minimiser, so ``start`` is not needed); the smooth ones (which also have
 ``second_derivative``) use the bracketed grid-and-Newton solver of ``_scalar.py``,
 controlled by their fields ``grid`` (points) and ``newton_steps``.
+
+An entry may also have ``prox_(v, b, c, start=None)``: the same minimiser written into b's
+memory (b is consumed), which the engine uses when present to save a temporary the size of
+the block.
 """
 
 from __future__ import annotations
@@ -48,7 +52,11 @@ class Linear:
 
     def prox(self, v: Tensor, b: Tensor, c: float, start: Tensor | None = None) -> Tensor:
         """Returns argmin_u 1/2 (u - v)^2 + c/2 (u - b)^2 = (v + c b) / (1 + c); ``start`` is not needed."""
-        return (v + c * b) / (1 + c)
+        return self.prox_(v, b.clone(memory_format=torch.contiguous_format), c)
+
+    def prox_(self, v: Tensor, b: Tensor, c: float, start: Tensor | None = None) -> Tensor:
+        """``prox`` written into b."""
+        return b.mul_(c / (1 + c)).add_(v, alpha=1 / (1 + c))
 
 
 @dataclass(frozen=True)
@@ -71,16 +79,20 @@ class ReLU:
         values is (v + c b)^2 / (1 + c)) and t = -(c + sqrt(c (1 + c))) b for b < 0 (the
         larger root of v^2 + 2 c b v - c b^2), that is t = -c b - sqrt(c (1 + c)) min(b, 0);
         at the threshold both are minimisers. The global minimiser needs no ``start``.
-
-        Computed as max(p - BIG [v < t], min(b, 0)), BIG the dtype's largest value over 2:
-        arithmetic passes only (a boolean select costs several times more on the CPU) and
-        two temporaries of the size of v.
         """
-        left = torch.clamp(b, max=0.0)
+        return self.prox_(v, b.clone(memory_format=torch.contiguous_format), c)
+
+    def prox_(self, v: Tensor, b: Tensor, c: float, start: Tensor | None = None) -> Tensor:
+        """``prox`` written into b: max(p - BIG [v < t], min(b, 0)), BIG the dtype's largest value over 2.
+
+        Arithmetic passes only (a boolean select costs several times more on the CPU) and one
+        temporary the size of v.
+        """
         # [v < t] from sign(t - v), t - v = -(c b + sqrt(c (1 + c)) min(b, 0) + v): 1 below the threshold, else 0
-        out = torch.add(b, left, alpha=math.sqrt(c * (1 + c)) / c).mul_(c).add_(v).neg_().sign_().clamp_(min=0.0)
-        out.mul_(-torch.finfo(out.dtype).max / 2).add_(v, alpha=1 / (1 + c)).add_(b, alpha=c / (1 + c))
-        return torch.maximum(out, left, out=out)
+        below = torch.clamp(b, max=0.0).mul_(math.sqrt(c * (1 + c))).add_(b, alpha=c).add_(v).neg_().sign_()
+        below.clamp_(min=0.0).mul_(-torch.finfo(b.dtype).max / 2).add_(v, alpha=1 / (1 + c))
+        below.add_(b, alpha=c / (1 + c))  # p - BIG [v < t]
+        return torch.maximum(below, b.clamp_(max=0.0), out=b)
 
 
 @dataclass(frozen=True)

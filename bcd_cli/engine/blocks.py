@@ -81,12 +81,14 @@ def update_preactivation(act, V: Tensor, Z: Tensor, U_old: Tensor, *, gamma: flo
     ``Z`` is W V_prev + b; ``V`` is the layer's output minus its residual input for a
     residual layer. With b = (rho Z + alpha U_old)/(rho + alpha) and c = (rho + alpha)/gamma
     this is the activation's prox(V, b, c), which never returns a worse point than U_old.
+    ``Z`` must be a fresh tensor: it is overwritten.
     """
     if alpha:
         b = Z.mul_(rho / (rho + alpha)).add_(U_old, alpha=alpha / (rho + alpha))  # Z is a fresh product: reuse it
     else:
         b = Z
-    return act.prox(V, b, (rho + alpha) / gamma, start=U_old)
+    prox = getattr(act, "prox_", act.prox)  # the in-place variant, when the activation has one, writes into Z
+    return prox(V, b, (rho + alpha) / gamma, start=U_old)
 
 
 def _weights_system(U: Tensor, V_in: Tensor, W_old: Tensor, b_old: Tensor, *, rho: float, alpha: float, ridge: float):
@@ -174,6 +176,7 @@ def update_hidden_state(
     solve_dtype: torch.dtype | None = None,
     inner: InnerSolver | None = None,
     block: str = "V",
+    overwrite_target: bool = False,
 ) -> Tensor:
     """Returns argmin_V s(V) + weight/2 ||V - target||^2 + rho/2 ||U_next - W_next V - b_next 1^T||^2.
 
@@ -184,9 +187,12 @@ def update_hidden_state(
     the samples. For s = ridge/2 ||V||^2 the minimiser solves (H + ridge I) V = G
     (Cholesky, of the smaller Woodbury form when W_next has few rows: ``shifted_gram_solve``);
     otherwise FISTA runs from V_old or from the prox of the minimiser without
-    s, whichever is better.
+    s, whichever is better. With ``overwrite_target`` G (and then V) takes the target's memory.
     """
-    G = torch.addmm(target, W_next.T, U_next, beta=weight, alpha=rho)
+    if overwrite_target:
+        G = target.addmm_(W_next.T, U_next, beta=weight, alpha=rho)
+    else:
+        G = torch.addmm(target, W_next.T, U_next, beta=weight, alpha=rho)
     G.sub_((W_next.T @ b_next).mul_(rho).unsqueeze(1))
     if reg_v.quadratic:  # H = (weight + ridge) I + rho W^T W: X may take G's memory
         return shifted_gram_solve(
@@ -280,5 +286,5 @@ def update_weights_nonlinear(
 
 
 def squared_distance(A: Tensor, B: Tensor) -> Tensor:
-    """||A - B||_F^2 as a 0-dim tensor on A's device (no host synchronisation), differences and squares fused."""
-    return torch.nn.functional.mse_loss(A, B, reduction="sum")
+    """||A - B||_F^2 as a 0-dim tensor on A's device (no host synchronisation)."""
+    return torch.sub(A, B).square_().sum()

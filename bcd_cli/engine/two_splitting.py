@@ -66,6 +66,7 @@ class TwoSplittingBCD(BCDScheme):
                     V_new = update_hidden_state(
                         self.reg_v, target, weight, V[i + 1], W[i], b[i], V[i],
                         rho=gamma, solve_dtype=self.solve_dtype, inner=self.inner, block=f"V{i}",
+                        overwrite_target=True,  # a fresh tensor
                     )  # fmt: skip
                 else:
                     V_new = update_hidden_state_nonlinear(
