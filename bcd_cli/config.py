@@ -49,9 +49,15 @@ def validate(cfg: DictConfig) -> None:
     resume = OmegaConf.select(cfg, "resume")
     if resume is not None and (not isinstance(resume, str) or not resume.strip()):
         raise ConfigError("resume", resume, "the path of a run folder to continue, or null")
-    for key in ("dtype", "trainer.solve_dtype") if OmegaConf.select(cfg, "trainer.name") == "bcd" else ("dtype",):
+    bcd = OmegaConf.select(cfg, "trainer.name") == "bcd"
+    for key in ("dtype", "trainer.solve_dtype") if bcd else ("dtype",):
         if OmegaConf.select(cfg, key) not in DTYPES:
             raise ConfigError(key, OmegaConf.select(cfg, key), f"one of {', '.join(DTYPES)}")
+    if bcd and OmegaConf.select(cfg, "trainer.state_solve_dtype") not in (None, *DTYPES):
+        raise ConfigError(
+            "trainer.state_solve_dtype", OmegaConf.select(cfg, "trainer.state_solve_dtype"),
+            f"one of {', '.join(DTYPES)}, or null for the run's dtype",
+        )  # fmt: skip
 
     _validate_model(cfg)
     _number(cfg, "model.init_std", lambda x: x >= 0, "a number >= 0")

@@ -109,7 +109,9 @@ def build_algorithm(cfg: DictConfig, data: Dataset, device: torch.device, dtype:
         algorithm = build(cfg, "splitting")(
             net, data.X_train, data.Y_train,
             loss=loss, reg_w=reg_w, reg_v=reg_v, gamma=cfg.gamma, rho=cfg.rho, alpha=cfg.alpha,
-            solve_dtype=DTYPES[trainer.solve_dtype], inner_iters=trainer.inner_iters, inner_tol=trainer.inner_tol,
+            solve_dtype=DTYPES[trainer.solve_dtype],
+            state_solve_dtype=DTYPES.get(trainer.get("state_solve_dtype"), dtype),  # null: the run's dtype
+            inner_iters=trainer.inner_iters, inner_tol=trainer.inner_tol,
             alpha_check=trainer.alpha_check,
         )  # fmt: skip
     log.info(

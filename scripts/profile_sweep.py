@@ -9,9 +9,10 @@ Builds the case as ``bench_sweep.py`` does, runs a warm-up sweep, then profiles 
 in a ``record_function`` range (instrumentation only; restored after). Prints (1) the inclusive
 time of every block solver, (2) the aten ops by self time with their input shapes, (3) the ops
 that allocate the most, (4) micro-measurements of the alternatives for the largest causes,
-on the case's own shapes: the float64 triangular solves against float32 ones, the U-block prox
-against one elementwise pass, the bias broadcast of ``addmm``, writing into fresh memory
-against reused memory (page faults), and the evaluation against the sweep. With ``--memory``,
+on the case's own shapes: the float64 triangular solves against float32 ones and
+``torch.cholesky_solve``, the U-block prox against one elementwise pass, the squared distance,
+the bias broadcast of ``addmm``, fresh against reused memory, the Gram product against its
+upper block rows, and the evaluation with and without its gradient. With ``--memory``,
 (5) instead: the most memory each block solver (and the evaluation) needs above what is
 resident when it starts, in a process started with glibc's mmap threshold fixed.
 """
@@ -32,7 +33,7 @@ import torch
 from bench_sweep import Case, _cpu_seconds, _reset_high_water_mark, _status_mb, build_case, size_label
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from bcd_cli.engine import blocks, three_splitting
+from bcd_cli.engine import blocks, linalg, three_splitting
 from bcd_cli.train import _evaluate
 
 WRAPPED = {  # module -> the names its sweep looks up at call time
@@ -45,7 +46,7 @@ WRAPPED = {  # module -> the names its sweep looks up at call time
 CATEGORIES = [  # (category, aten ops) of the time split by self time
     ("matrix products (mm, addmm, mv)", {"aten::mm", "aten::addmm", "aten::mv", "aten::addmm_"}),
     ("Cholesky factorisations", {"aten::linalg_cholesky_ex"}),
-    ("triangular solves (cholesky_solve)", {"aten::_cholesky_solve_helper"}),
+    ("triangular solves", {"aten::linalg_solve_triangular", "aten::_cholesky_solve_helper"}),
     ("copies and dtype casts", {"aten::copy_", "aten::clone", "aten::to", "aten::_to_copy", "aten::contiguous"}),
 ]
 
@@ -135,39 +136,38 @@ def what_ifs(algorithm, loss, data) -> list[tuple[str, float]]:
     H = torch.eye(m, dtype=torch.float64) * 2 + net.W[l + 1].T.double() @ net.W[l + 1].double()
     L64 = torch.linalg.cholesky(H)
     L32, G = L64.float(), torch.randn(m, n)
-    Z, U_old = net.pre_activation(l, V[l]), U[l]
+    Z, U_old, V_new = net.pre_activation(l, V[l]), U[l], V[l + 1]
     act = net.acts[l]
     out = torch.empty_like(G)
     W, b, V_in = net.W[l], net.b[l], V[l]
-    V_solved = V[l + 1]  # as the sweep left it: the layout cholesky_solve returns (column-major)
-    V_rows = V_solved.contiguous()
+    half = m // 2
     return [
-        (f"V block solve as run: G to float64, cholesky_solve (float64, {m}x{m}, {n} rhs), back to float32",
+        (f"V block solve as run: float64 factor, float64 triangular solves in column chunks ({m}x{m}, {n} rhs)",
+         median_ms(lambda: linalg.cholesky_solve(L64, G))),
+        ("  the same in float32 (trainer.solve_dtype=float32)", median_ms(lambda: linalg.cholesky_solve(L32, G))),
+        ("  torch.cholesky_solve in float64 with the casts (column-major result)",
          median_ms(lambda: torch.cholesky_solve(G.double(), L64).float())),
-        (f"  the same solve in float32 (factor cast once), {m}x{m}, {n} rhs",
-         median_ms(lambda: torch.cholesky_solve(G, L32))),
-        (f"  the casts alone: {m}x{n} to float64 and back", median_ms(lambda: G.double().float())),
-        (f"  cholesky_solve's copy of its right-hand side into column-major order ({m}x{n}, float64)",
-         median_ms(lambda: G.double().mT.contiguous())),
-        (f"one elementwise pass over {m}x{n}, V in the solve's column-major layout, the other operand row-major",
-         median_ms(lambda: V_solved + Z)),
-        ("  the same with both row-major", median_ms(lambda: V_rows + Z)),
-        ("  the same into reused memory", median_ms(lambda: torch.add(V_rows, Z, out=out))),
-        (f"U block prox (activation {type(act).__name__}) as run, V column-major, {m}x{n}",
-         median_ms(lambda: act.prox(V_solved, Z, 2.0, start=U_old))),
-        ("  the same with V row-major", median_ms(lambda: act.prox(V_rows, Z, 2.0, start=U_old))),
-        ("||P^k - P^(k-1)||^2 of one V block, as run (sub, square_, sum)",
-         median_ms(lambda: blocks.squared_distance(V_solved, V_rows))),
-        ("  the same as one fused pass (torch.dist(...)**2), row-major", median_ms(lambda: torch.dist(G, Z) ** 2)),
+        (f"one elementwise pass over {m}x{n}", median_ms(lambda: V_new + Z)),
+        ("  the same into reused memory", median_ms(lambda: torch.add(V_new, Z, out=out))),
+        (f"U block prox (activation {type(act).__name__}) as run, into a copy of Z",
+         median_ms(lambda: getattr(act, "prox_", act.prox)(V_new, Z.clone(), 2.0, start=U_old))),
+        ("  the copy of Z alone", median_ms(lambda: Z.clone())),
+        ("||P^k - P^(k-1)||^2 of one block, as run (sub, square_, sum)",
+         median_ms(lambda: blocks.squared_distance(V_new, Z))),
+        ("  by mse_loss (what runs under autograd)",
+         median_ms(lambda: torch.nn.functional.mse_loss(V_new, Z, reduction="sum"))),
         (f"W V + b, addmm with the bias broadcast ({m}x{W.shape[1]} by {W.shape[1]}x{n})",
          median_ms(lambda: torch.addmm(b.unsqueeze(1), W, V_in))),
         ("  W V alone into a preallocated output", median_ms(lambda: torch.mm(W, V_in, out=out))),
-        (f"Gram product V V^T as run (full GEMM, {V_rows.shape[0]}x{n} by {n}x{V_rows.shape[0]})",
-         median_ms(lambda: V_solved @ V_solved.T)),
+        (f"Gram product V V^T as run (full GEMM, {m}x{n} by {n}x{m})", median_ms(lambda: V_new @ V_new.T)),
+        ("  its upper block row pair only (3/4 of the work)",
+         median_ms(lambda: (V_new[:half] @ V_new.T, V_new[half:] @ V_new[half:].T))),
         ("evaluation after the sweep (objective with gradient, forward passes)",
          median_ms(lambda: _evaluate(algorithm, loss, data), repeats=3)),
         ("  of which the objective with its gradient", median_ms(lambda: algorithm.objective(with_gradient=True), 3)),
         ("  the objective without gradient", median_ms(lambda: algorithm.objective(), 3)),
+        ("  the evaluation with grad_norm=false",
+         median_ms(lambda: _evaluate(algorithm, loss, data, grad_norm=False), 3)),
     ]  # fmt: skip
 
 

@@ -75,6 +75,7 @@ BAD_INPUTS = [
     (["data=mnist", "data.root=MISSING"], ["MISSING", "idx"]),
     (["data.n_train=0"], ["data.n_train=0"]),
     (["trainer.solve_dtype=half"], ["trainer.solve_dtype='half'", "float32, float64"]),
+    (["trainer.state_solve_dtype=half"], ["trainer.state_solve_dtype='half'", "float32, float64", "null"]),
     (["model.init_std=-0.1"], ["model.init_std=-0.1", ">= 0"]),
     (["model=resnet", "splitting=two"], ["splitting='two'", "splitting=resnet", "Algorithm 3"]),
     (["splitting=resnet"], ["splitting='resnet'", "model=resnet"]),

@@ -142,3 +142,19 @@ def test_every_experiment_preset_runs_a_sweep(preset: str, idx_folder: Path, tmp
         "device=cpu",
     )  # fmt: skip
     assert run(cfg, tmp_path).metrics["sweep"].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "overrides, solve, state",
+    [
+        ([], "float64", "float32"),  # the V blocks' right-hand sides in the run's dtype
+        (["trainer.state_solve_dtype=float64"], "float64", "float64"),
+        (["trainer.solve_dtype=float32"], "float32", "float32"),
+        (["dtype=float64"], "float64", "float64"),
+    ],
+)
+def test_solve_dtypes_reach_the_scheme(overrides, solve, state, tmp_path: Path):
+    import torch
+
+    algorithm = run(compose_config(*TINY, "epochs=1", *overrides), tmp_path).algorithm
+    assert (algorithm.solve_dtype, algorithm.state_solve_dtype) == (getattr(torch, solve), getattr(torch, state))

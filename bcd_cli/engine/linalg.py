@@ -24,12 +24,19 @@ def _name(dtype: torch.dtype) -> str:
 
 
 def spd_solve(
-    H: Tensor, G: Tensor, *, solve_dtype: torch.dtype | None = None, block: str = "", overwrite: bool = False
+    H: Tensor,
+    G: Tensor,
+    *,
+    solve_dtype: torch.dtype | None = None,
+    rhs_dtype: torch.dtype | None = None,
+    block: str = "",
+    overwrite: bool = False,
 ) -> Tensor:
     """Returns X with H X = G, for H symmetric positive definite.
 
     H is factorised as L L^T in ``solve_dtype`` (default: H's dtype) and both
-    triangular solves run in that dtype; X comes back in G's dtype. When the
+    triangular solves run in ``rhs_dtype`` (default: the factorisation's, L cast to it
+    otherwise); X comes back in G's dtype. When the
     factorisation fails, it is retried in float64 (once as is when it failed in a
     narrower dtype, then with the diagonal shifts of ``JITTER_EPS_MULTIPLES``) and the
     first retry that factorises, and whose shift changes H X by at most sqrt(eps(H.dtype)) ||G||,
@@ -40,7 +47,7 @@ def spd_solve(
     dtype = solve_dtype or H.dtype
     L, info = torch.linalg.cholesky_ex(H.to(dtype))
     if bool((info == 0) & torch.isfinite(H).all()):  # one host synchronisation, as for info alone
-        return cholesky_solve(L, G, overwrite=overwrite)
+        return cholesky_solve(L.to(rhs_dtype or dtype), G, overwrite=overwrite)
     return _retry_with_jitter(H, G, failed_in=dtype, block=block)
 
 
@@ -76,6 +83,7 @@ def shifted_gram_solve(
     G: Tensor,
     *,
     solve_dtype: torch.dtype | None = None,
+    rhs_dtype: torch.dtype | None = None,
     block: str = "",
     overwrite: bool = False,
 ) -> Tensor:
@@ -84,26 +92,27 @@ def shifted_gram_solve(
     When the m x m form is cheaper (m^2 + 2 m d < d^2, e.g. W is the 10 x d output layer),
     by the Woodbury identity (shift I + scale W^T W)^-1 = (I - scale W^T K^-1 W) / shift with
     K = shift I_m + scale W W^T: an m x m factorisation and two m-row products in place of the
-    d x d factorisation and its 2 d^2 n triangular solves. Both products and K's solve run in
-    ``solve_dtype`` (default: G's), in column chunks as in ``cholesky_solve`` when it is wider.
-    Otherwise the d x d matrix is factorised by ``spd_solve``. Failures name ``block``.
+    d x d factorisation and its 2 d^2 n triangular solves. K is factorised in ``solve_dtype``;
+    the products and K's triangular solves run in ``rhs_dtype`` (default: ``solve_dtype``, else
+    G's), in column chunks as in ``cholesky_solve`` when that is wider than G's dtype.
+    Otherwise the d x d matrix is solved by ``spd_solve`` with these dtypes. Failures name ``block``.
     """
     m, d = W.shape
     if m * m + 2 * m * d >= d * d:
         H = add_to_diagonal(scale * (W.T @ W), shift)
-        return spd_solve(H, G, solve_dtype=solve_dtype, block=block, overwrite=overwrite)
-    dtype = solve_dtype or G.dtype
+        return spd_solve(H, G, solve_dtype=solve_dtype, rhs_dtype=rhs_dtype, block=block, overwrite=overwrite)
+    dtype = rhs_dtype or solve_dtype or G.dtype
     K = add_to_diagonal(scale * (W @ W.T), shift)
     X = G if overwrite and G.is_contiguous() else torch.empty_like(G, memory_format=torch.contiguous_format)
     if dtype == G.dtype:
-        R = spd_solve(K, W @ G, solve_dtype=dtype, block=block, overwrite=True)
+        R = spd_solve(K, W @ G, solve_dtype=solve_dtype, rhs_dtype=dtype, block=block, overwrite=True)
         if X is not G:
             X.copy_(G)
         return X.addmm_(W.T, R, alpha=-scale).div_(shift)
     W_wide = W.to(dtype)
     columns = max(1, SOLVE_CHUNK_ELEMENTS // max(1, d))
     R = spd_solve(K, torch.cat([W_wide @ g.to(dtype) for g in G.split(columns, dim=1)], dim=1),
-                  solve_dtype=dtype, block=block, overwrite=True)  # fmt: skip
+                  solve_dtype=solve_dtype, rhs_dtype=dtype, block=block, overwrite=True)  # fmt: skip
     for g, r, x in zip(G.split(columns, dim=1), R.split(columns, dim=1), X.split(columns, dim=1), strict=True):
         x.copy_(torch.addmm(g.to(dtype), W_wide.T, r, alpha=-scale).div_(shift))
     return X

@@ -19,6 +19,9 @@ class BCDScheme:
     """Hyperparameters and state of a BCD scheme; subclasses define ``sweep`` and ``objective_parts``.
 
     ``rho`` (the weight of ||U - W V||^2 in three-splitting) defaults to ``gamma``.
+    ``solve_dtype`` is the dtype of every Cholesky factorisation and of the W blocks' solves;
+    ``state_solve_dtype`` (default: ``solve_dtype``) that of the V blocks' triangular solves,
+    whose n right-hand sides (one per sample) make them the costly ones.
     ``inner_iters``/``inner_tol`` bound the monotone inner solvers of blocks without a
     closed form; ``alpha_check`` ('warn' or 'raise') is what happens when alpha fails
     Theorem 2 for a prox-linear loss (see ``blocks.output_alpha``).
@@ -44,6 +47,7 @@ class BCDScheme:
         alpha: float,
         rho: float | None = None,
         solve_dtype: torch.dtype | None = None,
+        state_solve_dtype: torch.dtype | None = None,
         inner_iters: int = 20,
         inner_tol: float = 1e-6,
         alpha_check: str = "warn",
@@ -60,6 +64,7 @@ class BCDScheme:
         self.gamma, self.alpha = float(gamma), float(alpha)
         self.rho = float(gamma if rho is None else rho)
         self.solve_dtype = solve_dtype
+        self.state_solve_dtype = state_solve_dtype or solve_dtype
         self.inner = InnerSolver(iters=int(inner_iters), tol=float(inner_tol))
         self.alpha_out = output_alpha(loss, Y.shape[1], gamma=self.gamma, alpha=self.alpha, check=alpha_check)
         net.W[:] = [feasible(reg_w, w) for w in net.W]

@@ -92,7 +92,8 @@ class ThreeSplittingBCD(BCDScheme):
                 owned = all(target is not block for block in (*U, *V))  # sigma = Id returns U_i itself
                 V_new = update_hidden_state(
                     self.reg_v, target, weight, U[i], W[i], b[i], V[i],
-                    rho=rho, solve_dtype=self.solve_dtype, inner=self.inner, block=f"V{i}", overwrite_target=owned,
+                    rho=rho, solve_dtype=self.solve_dtype, rhs_dtype=self.state_solve_dtype, inner=self.inner,
+                    block=f"V{i}", overwrite_target=owned,
                 )  # fmt: skip
                 del target
             D_states += squared_distance(V_new, V[i])
