@@ -450,22 +450,24 @@ def time_case(case: Case) -> dict:
             _evaluate(algorithm, loss, data)
         slots = [gemm_timings(shapes, device, dtype)]
         sweep_seconds, eval_seconds, inner_per_sweep = [], [], []
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        faults = 0  # page faults (fresh memory) during the sweeps alone
         machine_busy, own_busy, started = *_cpu_seconds(), time.perf_counter()
         for _ in range(case.sweeps):
             done = len(inner_calls)
             _sync(device)
+            faults -= resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             algorithm.sweep()
             _sync(device)
             sweep_seconds.append(time.perf_counter() - start)
+            faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             inner_per_sweep.append([(s, g) for s, g in inner_calls[done:]])
             slots.append(gemm_timings(shapes, device, dtype))
             start = time.perf_counter()
             _evaluate(algorithm, loss, data)
             _sync(device)
             eval_seconds.append(time.perf_counter() - start)
-        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / case.sweeps
+        faults /= case.sweeps
         machine_now, own_now = _cpu_seconds()
         capacity = (time.perf_counter() - started) * (os.cpu_count() or 1)
         others = (machine_now - machine_busy - (own_now - own_busy)) / capacity  # the other processes' share
