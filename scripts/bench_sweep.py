@@ -508,7 +508,8 @@ def time_case(case: Case) -> dict:
 
 
 def memory_case(case: Case) -> dict:
-    """The peak memory of one sweep and of one evaluation of ``case``, attributable to the run (MiB).
+    """The peak memory of one sweep and of one evaluation of ``case`` (with and without the gradient
+    norm), attributable to the run (MiB).
 
     On the CPU the process must start with glibc's mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_``,
     as ``run_in_subprocess`` starts it): every tensor buffer is then its own mapping, unmapped when
@@ -526,7 +527,12 @@ def memory_case(case: Case) -> dict:
     cpu = device.type == "cpu"
     fixed = os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None
     peaks, resettable = [], True
-    for phase in (algorithm.sweep, functools.partial(_evaluate, algorithm, loss, data)):
+    phases = (
+        algorithm.sweep,
+        functools.partial(_evaluate, algorithm, loss, data),
+        functools.partial(_evaluate, algorithm, loss, data, grad_norm=False),  # bcd-train grad_norm=false
+    )
+    for phase in phases:
         _sync(device)
         if cpu:
             resettable = _reset_high_water_mark()
@@ -535,7 +541,7 @@ def memory_case(case: Case) -> dict:
         phase()
         _sync(device)
         peaks.append(_status_mb("VmHWM") if cpu else torch.cuda.max_memory_allocated(device) / 2**20)
-    del algorithm, loss, data, phase  # every tensor of the case freed: what stays resident is PyTorch's own
+    del algorithm, loss, data, phase, phases  # every tensor of the case freed: what stays resident is PyTorch's own
     gc.collect()
     libraries = _status_mb("VmRSS") if cpu else 0.0
     if not cpu:
@@ -546,6 +552,7 @@ def memory_case(case: Case) -> dict:
     return {
         "peak_sweep_mb": peaks[0] - libraries, "peak_eval_mb": peaks[1] - libraries,
         "peak_ratio": (peaks[0] - libraries) / state, "eval_peak_ratio": (peaks[1] - libraries) / state,
+        "peak_eval_no_grad_mb": peaks[2] - libraries, "eval_no_grad_peak_ratio": (peaks[2] - libraries) / state,
         "rss_libraries_mb": libraries,
         "memory_method": method,
     }  # fmt: skip
@@ -558,7 +565,7 @@ SHOWN = [
     ("sweep_gflops", "GFLOP/s"), ("gemm_gflops", "GEMM GFLOP/s"), ("ratio_to_gemm", "ratio"),
     ("inner_steps", "inner"), ("eval_seconds", "eval s"), ("state_and_data_mb", "state+data MiB"),
     ("peak_sweep_mb", "peak sweep MiB"), ("peak_ratio", "peak/state"), ("peak_eval_mb", "peak eval MiB"),
-    ("others_cpu_share", "others' CPU"),
+    ("peak_eval_no_grad_mb", "eval, no grad MiB"), ("others_cpu_share", "others' CPU"),
 ]  # fmt: skip
 
 

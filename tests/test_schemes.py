@@ -57,27 +57,30 @@ def make(scheme: str, loss, act, reg_w, reg_v, *, seed: int, gamma=1.0, rho=None
     return algo, X, Y
 
 
-def sq(A: torch.Tensor) -> float:
-    return float((A * A).sum())
+def sq(A: torch.Tensor) -> torch.Tensor:
+    return (A * A).sum()
 
 
 def objective(scheme: str, algo, X, Y) -> float:
     """(2.3), (2.5) or (3.4) written out; sigma_N = Id; layer l > 0 of a ResNet but the last is residual."""
-    W, b, V = algo.net.W, algo.net.b, algo.V
+    assert torch.equal(algo.V[0], X)
+    return float(objective_of(scheme, algo, algo.net.W, algo.net.b, algo.V, getattr(algo, "U", None), Y))
+
+
+def objective_of(scheme: str, algo, W, b, V, U, Y) -> torch.Tensor:
+    """``objective`` at the given blocks, as a differentiable tensor."""
     N = len(W)
-    assert torch.equal(V[0], X)
     act = algo.net.acts[0]
-    total = float(algo.loss(V[N], Y)) + sum(float(algo.reg_w(w)) for w in W) + sum(float(algo.reg_v(v)) for v in V[1:])
+    total = algo.loss(V[N], Y) + sum(algo.reg_w(w) for w in W) + sum(algo.reg_v(v) for v in V[1:])
     for l in range(N):
         sigma = act if l < N - 1 else (lambda u: u)
         pre = W[l] @ V[l] + b[l][:, None]
         if scheme == "two":
-            total += 0.5 * algo.gamma * sq(V[l + 1] - sigma(pre))
+            total = total + 0.5 * algo.gamma * sq(V[l + 1] - sigma(pre))
             continue
-        U = algo.U[l]
         skip = V[l] if (scheme == "resnet" and 0 < l < N - 1) else 0.0
-        total += 0.5 * algo.gamma * sq(V[l + 1] - skip - sigma(U))
-        total += 0.5 * algo.rho * sq(U - pre)
+        total = total + 0.5 * algo.gamma * sq(V[l + 1] - skip - sigma(U[l]))
+        total = total + 0.5 * algo.rho * sq(U[l] - pre)
     return total
 
 
@@ -103,7 +106,7 @@ def check_descent(scheme: str, algo, X, Y, sweeps: int = SWEEPS) -> None:
         D = algo.sweep()
         after = snapshot(algo)
         L = objective(scheme, algo, X, Y)
-        D_ref = sum(sq(p - q) for p, q in zip(after, before, strict=True))
+        D_ref = float(sum(sq(p - q) for p, q in zip(after, before, strict=True)))
         assert D == pytest.approx(D_ref, rel=1e-10, abs=1e-300), f"sweep {k}: D_k"
         assert algo.objective()["objective"] == pytest.approx(L, rel=1e-10, abs=1e-12), f"sweep {k}: objective"
         rounding = 1e-11 * max(abs(L_prev), 1.0)
@@ -166,3 +169,32 @@ def test_descent_full_cross_product(scheme, loss, act, reg_w, reg_v):
     seed = sum(map(ord, "".join((scheme, loss, act, reg_w, reg_v)))) % 89
     algo, X, Y = make(scheme, LOSSES[loss], ACTS[act], REGS[reg_w], REGS[reg_v], seed=seed)
     check_descent(scheme, algo, X, Y, sweeps=3)
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("chunk_columns", [10**9, 5], ids=["one chunk", "5 chunks"])
+def test_objective_and_gradient_norm_match_autograd_of_the_written_out_objective(
+    scheme, reduction, chunk_columns, monkeypatch
+):
+    """The objective and ||grad L|| over all blocks, evaluated over column chunks of the samples, against
+    autograd through ``objective_of`` on the whole state (n = 24; 5 chunks of at most 5 columns)."""
+    from bcd_cli.catalogue import L2, ReLU, Square
+    from bcd_cli.engine import scheme as scheme_module
+
+    monkeypatch.setattr(scheme_module, "OBJECTIVE_CHUNK_MIN_COLUMNS", chunk_columns)
+    monkeypatch.setattr(scheme_module, "OBJECTIVE_CHUNKS", 5)
+    algo, X, Y = make(scheme, Square(reduction=reduction), ReLU(), L2(lam=0.3), L2(lam=0.2), seed=5)
+    algo.sweep()  # away from the forward-pass start, where the penalties vanish
+    assert len(algo.objective_chunks(X.shape[1])) == (1 if chunk_columns > 24 else 5)
+    leaves = [t.detach().clone().requires_grad_(True) for t in snapshot(algo)]
+    N = algo.net.depth
+    W, b, V = leaves[:N], leaves[N : 2 * N], [X, *leaves[2 * N : 3 * N]]
+    U = leaves[3 * N :] if scheme != "two" else None
+    total = objective_of(scheme, algo, W, b, V, U, Y)
+    expected = torch.sqrt(sum(g.square().sum() for g in torch.autograd.grad(total, leaves)))
+    total = total.detach()
+    got = algo.objective(with_gradient=True)
+    assert got["objective"] == pytest.approx(total.item(), rel=1e-12)
+    assert got["grad_norm"] == pytest.approx(expected.item(), rel=1e-10)
+    assert algo.objective()["objective"] == pytest.approx(total.item(), rel=1e-12)

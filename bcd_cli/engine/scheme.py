@@ -14,6 +14,10 @@ from bcd_cli.engine.inner import InnerSolver
 from bcd_cli.engine.network import MLP
 from bcd_cli.engine.parallel import all_reduce_sum_, world_size
 
+# ``BCDScheme.objective`` evaluates L over this many column chunks of the samples, each at least this wide
+OBJECTIVE_CHUNKS = 8
+OBJECTIVE_CHUNK_MIN_COLUMNS = 1024
+
 
 class BCDScheme:
     """Hyperparameters and state of a BCD scheme; subclasses define ``sweep`` and ``objective_parts``.
@@ -106,28 +110,6 @@ class BCDScheme:
         """||grad L(P^k)||_F over all blocks (see ``objective``)."""
         return self.objective(with_gradient=True)["grad_norm"]
 
-    def _squared_gradient_norm(self, grads: Sequence[Tensor | None]) -> float:
-        """||grad L||^2 from the gradients of this rank's terms, in the order of ``blocks()``.
-
-        Data-parallel: the gradients of W_1..W_N, b_1..b_N sum over the ranks (they are the
-        same on every rank afterwards); those of the V and U shards are the rank's own, so
-        their squared norms sum over the ranks.
-        """
-        if world_size() == 1:
-            return float(torch.stack([g.square().sum() for g in grads if g is not None]).sum())
-        n_weights = 2 * self.net.depth
-        weights, states = [torch.zeros((), dtype=torch.float64)], [torch.zeros((), dtype=torch.float64)]
-        for i, g in enumerate(grads):
-            if g is not None:
-                target = weights if i < n_weights else states
-                target.append(
-                    all_reduce_sum_(g).square().sum().double().cpu()
-                    if i < n_weights
-                    else g.square().sum().double().cpu()
-                )
-        state_part = all_reduce_sum_(torch.stack(states).sum().to(self.X.device))
-        return float(torch.stack(weights).sum()) + float(state_part)
-
     def objective(self, *, with_gradient: bool = False) -> dict[str, float]:
         """L(P^k) and its parts, moved to the host in one transfer.
 
@@ -135,27 +117,67 @@ class BCDScheme:
         autograd through the same evaluation (Lemma 2 bounds it by b ||P^k - P^(k-1)||):
         NaN when a regularizer is not differentiable (l1, box, ...); elsewhere L is
         differentiable almost everywhere (ReLU and hinge kinks have measure zero).
+
+        Every term but r(W) is a sum over samples, so L is evaluated over column chunks of
+        the samples (``objective_chunks``), as the ranks of a data-parallel run split them:
+        the chunk's parts are added up, r(W) weighted by 1 / (chunks x ranks), a mean loss by
+        the chunk's share of the samples. The gradients of W and b add up over the chunks and
+        ranks; the V and U blocks' gradients are the chunk's own, their squared norms add up.
+        Autograd thus holds the intermediates of one chunk at a time, not of the whole state.
         """
         differentiable = with_gradient and self.reg_w.quadratic and self.reg_v.quadratic
-        saved = self.blocks()
-        # leaves share the blocks' memory (objective_parts never writes into a block)
-        leaves = [t.detach().requires_grad_(True) for t in saved] if differentiable else saved
+        saved, X, Y = self.blocks(), self.V[0], self.Y
+        n_weights, n = 2 * self.net.depth, X.shape[1]
+        weights = [t.detach().requires_grad_(differentiable) for t in saved[:n_weights]]  # the blocks' memory
+        weight_grads = [torch.zeros_like(w) for w in weights] if differentiable else []
+        state_squares, total = X.new_zeros((), dtype=torch.float64), None
+        chunks = self.objective_chunks(n)
         try:
-            self._set_blocks(leaves)
-            with torch.set_grad_enabled(differentiable):
-                parts = self.objective_parts()
-                values = torch.stack([torch.as_tensor(p, dtype=torch.float64) for p in parts.values()])
-                # data-parallel: every term but r(W) sums over this rank's samples; r(W) is the same on every rank
-                weights = values.new_tensor([1.0 / world_size() if k == "reg_w" else 1.0 for k in parts])
-                local = values * weights
-                grads = torch.autograd.grad(local.sum(), leaves, allow_unused=True) if differentiable else []
+            for columns in chunks:
+                states = [t[:, columns].detach().requires_grad_(differentiable) for t in saved[n_weights:]]
+                self._set_blocks([*weights, *states])
+                self.V[0], self.Y = X[:, columns], Y[:, columns]
+                with torch.set_grad_enabled(differentiable):
+                    parts = self.objective_parts()
+                    share = (columns.stop - columns.start) / n
+                    scale = [1.0 / (len(chunks) * world_size()) if k == "reg_w" else
+                             share if k == "loss" and getattr(self.loss, "reduction", "sum") == "mean" else 1.0
+                             for k in parts]  # fmt: skip
+                    local = torch.stack([torch.as_tensor(p, dtype=torch.float64) for p in parts.values()])
+                    local = local * local.new_tensor(scale)
+                    if differentiable:
+                        grads = torch.autograd.grad(local.sum(), [*weights, *states], allow_unused=True)
+                        for acc, g in zip(weight_grads, grads[:n_weights], strict=True):
+                            if g is not None:
+                                acc.add_(g)
+                        state_squares += sum(g.double().square().sum() for g in grads[n_weights:] if g is not None)
+                total = local.detach() if total is None else total + local.detach()
         finally:
             self._set_blocks(saved)
-        result = dict(zip(parts, all_reduce_sum_(local.detach()).tolist(), strict=True))
+            self.V[0], self.Y = X, Y
+        assert total is not None  # at least one chunk: n >= 1
+        result = dict(zip(parts, all_reduce_sum_(total).tolist(), strict=True))
         result["objective"] = sum(result.values())
         if with_gradient:
-            result["grad_norm"] = math.sqrt(self._squared_gradient_norm(grads)) if differentiable else math.nan
+            result["grad_norm"] = (
+                math.sqrt(self._squared_gradient_norm(weight_grads, state_squares)) if differentiable else math.nan
+            )
         return result
+
+    def objective_chunks(self, n: int) -> list[slice]:
+        """The column chunks ``objective`` evaluates: ``OBJECTIVE_CHUNKS`` of them, each at least
+        ``OBJECTIVE_CHUNK_MIN_COLUMNS`` samples wide (one chunk for a small n)."""
+        width = max(OBJECTIVE_CHUNK_MIN_COLUMNS, -(-n // OBJECTIVE_CHUNKS))
+        return [slice(start, min(start + width, n)) for start in range(0, n, width)]
+
+    def _squared_gradient_norm(self, weight_grads: Sequence[Tensor], state_squares: Tensor) -> float:
+        """||grad L||^2 from the summed gradients of W_1..W_N, b_1..b_N and the squared norms of the V
+        and U blocks' gradients; data-parallel, the first sum over the ranks (then they are the same on
+        every rank) and so do the second."""
+        for g in weight_grads:
+            all_reduce_sum_(g)
+        weights = sum(g.double().square().sum() for g in weight_grads)
+        return float(weights + all_reduce_sum_(state_squares))
 
 
 def first_nonfinite(blocks: list[tuple[str, list[Tensor]]]) -> str | None:
