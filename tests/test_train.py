@@ -163,7 +163,8 @@ def test_grad_norm_false_leaves_the_column_empty_and_the_run_unchanged(trainer: 
     assert runs["true"]["grad_norm"].notna().all() and (runs["true"]["grad_norm"] > 0).all()
     assert runs["false"]["grad_norm"].isna().all()
     rest = [c for c in METRIC_COLUMNS if c not in ("grad_norm", "seconds")]
-    pd.testing.assert_frame_equal(runs["true"][rest], runs["false"][rest], check_exact=True)
+    # the same run; the objective is summed by other kernels under autograd (mse_loss), so rounding may differ
+    pd.testing.assert_frame_equal(runs["true"][rest], runs["false"][rest], check_exact=False, rtol=1e-6)
 
 
 @pytest.mark.parametrize("precision", ["high", "medium"])
