@@ -180,13 +180,13 @@ def test_objective_and_gradient_norm_match_autograd_of_the_written_out_objective
     """The objective and ||grad L|| over all blocks, evaluated over column chunks of the samples, against
     autograd through ``objective_of`` on the whole state (n = 24; 5 chunks of at most 5 columns)."""
     from bcd_cli.catalogue import L2, ReLU, Square
-    from bcd_cli.engine import scheme as scheme_module
+    from bcd_cli.engine import network
 
-    monkeypatch.setattr(scheme_module, "OBJECTIVE_CHUNK_MIN_COLUMNS", chunk_columns)
-    monkeypatch.setattr(scheme_module, "OBJECTIVE_CHUNKS", 5)
+    monkeypatch.setattr(network, "EVALUATION_CHUNK_MIN_COLUMNS", chunk_columns)
+    monkeypatch.setattr(network, "EVALUATION_CHUNKS", 5)
     algo, X, Y = make(scheme, Square(reduction=reduction), ReLU(), L2(lam=0.3), L2(lam=0.2), seed=5)
     algo.sweep()  # away from the forward-pass start, where the penalties vanish
-    assert len(algo.objective_chunks(X.shape[1])) == (1 if chunk_columns > 24 else 5)
+    assert len(network.column_chunks(X.shape[1])) == (1 if chunk_columns > 24 else 5)
     leaves = [t.detach().clone().requires_grad_(True) for t in snapshot(algo)]
     N = algo.net.depth
     W, b, V = leaves[:N], leaves[N : 2 * N], [X, *leaves[2 * N : 3 * N]]
@@ -198,3 +198,16 @@ def test_objective_and_gradient_norm_match_autograd_of_the_written_out_objective
     assert got["objective"] == pytest.approx(total.item(), rel=1e-12)
     assert got["grad_norm"] == pytest.approx(expected.item(), rel=1e-10)
     assert algo.objective()["objective"] == pytest.approx(total.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("scheme", ["three", "resnet"])
+def test_network_output_over_column_chunks_is_the_forward_pass(scheme, monkeypatch):
+    from bcd_cli.catalogue import NoReg, ReLU, Square
+    from bcd_cli.engine import network
+
+    algo, X, _ = make(scheme, Square(), ReLU(), NoReg(), NoReg(), seed=6)
+    whole = algo.net.forward_states(X)[1][-1]
+    monkeypatch.setattr(network, "EVALUATION_CHUNK_MIN_COLUMNS", 5)
+    monkeypatch.setattr(network, "EVALUATION_CHUNKS", 5)
+    assert len(network.column_chunks(X.shape[1])) == 5
+    torch.testing.assert_close(algo.net(X), whole, rtol=1e-13, atol=1e-13)

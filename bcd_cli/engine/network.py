@@ -17,6 +17,17 @@ from torch import Tensor
 
 from bcd_cli.catalogue.activations import Linear
 
+# evaluations over all samples run over this many column chunks, each at least this many samples wide
+EVALUATION_CHUNKS = 8
+EVALUATION_CHUNK_MIN_COLUMNS = 1024
+
+
+def column_chunks(n: int) -> list[slice]:
+    """Slices of n samples into ``EVALUATION_CHUNKS`` contiguous chunks, each at least
+    ``EVALUATION_CHUNK_MIN_COLUMNS`` wide (one chunk for a small n)."""
+    width = max(EVALUATION_CHUNK_MIN_COLUMNS, -(-n // EVALUATION_CHUNKS))
+    return [slice(start, min(start + width, n)) for start in range(0, n, width)]
+
 
 @dataclass
 class MLP:
@@ -92,7 +103,14 @@ class MLP:
 
     @torch.no_grad()
     def __call__(self, X: Tensor) -> Tensor:
-        """The network's output sigma_N(W_N ... sigma_1(W_1 X + b_1) ... + b_N), residual layers included."""
+        """The network's output sigma_N(W_N ... sigma_1(W_1 X + b_1) ... + b_N), residual layers included.
+
+        Computed over the column chunks of ``column_chunks``: the hidden layers' outputs exist for
+        one chunk of samples at a time.
+        """
+        chunks = column_chunks(X.shape[1])
+        if len(chunks) > 1:
+            return torch.cat([self(X[:, columns]) for columns in chunks], dim=1)
         for l in range(self.depth):
             X = self.layer_output(l, X, self.pre_activation(l, X))
         return X

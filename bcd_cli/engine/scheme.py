@@ -11,12 +11,8 @@ from torch import Tensor
 
 from bcd_cli.engine.blocks import ALPHA_CHECKS, feasible, output_alpha
 from bcd_cli.engine.inner import InnerSolver
-from bcd_cli.engine.network import MLP
+from bcd_cli.engine.network import MLP, column_chunks
 from bcd_cli.engine.parallel import all_reduce_sum_, world_size
-
-# ``BCDScheme.objective`` evaluates L over this many column chunks of the samples, each at least this wide
-OBJECTIVE_CHUNKS = 8
-OBJECTIVE_CHUNK_MIN_COLUMNS = 1024
 
 
 class BCDScheme:
@@ -119,7 +115,7 @@ class BCDScheme:
         differentiable almost everywhere (ReLU and hinge kinks have measure zero).
 
         Every term but r(W) is a sum over samples, so L is evaluated over column chunks of
-        the samples (``objective_chunks``), as the ranks of a data-parallel run split them:
+        the samples (``network.column_chunks``), as the ranks of a data-parallel run split them:
         the chunk's parts are added up, r(W) weighted by 1 / (chunks x ranks), a mean loss by
         the chunk's share of the samples. The gradients of W and b add up over the chunks and
         ranks; the V and U blocks' gradients are the chunk's own, their squared norms add up.
@@ -131,7 +127,7 @@ class BCDScheme:
         weights = [t.detach().requires_grad_(differentiable) for t in saved[:n_weights]]  # the blocks' memory
         weight_grads = [torch.zeros_like(w) for w in weights] if differentiable else []
         state_squares, total = X.new_zeros((), dtype=torch.float64), None
-        chunks = self.objective_chunks(n)
+        chunks = column_chunks(n)
         try:
             for columns in chunks:
                 states = [t[:, columns].detach().requires_grad_(differentiable) for t in saved[n_weights:]]
@@ -163,12 +159,6 @@ class BCDScheme:
                 math.sqrt(self._squared_gradient_norm(weight_grads, state_squares)) if differentiable else math.nan
             )
         return result
-
-    def objective_chunks(self, n: int) -> list[slice]:
-        """The column chunks ``objective`` evaluates: ``OBJECTIVE_CHUNKS`` of them, each at least
-        ``OBJECTIVE_CHUNK_MIN_COLUMNS`` samples wide (one chunk for a small n)."""
-        width = max(OBJECTIVE_CHUNK_MIN_COLUMNS, -(-n // OBJECTIVE_CHUNKS))
-        return [slice(start, min(start + width, n)) for start in range(0, n, width)]
 
     def _squared_gradient_norm(self, weight_grads: Sequence[Tensor], state_squares: Tensor) -> float:
         """||grad L||^2 from the summed gradients of W_1..W_N, b_1..b_N and the squared norms of the V
