@@ -15,7 +15,8 @@ import itertools
 import pytest
 import torch
 
-from bcd_cli.catalogue import L2, Linear, NoReg, ReLU, Square
+from bcd_cli.catalogue import L2, Linear, NoReg, ReLU, Sigmoid, Square
+from bcd_cli.engine import blocks
 from bcd_cli.engine.blocks import (
     feasible,
     output_alpha,
@@ -245,6 +246,25 @@ def test_update_hidden_state_overwriting_its_target(reg_v, lam, d, d_next):
     got = update_hidden_state(reg_v, owned, 0.7, *args, rho=1.3, overwrite_target=True)
     assert got.data_ptr() == owned.data_ptr()
     torch.testing.assert_close(got, kept, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", [ReLU(), Linear(), Sigmoid()], ids=lambda a: type(a).__name__)
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_update_preactivation_in_row_chunks_is_the_prox_of_the_whole(act, residual, monkeypatch):
+    """Row chunks of 7 entries (one row of 7 columns each) give the activation's prox on the whole block,
+    of V - V_in for a residual layer, written into Z (to the tolerance of the smooth activations' Newton
+    solver, whose stopping test sees one chunk at a time)."""
+    gen = torch.Generator().manual_seed(31)
+    V, Z, U_old, V_in = (rand(5, 7, gen=gen, scale=2) for _ in range(4))
+    b = (1.3 * Z + 0.4 * U_old) / 1.7
+    expected = act.prox(V - V_in if residual else V, b, 1.7 / 0.9, start=U_old)
+    monkeypatch.setattr(blocks, "CPU_CHUNK_ELEMENTS", 7)
+    assert len(blocks.cpu_row_chunks(Z)) == 5
+    owned = Z.clone()
+    got = update_preactivation(act, V, owned, U_old, gamma=0.9, rho=1.3, alpha=0.4, V_in=V_in if residual else None)
+    assert got.data_ptr() == owned.data_ptr()
+    tol = 1e-12 if hasattr(act, "prox_") else 1e-8
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
 
 
 # ------------------------------------------------------------------ linalg

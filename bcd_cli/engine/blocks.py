@@ -27,7 +27,7 @@ from bcd_cli.engine.parallel import all_reduce_sum_, world_size
 log = logging.getLogger(__name__)
 
 ALPHA_CHECKS = ("warn", "raise")
-DISTANCE_CHUNK_ELEMENTS = 2**18  # entries per chunk of ``squared_distance`` on the CPU (1 MiB in float32)
+CPU_CHUNK_ELEMENTS = 2**18  # entries per chunk of elementwise work on the CPU (1 MiB in float32)
 
 
 def output_alpha(loss, n: int, *, gamma: float, alpha: float, check: str) -> float:
@@ -76,20 +76,29 @@ def update_output_state(loss, reg_v, Y: Tensor, target: Tensor, V_old: Tensor, *
     return reg_v.prox_with(lambda c, w: loss.prox(Y, c, w), center, weight)
 
 
-def update_preactivation(act, V: Tensor, Z: Tensor, U_old: Tensor, *, gamma: float, rho: float, alpha: float) -> Tensor:
-    """Returns argmin_U gamma/2 ||V - sigma(U)||^2 + rho/2 ||U - Z||^2 + alpha/2 ||U - U_old||^2, elementwise.
+def update_preactivation(
+    act, V: Tensor, Z: Tensor, U_old: Tensor, *, gamma: float, rho: float, alpha: float, V_in: Tensor | None = None
+) -> Tensor:
+    """Returns argmin_U gamma/2 ||V - V_in - sigma(U)||^2 + rho/2 ||U - Z||^2 + alpha/2 ||U - U_old||^2, elementwise.
 
-    ``Z`` is W V_prev + b; ``V`` is the layer's output minus its residual input for a
-    residual layer. With b = (rho Z + alpha U_old)/(rho + alpha) and c = (rho + alpha)/gamma
-    this is the activation's prox(V, b, c), which never returns a worse point than U_old.
-    ``Z`` must be a fresh tensor: it is overwritten.
+    ``Z`` is W V_prev + b; ``V_in`` is the layer's input for a residual layer (its output is
+    V_in + sigma(U)), else None. With b = (rho Z + alpha U_old)/(rho + alpha) and
+    c = (rho + alpha)/gamma this is the activation's prox(V - V_in, b, c), which never returns
+    a worse point than U_old. ``Z`` must be a fresh tensor: the result is written into it,
+    over the row chunks of ``cpu_row_chunks``, so the prox's temporaries are a chunk's.
     """
-    if alpha:
-        b = Z.mul_(rho / (rho + alpha)).add_(U_old, alpha=alpha / (rho + alpha))  # Z is a fresh product: reuse it
-    else:
-        b = Z
-    prox = getattr(act, "prox_", act.prox)  # the in-place variant, when the activation has one, writes into Z
-    return prox(V, b, (rho + alpha) / gamma, start=U_old)
+    c = (rho + alpha) / gamma
+    in_place = getattr(act, "prox_", None)  # the activation's in-place variant, when it has one
+    for rows in cpu_row_chunks(Z):
+        b = Z[rows]
+        if alpha:
+            b.mul_(rho / (rho + alpha)).add_(U_old[rows], alpha=alpha / (rho + alpha))
+        v = V[rows] if V_in is None else torch.sub(V[rows], V_in[rows])
+        if in_place is not None:
+            in_place(v, b, c, start=U_old[rows])
+        else:
+            b.copy_(act.prox(v, b, c, start=U_old[rows]))
+    return Z
 
 
 def _weights_system(U: Tensor, V_in: Tensor, W_old: Tensor, b_old: Tensor, *, rho: float, alpha: float, ridge: float):
@@ -295,15 +304,23 @@ def squared_distance(A: Tensor, B: Tensor) -> Tensor:
 
     Under autograd by ``mse_loss``, whose backward keeps references to A and B only (sub and
     square would keep the difference, a block-sized tensor per term). Otherwise by sub, square
-    and sum: on the CPU over row chunks of ``DISTANCE_CHUNK_ELEMENTS`` entries, so the
-    difference stays in cache and no block-sized temporary is allocated (fresh memory costs a
-    page fault per 4 KiB there; CUDA's caching allocator has no such cost).
+    and sum over the row chunks of ``cpu_row_chunks``.
     """
     if torch.is_grad_enabled() and (A.requires_grad or B.requires_grad):
         return torch.nn.functional.mse_loss(A, B, reduction="sum")
-    if A.device.type != "cpu" or A.dim() != 2 or A.numel() <= DISTANCE_CHUNK_ELEMENTS:
+    chunks = cpu_row_chunks(A)
+    if len(chunks) == 1:
         return torch.sub(A, B).square_().sum()
-    rows = max(1, DISTANCE_CHUNK_ELEMENTS // A.shape[1])
-    return torch.stack(
-        [torch.sub(a, b).square_().sum() for a, b in zip(A.split(rows), B.split(rows), strict=True)]
-    ).sum()
+    return torch.stack([torch.sub(A[rows], B[rows]).square_().sum() for rows in chunks]).sum()
+
+
+def cpu_row_chunks(A: Tensor) -> list[slice]:
+    """Row slices of A for elementwise work: on the CPU, chunks of about ``CPU_CHUNK_ELEMENTS`` entries,
+    so that temporaries stay in cache and no block-sized one is allocated (fresh memory costs a page
+    fault per 4 KiB there); the whole of A elsewhere (CUDA's caching allocator has no such cost) and
+    for vectors and small matrices."""
+    rows = A.shape[0]
+    if A.device.type != "cpu" or A.dim() != 2 or A.numel() <= CPU_CHUNK_ELEMENTS:
+        return [slice(0, rows)]
+    step = max(1, CPU_CHUNK_ELEMENTS // A.shape[1])
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]

@@ -10,7 +10,8 @@ The sweep is Algorithm 2's with two targets changed:
            the first term without V_{i-1} when layer i is plain, the second only when layer i+1 is residual:
            (2 gamma I + rho W^T W) V = gamma (V_{i-1} + sigma(U_i)) + gamma (V_{i+1} - sigma(U_{i+1}))
                                        + rho W^T (U_{i+1} - b_{i+1})   for s = 0;
-    U_i <- the elementwise prox of Algorithm 2 with target V_i - V_{i-1} in place of V_i.
+    U_i <- the elementwise prox of Algorithm 2 with target V_i - V_{i-1} in place of V_i
+           (``residual_input``).
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ class ResNetBCD(ThreeSplittingBCD):
         net, U, V, gamma = self.net, self.U, self.V, self.gamma
         target, weight = net.layer_output(l, V[l], U[l]), gamma  # gamma/2 ||V - V_{i-1} - sigma(U_i)||^2
         if net.residual[l + 1]:  # gamma/2 ||V - (V_{i+1} - sigma(U_{i+1}))||^2 from the residual successor
-            target = (target + V[l + 2]).sub_(net.acts[l + 1](U[l + 1])).mul_(0.5)  # sigma may return its input
+            owned = net.residual[l] or target is not U[l]  # sigma may return its input
+            target = (target.add_(V[l + 2]) if owned else target + V[l + 2]).sub_(net.acts[l + 1](U[l + 1]))
+            target.mul_(0.5)
             weight = 2 * gamma
         return self.with_proximal_term(l, target, weight)
 
-    def activation_target(self, l: int, V_new: Tensor) -> Tensor:
-        return V_new - self.V[l] if self.net.residual[l] else V_new
+    def residual_input(self, l: int) -> Tensor | None:
+        return self.V[l] if self.net.residual[l] else None

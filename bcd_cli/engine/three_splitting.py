@@ -70,9 +70,9 @@ class ThreeSplittingBCD(BCDScheme):
         total = weight + self.alpha
         return torch.add(target, self.V[l + 1], alpha=self.alpha / weight).mul_(weight / total), total
 
-    def activation_target(self, l: int, V_new: Tensor) -> Tensor:
-        """What sigma_l(U_l) should match in the U_l block: V_{l+1} itself."""
-        return V_new
+    def residual_input(self, l: int) -> Tensor | None:
+        """What layer l adds to sigma_l(U_l) in its output V_{l+1}: nothing in a plain network."""
+        return None
 
     def sweep(self) -> float:
         """One sweep of Algorithm 2; returns D_k = ||P^k - P^(k-1)||_F^2 over all blocks."""
@@ -99,8 +99,9 @@ class ThreeSplittingBCD(BCDScheme):
             D_states += squared_distance(V_new, V[i])
             V[i] = V_new  # the old V_i is freed before the U_i block's temporaries are made
             U_new = update_preactivation(
-                net.acts[l], self.activation_target(l, V_new), net.pre_activation(l, V[l]), U[l],
+                net.acts[l], V_new, net.pre_activation(l, V[l]), U[l],
                 gamma=gamma, rho=rho, alpha=0.0 if l == N - 1 else alpha,  # U_N: strongly convex, no proximal term
+                V_in=self.residual_input(l),
             )  # fmt: skip
             del V_new
             D_states += squared_distance(U_new, U[l])
