@@ -18,8 +18,8 @@ from torch import Tensor
 from bcd_cli.catalogue.activations import Linear
 
 # evaluations over all samples run over this many column chunks, each at least this many samples wide
-EVALUATION_CHUNKS = 8
-EVALUATION_CHUNK_MIN_COLUMNS = 1024
+EVALUATION_CHUNKS = 16
+EVALUATION_CHUNK_MIN_COLUMNS = 512
 
 
 def column_chunks(n: int) -> list[slice]:
