@@ -259,6 +259,7 @@ class Case:
     n_test: int | None = None  # default: n // 6, MNIST's 10000 test images for 60000 training ones
     dtype: str = "float32"
     solve_dtype: str | None = None  # default: the trainer's (conf/trainer/bcd.yaml)
+    extra: tuple[str, ...] = ()  # further bcd-train overrides, e.g. trainer.state_solve_dtype=float64
 
     @property
     def name(self) -> str:
@@ -302,7 +303,7 @@ def overrides(case: Case) -> list[str]:
     else:
         model = [f"splitting={case.scheme}", f"model.widths=[{','.join(map(str, hidden))}]"]
     solve = [f"trainer.solve_dtype={case.solve_dtype}"] if case.solve_dtype else []
-    return [*model, f"device={case.device}", f"dtype={case.dtype}", *solve]
+    return [*model, f"device={case.device}", f"dtype={case.dtype}", *solve, *case.extra]
 
 
 def build_case(case: Case):
@@ -489,7 +490,10 @@ def time_case(case: Case) -> dict:
         rates.append({"m": m, "k": k, "n": cols, "gflops": 2 * m * k * cols / seconds / 1e9})
     return {
         "case": case.name, "scheme": case.scheme, "sizes": size_label(sizes), "device": str(device),
-        "dtype": cfg.dtype, "solve_dtype": cfg.trainer.solve_dtype, "n": n, "n_test": case.test_samples,
+        "dtype": cfg.dtype, "solve_dtype": cfg.trainer.solve_dtype,
+        "state_solve_dtype": cfg.trainer.get("state_solve_dtype") or cfg.dtype,
+        "matmul_precision": cfg.device.get("matmul_precision", "highest"), "overrides": " ".join(case.extra),
+        "n": n, "n_test": case.test_samples,
         "threads": torch.get_num_threads(), "warmup": case.warmup, "sweeps": case.sweeps,
         "seconds_per_sweep": statistics.median(sweep_seconds),
         "seconds_min": min(sweep_seconds), "seconds_max": max(sweep_seconds),
@@ -596,7 +600,7 @@ def select_cases(args: argparse.Namespace, cuda: bool) -> list[Case]:
         if not cases:
             raise SystemExit(f"no standard case for --scheme {args.scheme} on {args.device}: give --sizes")
     changes = {"n": args.n, "n_test": args.n_test, "sweeps": args.sweeps, "warmup": args.warmup}
-    changes |= {"dtype": args.dtype, "solve_dtype": args.solve_dtype}
+    changes |= {"dtype": args.dtype, "solve_dtype": args.solve_dtype, "extra": tuple(args.set) or None}
     return [replace(c, **{k: v for k, v in changes.items() if v is not None}) for c in cases]
 
 
@@ -621,6 +625,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CPU, and CUDA too")
     parser.add_argument("--dtype", choices=["float32", "float64"], help="dtype of every tensor (default: float32)")
     parser.add_argument("--solve-dtype", choices=["float32", "float64"], help="Cholesky dtype (default: trainer's)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a further bcd-train override for every case, e.g. trainer.state_solve_dtype=float64",
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"), help="folder of sweep.csv, sweep.json")
     parser.add_argument("--time-case", help=argparse.SUPPRESS)  # internal: time one case, print its row
     parser.add_argument("--memory-case", help=argparse.SUPPRESS)  # internal: measure one case's memory

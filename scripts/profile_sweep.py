@@ -142,15 +142,18 @@ def what_ifs(algorithm, loss, data) -> list[tuple[str, float]]:
     W, b, V_in = net.W[l], net.b[l], V[l]
     half = m // 2
     return [
-        (f"V block solve as run: float64 factor, float64 triangular solves in column chunks ({m}x{m}, {n} rhs)",
+        (f"V block triangular solves as run: float64 factor in float32 ({m}x{m}, {n} rhs; state_solve_dtype=null)",
+         median_ms(lambda: linalg.cholesky_solve(L32, G))),
+        ("  in float64, in column chunks (trainer.state_solve_dtype=float64)",
          median_ms(lambda: linalg.cholesky_solve(L64, G))),
-        ("  the same in float32 (trainer.solve_dtype=float32)", median_ms(lambda: linalg.cholesky_solve(L32, G))),
         ("  torch.cholesky_solve in float64 with the casts (column-major result)",
          median_ms(lambda: torch.cholesky_solve(G.double(), L64).float())),
         (f"one elementwise pass over {m}x{n}", median_ms(lambda: V_new + Z)),
         ("  the same into reused memory", median_ms(lambda: torch.add(V_new, Z, out=out))),
-        (f"U block prox (activation {type(act).__name__}) as run, into a copy of Z",
-         median_ms(lambda: getattr(act, "prox_", act.prox)(V_new, Z.clone(), 2.0, start=U_old))),
+        (f"U block as run (activation {type(act).__name__}, row chunks), into a copy of Z",
+         median_ms(lambda: blocks.update_preactivation(act, V_new, Z.clone(), U_old, gamma=1.0, rho=1.0, alpha=1.0))),
+        ("  its prox on the whole block at once",
+         median_ms(lambda: getattr(act, "prox_", act.prox)(V_new, Z.clone(), 2.0))),
         ("  the copy of Z alone", median_ms(lambda: Z.clone())),
         ("||P^k - P^(k-1)||^2 of one block, as run (sub, square_, sum)",
          median_ms(lambda: blocks.squared_distance(V_new, Z))),
