@@ -88,6 +88,14 @@ def _evaluate(algorithm: Any, loss: Any, data: Dataset, *, grad_norm: bool = Tru
     return row
 
 
+def _state_solve_dtype(trainer: DictConfig, dtype: torch.dtype) -> torch.dtype:
+    """``trainer.state_solve_dtype``: null is the run's dtype; absent (the config of a run folder written before
+    the key existed, being resumed) is ``trainer.solve_dtype``, as those runs solved."""
+    if "state_solve_dtype" not in trainer:
+        return DTYPES[trainer.solve_dtype]
+    return DTYPES[trainer.state_solve_dtype] if trainer.state_solve_dtype is not None else dtype
+
+
 def build_algorithm(cfg: DictConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     """The network of ``cfg`` initialised as in Remark 1, wrapped in its BCD scheme; returns (algorithm, loss)."""
     loss, act = build(cfg, "loss"), build(cfg, "act")
@@ -110,7 +118,7 @@ def build_algorithm(cfg: DictConfig, data: Dataset, device: torch.device, dtype:
             net, data.X_train, data.Y_train,
             loss=loss, reg_w=reg_w, reg_v=reg_v, gamma=cfg.gamma, rho=cfg.rho, alpha=cfg.alpha,
             solve_dtype=DTYPES[trainer.solve_dtype],
-            state_solve_dtype=DTYPES.get(trainer.get("state_solve_dtype"), dtype),  # null: the run's dtype
+            state_solve_dtype=_state_solve_dtype(trainer, dtype),
             inner_iters=trainer.inner_iters, inner_tol=trainer.inner_tol,
             alpha_check=trainer.alpha_check,
         )  # fmt: skip
