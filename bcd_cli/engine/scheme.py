@@ -125,7 +125,6 @@ class BCDScheme:
         saved, X, Y = self.blocks(), self.V[0], self.Y
         n_weights, n = 2 * self.net.depth, X.shape[1]
         weights = [t.detach().requires_grad_(differentiable) for t in saved[:n_weights]]  # the blocks' memory
-        weight_grads = [torch.zeros_like(w) for w in weights] if differentiable else []
         state_squares, total = X.new_zeros((), dtype=torch.float64), None
         chunks = column_chunks(n)
         try:
@@ -141,17 +140,15 @@ class BCDScheme:
                              for k in parts]  # fmt: skip
                     local = torch.stack([torch.as_tensor(p, dtype=torch.float64) for p in parts.values()])
                     local = local * local.new_tensor(scale)
-                    if differentiable:
-                        grads = torch.autograd.grad(local.sum(), [*weights, *states], allow_unused=True)
-                        for acc, g in zip(weight_grads, grads[:n_weights], strict=True):
-                            if g is not None:
-                                acc.add_(g)
-                        state_squares += sum(g.double().square().sum() for g in grads[n_weights:] if g is not None)
+                    if differentiable:  # W and b gradients accumulate in their .grad over the chunks
+                        local.sum().backward(inputs=[*weights, *states])
+                        state_squares += sum(t.grad.double().square().sum() for t in states if t.grad is not None)
                 total = local.detach() if total is None else total + local.detach()
         finally:
             self._set_blocks(saved)
             self.V[0], self.Y = X, Y
         assert total is not None  # at least one chunk: n >= 1
+        weight_grads = [w.grad for w in weights if w.grad is not None]
         result = dict(zip(parts, all_reduce_sum_(total).tolist(), strict=True))
         result["objective"] = sum(result.values())
         if with_gradient:
