@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -58,22 +59,10 @@ def cholesky_solve(L: Tensor, G: Tensor, *, overwrite: bool = False) -> Tensor:
     X^T (L L^T) = G^T from the right keeps the row-major G as LAPACK's column-major G^T: the
     two triangular solves then run in place, with no transposed copy of G and a row-major X
     (``torch.cholesky_solve`` returns a column-major X, on which every later elementwise pass
-    is several times slower). When L's dtype is wider than G's, the columns are solved in
-    chunks of ``SOLVE_CHUNK_ELEMENTS`` entries, each cast up and back on its own, so the wide
-    copy never holds all of G. ``overwrite`` lets X take G's memory.
+    is several times slower). The columns go through ``_map_columns``. ``overwrite`` lets X
+    take G's memory.
     """
-    X = G if overwrite and G.is_contiguous() else torch.empty_like(G, memory_format=torch.contiguous_format)
-    if G.dtype == L.dtype:
-        if X is not G:
-            X.copy_(G)
-        _solve_from_the_right(L, X)
-        return X
-    columns = max(1, SOLVE_CHUNK_ELEMENTS // max(1, G.shape[0]))
-    for g, x in zip(G.split(columns, dim=1), X.split(columns, dim=1), strict=True):
-        wide = g.to(L.dtype, memory_format=torch.contiguous_format)
-        _solve_from_the_right(L, wide)
-        x.copy_(wide)
-    return X
+    return _map_columns(G, L.dtype, lambda x, columns: _solve_from_the_right(L, x), overwrite=overwrite)
 
 
 def shifted_gram_solve(
@@ -94,27 +83,47 @@ def shifted_gram_solve(
     K = shift I_m + scale W W^T: an m x m factorisation and two m-row products in place of the
     d x d factorisation and its 2 d^2 n triangular solves. K is factorised in ``solve_dtype``;
     the products and K's triangular solves run in ``rhs_dtype`` (default: ``solve_dtype``, else
-    G's), in column chunks as in ``cholesky_solve`` when that is wider than G's dtype.
-    Otherwise the d x d matrix is solved by ``spd_solve`` with these dtypes. Failures name ``block``.
+    G's), the columns of G through ``_map_columns``. Otherwise the d x d matrix is solved by
+    ``spd_solve`` with these dtypes. Failures name ``block``.
     """
     m, d = W.shape
     if m * m + 2 * m * d >= d * d:
         H = add_to_diagonal(scale * (W.T @ W), shift)
         return spd_solve(H, G, solve_dtype=solve_dtype, rhs_dtype=rhs_dtype, block=block, overwrite=overwrite)
     dtype = rhs_dtype or solve_dtype or G.dtype
+    W_wide = W.to(dtype)
     K = add_to_diagonal(scale * (W @ W.T), shift)
+    WG = torch.cat([W_wide @ G[:, columns].to(dtype) for columns in _column_chunks(G, dtype)], dim=1)
+    R = spd_solve(K, WG, solve_dtype=solve_dtype, rhs_dtype=dtype, block=block, overwrite=True)
+    return _map_columns(
+        G, dtype, lambda x, columns: x.addmm_(W_wide.T, R[:, columns], alpha=-scale).div_(shift), overwrite=overwrite
+    )
+
+
+def _column_chunks(G: Tensor, dtype: torch.dtype) -> list[slice]:
+    """The columns of G worked on at a time in ``dtype``: all of them in G's own dtype; in a wider one,
+    chunks of ``SOLVE_CHUNK_ELEMENTS`` entries, so that the wide copy never holds all of G."""
+    n = G.shape[1]
+    width = n if dtype == G.dtype else max(1, SOLVE_CHUNK_ELEMENTS // max(1, G.shape[0]))
+    return [slice(start, min(start + width, n)) for start in range(0, n, width)] or [slice(0, 0)]
+
+
+def _map_columns(
+    G: Tensor, dtype: torch.dtype, update: Callable[[Tensor, slice], object], *, overwrite: bool
+) -> Tensor:
+    """X in G's dtype and row-major layout with X[:, c] = update(G[:, c] in ``dtype``, c) for the chunks c of
+    ``_column_chunks``; ``update`` works in place on a row-major k x |c| tensor. ``overwrite``: X is G itself
+    (when G is contiguous)."""
     X = G if overwrite and G.is_contiguous() else torch.empty_like(G, memory_format=torch.contiguous_format)
-    if dtype == G.dtype:
-        R = spd_solve(K, W @ G, solve_dtype=solve_dtype, rhs_dtype=dtype, block=block, overwrite=True)
+    if G.dtype == dtype:  # one chunk, updated in X itself
         if X is not G:
             X.copy_(G)
-        return X.addmm_(W.T, R, alpha=-scale).div_(shift)
-    W_wide = W.to(dtype)
-    columns = max(1, SOLVE_CHUNK_ELEMENTS // max(1, d))
-    R = spd_solve(K, torch.cat([W_wide @ g.to(dtype) for g in G.split(columns, dim=1)], dim=1),
-                  solve_dtype=solve_dtype, rhs_dtype=dtype, block=block, overwrite=True)  # fmt: skip
-    for g, r, x in zip(G.split(columns, dim=1), R.split(columns, dim=1), X.split(columns, dim=1), strict=True):
-        x.copy_(torch.addmm(g.to(dtype), W_wide.T, r, alpha=-scale).div_(shift))
+        update(X, slice(0, G.shape[1]))
+        return X
+    for columns in _column_chunks(G, dtype):
+        wide = G[:, columns].to(dtype, memory_format=torch.contiguous_format)
+        update(wide, columns)
+        X[:, columns].copy_(wide)
     return X
 
 
