@@ -89,9 +89,14 @@ class MLP:
         return torch.addmm(self.b[l].unsqueeze(1), self.W[l], V)
 
     def layer_output(self, l: int, V: Tensor, U: Tensor) -> Tensor:
-        """What layer l makes of its input V and pre-activation U: sigma_l(U), plus V when the layer is residual."""
+        """What layer l makes of its input V and pre-activation U: sigma_l(U), plus V when the layer is residual.
+
+        Always a new tensor (sigma = Id returns U itself, so it is copied): callers may write into it.
+        """
         out = self.acts[l](U)
-        return out + V if self.residual[l] else out
+        if self.residual[l]:
+            return out + V
+        return out.clone() if out is U else out
 
     def forward_states(self, X: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """U and V of one forward pass: ``V[0] = X``, ``U[l] = W_l V[l] + b_l``, ``V[l+1]`` = layer l's output."""

@@ -31,9 +31,7 @@ class ResNetBCD(ThreeSplittingBCD):
         net, U, V, gamma = self.net, self.U, self.V, self.gamma
         target, weight = net.layer_output(l, V[l], U[l]), gamma  # gamma/2 ||V - V_{i-1} - sigma(U_i)||^2
         if net.residual[l + 1]:  # gamma/2 ||V - (V_{i+1} - sigma(U_{i+1}))||^2 from the residual successor
-            owned = net.residual[l] or target is not U[l]  # sigma may return its input
-            target = (target.add_(V[l + 2]) if owned else target + V[l + 2]).sub_(net.acts[l + 1](U[l + 1]))
-            target.mul_(0.5)
+            target.add_(V[l + 2]).sub_(net.acts[l + 1](U[l + 1])).mul_(0.5)  # layer_output: a new tensor
             weight = 2 * gamma
         return self.with_proximal_term(l, target, weight)
 

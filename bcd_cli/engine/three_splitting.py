@@ -59,8 +59,9 @@ class ThreeSplittingBCD(BCDScheme):
 
     def hidden_state_target(self, l: int) -> tuple[Tensor, float]:
         """(target, weight) merging the V_{l+1} block's terms gamma/2 ||V - sigma(U_l)||^2 (and the proximal
-        term when s is not quadratic) into weight/2 ||V - target||^2; its coupling through W_{l+1} stays apart."""
-        target, weight = self.net.acts[l](self.U[l]), self.gamma
+        term when s is not quadratic) into weight/2 ||V - target||^2; its coupling through W_{l+1} stays apart.
+        The target is a new tensor, which the V block overwrites."""
+        target, weight = self.net.layer_output(l, self.V[l], self.U[l]), self.gamma  # a new tensor
         return self.with_proximal_term(l, target, weight)
 
     def with_proximal_term(self, l: int, target: Tensor, weight: float) -> tuple[Tensor, float]:
@@ -89,11 +90,10 @@ class ThreeSplittingBCD(BCDScheme):
                 )
             else:
                 target, weight = self.hidden_state_target(l)
-                owned = all(target is not block for block in (*U, *V))  # sigma = Id returns U_i itself
                 V_new = update_hidden_state(
                     self.reg_v, target, weight, U[i], W[i], b[i], V[i],
                     rho=rho, solve_dtype=self.solve_dtype, rhs_dtype=self.state_solve_dtype, inner=self.inner,
-                    block=f"V{i}", overwrite_target=owned,
+                    block=f"V{i}", overwrite_target=True,
                 )  # fmt: skip
                 del target
             D_states += squared_distance(V_new, V[i])

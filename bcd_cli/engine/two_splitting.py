@@ -66,8 +66,7 @@ class TwoSplittingBCD(BCDScheme):
                     V_new = update_hidden_state(
                         self.reg_v, target, weight, V[i + 1], W[i], b[i], V[i],
                         rho=gamma, solve_dtype=self.solve_dtype, rhs_dtype=self.state_solve_dtype, inner=self.inner,
-                    block=f"V{i}",
-                        overwrite_target=True,  # a fresh tensor
+                        block=f"V{i}", overwrite_target=True,  # target: a new tensor
                     )  # fmt: skip
                 else:
                     V_new = update_hidden_state_nonlinear(
