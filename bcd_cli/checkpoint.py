@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bcd_cli.engine.parallel import gather_columns, local_columns
 from bcd_cli.errors import DataError
@@ -44,6 +44,20 @@ class Checkpoint:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, **self.__dict__}
+
+
+def with_keys_added_since(cfg: DictConfig) -> DictConfig:
+    """A run's saved config (a run folder's, or a checkpoint's) completed, in place, with the keys added to
+    ``conf/`` after it may have been written, set to what reproduces how that run ran: ``grad_norm`` true,
+    ``device.matmul_precision`` highest and, for BCD, ``trainer.state_solve_dtype`` = ``trainer.solve_dtype``."""
+    with open_dict(cfg):
+        if "grad_norm" not in cfg:
+            cfg.grad_norm = True
+        if "matmul_precision" not in cfg.device:
+            cfg.device.matmul_precision = "highest"
+        if cfg.trainer.get("name") == "bcd" and "state_solve_dtype" not in cfg.trainer:
+            cfg.trainer.state_solve_dtype = cfg.trainer.solve_dtype
+    return cfg
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def validate(cfg: DictConfig) -> None:
         cfg, "checkpoint.every", lambda x: x >= 0,
         "an integer >= 0 (sweeps between checkpoints; 0: only at the end and on Ctrl-C)", integer=True,
     )  # fmt: skip
-    if not isinstance(OmegaConf.select(cfg, "grad_norm", default=True), bool):
+    if not isinstance(OmegaConf.select(cfg, "grad_norm"), bool):
         raise ConfigError("grad_norm", OmegaConf.select(cfg, "grad_norm"), "true or false")
     resume = OmegaConf.select(cfg, "resume")
     if resume is not None and (not isinstance(resume, str) or not resume.strip()):
@@ -74,7 +74,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("device.name", name, f"one of {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda", "CUDA is not available on this machine; use device=cpu or device=auto")
-    precision = OmegaConf.select(cfg, "device.matmul_precision", default="highest")
+    precision = OmegaConf.select(cfg, "device.matmul_precision")
     if precision not in MATMUL_PRECISIONS:
         raise ConfigError(
             "device.matmul_precision", precision,
@@ -194,7 +194,7 @@ def matmul_precision(cfg: DictConfig) -> Iterator[str]:
     """Runs the block with ``cfg.device.matmul_precision`` for float32 matrix products, then restores the
     previous setting. Factorisations and triangular solves keep their dtype (``trainer.solve_dtype``)."""
     before = torch.get_float32_matmul_precision()
-    precision = OmegaConf.select(cfg, "device.matmul_precision", default="highest")
+    precision = cfg.device.matmul_precision
     torch.set_float32_matmul_precision(precision)
     try:
         yield precision

@@ -27,6 +27,7 @@ from bcd_cli.checkpoint import (
     run_config,
     run_lock,
     truncate_metrics,
+    with_keys_added_since,
     write_checkpoint,
 )
 from bcd_cli.config import DTYPES, architecture, build, matmul_precision, resolve_device, validate
@@ -88,14 +89,6 @@ def _evaluate(algorithm: Any, loss: Any, data: Dataset, *, grad_norm: bool = Tru
     return row
 
 
-def _state_solve_dtype(trainer: DictConfig, dtype: torch.dtype) -> torch.dtype:
-    """``trainer.state_solve_dtype``: null is the run's dtype; absent (the config of a run folder written before
-    the key existed, being resumed) is ``trainer.solve_dtype``, as those runs solved."""
-    if "state_solve_dtype" not in trainer:
-        return DTYPES[trainer.solve_dtype]
-    return DTYPES[trainer.state_solve_dtype] if trainer.state_solve_dtype is not None else dtype
-
-
 def build_algorithm(cfg: DictConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     """The network of ``cfg`` initialised as in Remark 1, wrapped in its BCD scheme; returns (algorithm, loss)."""
     loss, act = build(cfg, "loss"), build(cfg, "act")
@@ -118,7 +111,7 @@ def build_algorithm(cfg: DictConfig, data: Dataset, device: torch.device, dtype:
             net, data.X_train, data.Y_train,
             loss=loss, reg_w=reg_w, reg_v=reg_v, gamma=cfg.gamma, rho=cfg.rho, alpha=cfg.alpha,
             solve_dtype=DTYPES[trainer.solve_dtype],
-            state_solve_dtype=_state_solve_dtype(trainer, dtype),
+            state_solve_dtype=DTYPES[trainer.state_solve_dtype] if trainer.state_solve_dtype else dtype,  # null: dtype
             inner_iters=trainer.inner_iters, inner_tol=trainer.inner_tol,
             alpha_check=trainer.alpha_check,
         )  # fmt: skip
@@ -239,6 +232,7 @@ def _resolve_start(cfg: DictConfig, out_dir: Path) -> _Start:
     except Exception as exc:
         raise DataError(f"{saved_path}: unreadable ({type(exc).__name__}: {exc})") from exc
     assert isinstance(saved, DictConfig)
+    with_keys_added_since(saved)
     for key in RESUMABLE:  # the sweeps, the checkpoint cadence and the folder may change on resume
         saved[key] = cfg[key]
     return _Start(saved, resumed=True)
@@ -284,9 +278,9 @@ def _resume_state(cfg: DictConfig, out_dir: Path, algorithm: Any, data: Dataset)
         if rank() == 0:
             metrics.unlink(missing_ok=True)
         return None
-    config = run_config(cfg)
-    if checkpoint.config != config:
-        changed = sorted(k for k in {*checkpoint.config, *config} if checkpoint.config.get(k) != config.get(k))
+    config, saved = run_config(cfg), run_config(with_keys_added_since(OmegaConf.create(checkpoint.config)))
+    if saved != config:
+        changed = sorted(k for k in {*saved, *config} if saved.get(k) != config.get(k))
         raise DataError(
             f"{out_dir / CHECKPOINT_FILE}: written by a different config than {out_dir}/.hydra/config.yaml "
             f"(keys {', '.join(changed)} differ)"
@@ -353,8 +347,7 @@ def _train(
     previous = checkpoint.rows[-1] if checkpoint is not None else None
     start = checkpoint.sweep if checkpoint is not None else 0
     try:
-        grad_norm = cfg.get("grad_norm", True)  # absent from the config of a run folder written before the key existed
-        for row in sweeps(algorithm, loss, data, epochs, start=start, previous=previous, grad_norm=grad_norm):
+        for row in sweeps(algorithm, loss, data, epochs, start=start, previous=previous, grad_norm=cfg.grad_norm):
             rows.append(row)
             if main:
                 writer.append(row)

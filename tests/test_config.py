@@ -158,15 +158,3 @@ def test_solve_dtypes_reach_the_scheme(overrides, solve, state, tmp_path: Path):
 
     algorithm = run(compose_config(*TINY, "epochs=1", *overrides), tmp_path).algorithm
     assert (algorithm.solve_dtype, algorithm.state_solve_dtype) == (getattr(torch, solve), getattr(torch, state))
-
-
-def test_a_config_without_state_solve_dtype_solves_as_before_the_key(tmp_path: Path):
-    """The config of an older run folder (resumed) has no trainer.state_solve_dtype: its V blocks keep
-    trainer.solve_dtype, as they were solved when it ran."""
-    import torch
-    from omegaconf import open_dict
-
-    cfg = compose_config(*TINY, "epochs=1")
-    with open_dict(cfg):
-        del cfg.trainer["state_solve_dtype"]
-    assert run(cfg, tmp_path).algorithm.state_solve_dtype == torch.float64

@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from bcd_cli import cli
-from bcd_cli.checkpoint import CHECKPOINT_FILE, read_checkpoint, run_lock
+from bcd_cli.checkpoint import CHECKPOINT_FILE, read_checkpoint, run_lock, write_checkpoint
 from bcd_cli.errors import Interrupted, NumericalError
 from bcd_cli.report import METRICS_FILE, SUMMARY_FILE
 from bcd_cli.train import run
@@ -178,6 +179,27 @@ def test_resume_can_extend_a_finished_run(tmp_path: Path, bcd_train):
     code, stderr = bcd_train("resume=short", "epochs=5", cwd=tmp_path)
     assert code == 0, stderr
     assert_same_run(tmp_path / "short", tmp_path / "long")
+
+
+def test_a_run_folder_from_before_the_newer_keys_resumes_as_it_ran(tmp_path: Path, bcd_train):
+    """A folder whose saved config and checkpoint lack grad_norm, device.matmul_precision and
+    trainer.state_solve_dtype (written before those keys existed) resumes with the values it ran with:
+    its V blocks solved in trainer.solve_dtype (float64), so it ends as a run with state_solve_dtype=float64."""
+    as_before = "trainer.state_solve_dtype=float64"  # how the V blocks were solved before the key existed
+    assert bcd_train(*TINY, "epochs=3", as_before, "hydra.run.dir=old", cwd=tmp_path)[0] == 0
+    assert bcd_train(*TINY, "epochs=5", as_before, "hydra.run.dir=ref", cwd=tmp_path)[0] == 0
+    saved = tmp_path / "old" / ".hydra" / "config.yaml"
+    config = OmegaConf.load(saved)
+    del config["grad_norm"], config.device["matmul_precision"], config.trainer["state_solve_dtype"]
+    OmegaConf.save(config, saved)
+    checkpoint = read_checkpoint(tmp_path / "old")
+    assert checkpoint is not None
+    del checkpoint.config["grad_norm"], checkpoint.config["device"]["matmul_precision"]
+    del checkpoint.config["trainer"]["state_solve_dtype"]
+    write_checkpoint(tmp_path / "old", checkpoint)
+    code, stderr = bcd_train("resume=old", "epochs=5", cwd=tmp_path)
+    assert code == 0, stderr
+    assert_same_run(tmp_path / "old", tmp_path / "ref")
 
 
 # ---------------------------------------------------------------------------- bad resumes: one line, exit 2
