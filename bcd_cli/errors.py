@@ -25,6 +25,12 @@ class DataError(BCDError):
     exit_code = 2
 
 
+class ResourceError(BCDError):
+    """A run the machine cannot hold (memory) or a folder it cannot write: names the estimate or the path."""
+
+    exit_code = 2
+
+
 class NumericalError(BCDError):
     """A non-finite value or a failed factorisation inside the engine."""
 
