@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bcd_cli.engine.parallel import gather_columns, local_columns
 from bcd_cli.errors import DataError
+from bcd_cli.folders import LOCK_FILE, run_lock  # noqa: F401  (the lock a run holds on its folder)
 
 CHECKPOINT_FILE = "checkpoint.pt"
-LOCK_FILE = ".lock"
 FORMAT = 1
 # keys a resumed run may change: the number of sweeps, the checkpoint cadence, the folder it resumes
 RESUMABLE = ("epochs", "checkpoint", "resume")
@@ -129,10 +128,14 @@ def write_checkpoint(folder: Path, checkpoint: Checkpoint) -> Path:
     """Writes ``folder/checkpoint.pt`` atomically: temporary file, fsync, rename, fsync of the folder."""
     path = folder / CHECKPOINT_FILE
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(checkpoint.to_dict(), f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint.to_dict(), f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk, a signal: the previous checkpoint stays as it was
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     _fsync_folder(folder)
     return path
@@ -177,25 +180,3 @@ def _fsync_folder(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-@contextlib.contextmanager
-def run_lock(folder: Path) -> Iterator[None]:
-    """Holds an exclusive lock on ``folder`` for the run; a second process (e.g. a resume) is refused.
-
-    The lock is released by the operating system when the process ends, even on SIGKILL.
-    """
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks on this platform
-        yield
-        return
-    with open(folder / LOCK_FILE, "a") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise DataError(f"{folder}: another bcd-train process is running in this folder") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -7,12 +7,10 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import torch
@@ -22,13 +20,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from bcd_cli import folders
 from bcd_cli.callbacks import SweepReport, report_sweep
-from bcd_cli.checkpoint import LOCK_FILE, run_lock
 from bcd_cli.console import progress_display, summary_table
 from bcd_cli.engine.parallel import rank
 from bcd_cli.errors import BCDError, ConfigError, DataError, Interrupted
-from bcd_cli.preflight import preflight
-from bcd_cli.report import METRICS_FILE, SUMMARY_FILE, write_summary
+from bcd_cli.folders import LOCK_FILE, Claim, run_lock
+from bcd_cli.preflight import Launch, preflight
+from bcd_cli.report import SUMMARY_FILE, write_summary
+from bcd_cli.stopping import EXIT_STATUSES, exit_status, signal_name, stop_signals, stopped_by
 from bcd_cli.sweep import SWEEP_SUMMARY_FILE, sweep_table
 from bcd_cli.train import run
 
@@ -55,9 +55,9 @@ def _train(cfg: DictConfig) -> float:
     progress = progress_display(console, f"{method} #{hydra_cfg.job.num}" if multirun else method, live=not multirun)
     try:
         result = run(cfg, out_dir, progress if main_rank else None)
-    except Interrupted as err:  # Ctrl-C: a multirun stops too (the exit propagates through Hydra's launcher)
+    except Interrupted as err:  # a stop signal: a multirun stops too (the exit propagates through Hydra's launcher)
         progress.stop()
-        print(f"bcd-train: interrupted: {err}", file=sys.stderr)
+        print(f"bcd-train: interrupted by {signal_name(err.signum)}: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except Exception as err:
         progress.stop()
@@ -65,8 +65,6 @@ def _train(cfg: DictConfig) -> float:
             return _job_failed(out_dir, err, hydra_cfg.job.num)
         if not isinstance(err, BCDError):
             raise
-        if cfg.get("resume") is None and not (out_dir / METRICS_FILE).exists():  # nothing to keep
-            _remove_empty_run_folder(out_dir, hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log", LOCK_FILE)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"bcd-train: error: {err}", file=sys.stderr)
@@ -92,18 +90,6 @@ def _job_failed(out_dir: Path, err: Exception, job: int) -> float:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_summary(summary_path, {**summary, "status": "failed", "error": message})
     return math.nan
-
-
-def _remove_empty_run_folder(out_dir: Path, *hydra_files: str | None) -> None:
-    """Removes what Hydra wrote for a run that never started, and the folder if that leaves it empty."""
-    for name in filter(None, hydra_files):
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # the folder holds other files: keep it
-        out_dir.rmdir()
 
 
 RESUME_MAY_CHANGE = ("epochs", "checkpoint.every")
@@ -161,15 +147,10 @@ def _quoted(value: str) -> str:
     return f"'{escaped}'"
 
 
-def data_parallel_arguments(argv: list[str]) -> list[str]:
-    """Under torchrun (WORLD_SIZE > 1): joins the process group and makes every rank use one run folder.
-
-    Rank 0 picks the folder (``outputs/DATE/TIME`` unless hydra.run.dir is given) and tells the
-    others; they write neither .hydra/ nor a log there. The backend is gloo for CPU tensors and
-    NCCL for CUDA tensors.
-    """
+def join_process_group(argv: list[str]) -> None:
+    """Under torchrun (WORLD_SIZE > 1) joins the process group: gloo for CPU tensors, NCCL for CUDA tensors."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return argv
+        return
     if any(a in ("-m", "--multirun") for a in argv):
         raise ConfigError("--multirun", True, "a single run under torchrun: each data-parallel run is one job")
     if not dist.is_initialized():
@@ -177,15 +158,43 @@ def data_parallel_arguments(argv: list[str]) -> list[str]:
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+
+
+def claimed_arguments(argv: list[str], launch: Launch | None) -> tuple[list[str], Claim | None]:
+    """Claims the folder the command will write into (see bcd_cli.folders) and pins it in ``argv``.
+
+    The folder is the one Hydra would use: named on the command line (``hydra.run.dir``, or
+    ``hydra.sweep.dir`` for a multirun; it must be new or empty), the folder of ``resume=DIR``, or
+    else the time-stamped default, renamed ``TIME_1``, ... when another launch took it first. Relative
+    paths of the config (``data.root``) are made absolute, so the run folder records where its data was.
+    In a data-parallel run rank 0 claims the folder and the other ranks write neither .hydra/ nor a log.
+    """
+    if launch is None:
+        return argv, None
+    key = "hydra.sweep.dir" if launch.multirun else "hydra.run.dir"
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    extra = []
-    if not any(_override_key(a) == "hydra.run.dir" for a in overrides):
-        folder = [datetime.now().strftime("outputs/%Y-%m-%d/%H-%M-%S")]
+    if "hydra.output_subdir=null" in argv and any(_override_key(a) == "resume" for a in overrides):
+        mode = "resume"  # resume_arguments pinned the folder
+    else:
+        mode = "exclusive" if any(_override_key(a) == key for a in overrides) else "fresh"
+    claim = None
+    if rank() == 0:
+        try:
+            claim = folders.claim(launch.folder, mode=mode, key="resume" if mode == "resume" else key)
+        except ConfigError:
+            if dist.is_initialized():
+                dist.broadcast_object_list([None], src=0)  # the other ranks stop too
+            raise
+    folder = [str(claim.folder) if claim is not None else None]
+    if dist.is_initialized():
         dist.broadcast_object_list(folder, src=0)
-        extra.append(f"hydra.run.dir={_quoted(folder[0])}")
+        if folder[0] is None:
+            sys.exit(ConfigError.exit_code)  # rank 0 says why
+    argv = [a for a in argv if _override_key(a) != key] + [f"{key}={_quoted(str(folder[0]))}"]
+    argv += [f"{k}={_quoted(os.path.abspath(os.path.expanduser(v)))}" for k, v in launch.relative_paths.items()]
     if rank() != 0:
-        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
-    return [*argv, *extra]
+        argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    return argv, claim
 
 
 def _wait_for_jobs(folder: Path, timeout: float = 10.0) -> None:
@@ -214,38 +223,62 @@ def _failed_jobs(folder: Path) -> list[str]:
     return [f"job {row.job}: {row.status}: {row.error}" for row in failed.itertuples()]
 
 
+def _refuse(err: BCDError) -> NoReturn:
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    print(f"bcd-train: error: {err}", file=sys.stderr)
+    sys.exit(err.exit_code)
+
+
 def main() -> None:
-    """Entry point of ``bcd-train``: every job's config is composed and validated before Hydra starts any."""
+    """Entry point of ``bcd-train``: every job's config is composed and validated, and the folder it writes
+    into claimed, before Hydra starts any; a stop signal at any point ends it with status 128 + signal."""
+    claim: Claim | None = None
     try:
-        sys.argv[1:] = data_parallel_arguments(resume_arguments(sys.argv[1:]))
-        preflight(sys.argv[1:])
-    except BCDError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"bcd-train: error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
-    try:
-        SweepReport.folder = None
-        try:
-            _train()
-        except SystemExit as exc:
-            if exc.code == Interrupted.exit_code and SweepReport.folder is not None:
-                report_sweep(SweepReport.folder)  # the report of the jobs done before Ctrl-C
-            raise
-        except KeyboardInterrupt:  # before the first sweep, a second Ctrl-C outside a run, or while a launcher waits
-            if SweepReport.folder is not None:  # the jobs of a parallel launcher (joblib, submitit) stop at once
-                _wait_for_jobs(SweepReport.folder)
-                report_sweep(SweepReport.folder)
-            print("bcd-train: interrupted", file=sys.stderr)
-            sys.exit(Interrupted.exit_code)
-        if SweepReport.folder is not None and (failed := _failed_jobs(SweepReport.folder)):
-            total = len(sweep_table(SweepReport.folder)[0])
-            print(
-                f"bcd-train: {len(failed)} of {total} jobs failed (see {SweepReport.folder / SWEEP_SUMMARY_FILE}):\n  "
-                + "\n  ".join(failed),
-                file=sys.stderr,
-            )
-            sys.exit(1)
+        with stop_signals():
+            try:
+                argv = resume_arguments(sys.argv[1:])
+                join_process_group(argv)
+                argv, claim = claimed_arguments(argv, preflight(argv))
+            except BCDError as err:
+                _refuse(err)
+            sys.argv[1:] = argv
+            _launch(claim)
+    except KeyboardInterrupt as err:  # a stop signal before Hydra started, or after a run
+        signum = stopped_by(err)
+        where = "; nothing was written" if claim is None or not folders.holds_results(claim.folder) else ""
+        print(f"bcd-train: interrupted by {signal_name(signum)}{where}", file=sys.stderr)
+        sys.exit(exit_status(signum))
     finally:
+        if claim is not None:  # a folder its run left without results is removed
+            claim.release(discard=True)
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _launch(claim: Claim | None) -> None:
+    """Runs Hydra on ``sys.argv``; after a multirun, reports the jobs that failed (exit status 1)."""
+    SweepReport.folder = None
+    try:
+        _train()
+    except SystemExit as exc:
+        if exc.code in EXIT_STATUSES and SweepReport.folder is not None:
+            report_sweep(SweepReport.folder)  # the report of the jobs done before the signal
+        raise
+    except KeyboardInterrupt as err:  # before the first sweep, a second signal, or while a launcher waits
+        if SweepReport.folder is not None:  # the jobs of a parallel launcher (joblib, submitit) stop at once
+            _wait_for_jobs(SweepReport.folder)
+            report_sweep(SweepReport.folder)
+        signum = stopped_by(err)
+        kept = claim is not None and folders.holds_results(claim.folder)
+        where = f"; what was recorded is in {claim.folder}" if kept and claim else "; nothing was recorded"
+        print(f"bcd-train: interrupted by {signal_name(signum)}{where}", file=sys.stderr)
+        sys.exit(exit_status(signum))
+    if SweepReport.folder is not None and (failed := _failed_jobs(SweepReport.folder)):
+        total = len(sweep_table(SweepReport.folder)[0])
+        print(
+            f"bcd-train: {len(failed)} of {total} jobs failed (see {SweepReport.folder / SWEEP_SUMMARY_FILE}):\n  "
+            + "\n  ".join(failed),
+            file=sys.stderr,
+        )
+        sys.exit(1)

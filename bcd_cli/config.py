@@ -18,6 +18,10 @@ from bcd_cli.engine.parallel import world_size
 from bcd_cli.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# keys bcd-train reads that no config file sets: the only ones `+key=value` may add
+OPTIONAL_KEYS = ("device.index",)  # the CUDA device of device=auto (device=cuda has it)
+# keys holding file-system paths: a relative one given on the command line is recorded absolute in the run folder
+PATH_KEYS = ("data.root",)
 DEVICES = ("auto", "cpu", "cuda")
 # torch.set_float32_matmul_precision: exact float32 products, TF32 (NVIDIA, Ampere on), bfloat16 where supported
 MATMUL_PRECISIONS = ("highest", "high", "medium")

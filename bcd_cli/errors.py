@@ -38,6 +38,14 @@ class NumericalError(BCDError):
 
 
 class Interrupted(BCDError):
-    """The run was stopped by Ctrl-C (SIGINT); its message says how to resume it."""
+    """The run was stopped by a signal (SIGINT, SIGTERM, SIGHUP); its message says how to resume it.
+
+    The exit status is 128 + the signal's number, as a shell reports a process that signal ended.
+    """
 
     exit_code = 130
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -40,13 +41,14 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
-from bcd_cli.config import validate
+from bcd_cli.config import OPTIONAL_KEYS, PATH_KEYS, validate
 from bcd_cli.errors import ConfigError
 
 CONFIG_NAME = "train"  # the primary config of ``bcd_cli.cli._train``
 BASIC_SWEEPER = f"{BasicSweeper.__module__}.{BasicSweeper.__name__}"
 SLURM_COMMANDS = ("sbatch", "srun")  # what submitit's SLURM executor calls
 _UNRESOLVABLE = (InterpolationResolutionError, GrammarParseError)
+_ABSENT = object()
 
 
 class CompositionError(ConfigError):
@@ -72,7 +74,18 @@ class JobError(ConfigError):
         self.args = (f"job {job}{label}: {error}",)
 
 
-def preflight(argv: list[str]) -> None:
+@dataclass(frozen=True)
+class Launch:
+    """What a command line launches: a run or a multirun, the folder it writes into (absolute, resolved as
+    Hydra resolves it) and the relative paths of its config (key -> value) that the run folder should
+    record as absolute paths."""
+
+    multirun: bool
+    folder: Path
+    relative_paths: dict[str, str]
+
+
+def preflight(argv: list[str]) -> Launch | None:
     """Composes and validates every job ``bcd-train argv`` would run; raises ConfigError for the first bad one.
 
     Does nothing when ``argv`` runs no job (``--help``, ``--hydra-help``, ``--cfg``, ``--info``,
@@ -81,11 +94,11 @@ def preflight(argv: list[str]) -> None:
     """
     args = _parse_args(argv)
     if args is None or not _runs_jobs(args):
-        return
+        return None
     from bcd_cli.cli import config_dir  # bcd_cli.cli imports this module
 
     with _hydra(config_dir(), args.config_dir) as hydra:
-        _Preflight(hydra, args.config_name or CONFIG_NAME).check(list(args.overrides), multirun=args.multirun)
+        return _Preflight(hydra, args.config_name or CONFIG_NAME).check(list(args.overrides), multirun=args.multirun)
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace | None:
@@ -133,8 +146,9 @@ class _Preflight:
     def __init__(self, hydra: Hydra, config_name: str) -> None:
         self.hydra, self.config_name = hydra, config_name
 
-    def check(self, overrides: list[str], *, multirun: bool) -> None:
+    def check(self, overrides: list[str], *, multirun: bool) -> Launch:
         """A run: its config, folder and values. A multirun: its sweep config, then each job as BasicSweeper runs it."""
+        self._check_added_keys(overrides)
         if not multirun:
             try:
                 cfg = self.hydra.compose_config(self.config_name, overrides, run_mode=RunMode.RUN, from_shell=True)
@@ -143,11 +157,48 @@ class _Preflight:
                     self._refuse(err, overrides)
             else:
                 if cfg.hydra.mode != RunMode.MULTIRUN:  # a config may set hydra.mode=MULTIRUN: Hydra then sweeps
-                    self._check_job(cfg, "hydra.run.dir")
-                    return
-        self._check_multirun(overrides)
+                    folder, task = self._check_job(cfg, "hydra.run.dir")
+                    return Launch(False, folder, _relative_paths(task, overrides))
+        return self._check_multirun(overrides)
 
-    def _check_multirun(self, overrides: list[str]) -> None:
+    def _check_added_keys(self, overrides: list[str]) -> None:
+        """``+key=value`` and ``++key=value`` that add a key no part of bcd-train reads are refused: the run
+        would otherwise ignore them without a word. Config groups and Hydra's own settings are Hydra's."""
+        added = [
+            o for o in _parse_each(overrides)
+            if (o.is_add() or o.is_force_add()) and not o.key_or_group.startswith("hydra.")
+            and o.package is None and not self._is_group(o.key_or_group)
+        ]  # fmt: skip
+        if not added:
+            return
+        keys = {o.key_or_group for o in added}
+        base_overrides = [a for a in overrides if _parse_each([a]) and _parse_each([a])[0].key_or_group not in keys]
+        try:
+            base = self.hydra.compose_config(
+                self.config_name, base_overrides, run_mode=RunMode.RUN, validate_sweep_overrides=False
+            )
+        except Exception:
+            return  # the composition itself fails: that error is reported next
+        for o in added:
+            key = o.key_or_group
+            if key in OPTIONAL_KEYS or OmegaConf.select(base, key, default=_ABSENT) is not _ABSENT:
+                continue  # ++key of a key that exists sets it; +key of one that exists is Hydra's error
+            parent_key, _, leaf = key.rpartition(".")
+            parent = OmegaConf.select(base, parent_key) if parent_key else base
+            keys_there = [str(k) for k in parent if str(k) != "hydra"] if isinstance(parent, DictConfig) else []
+            allowed = "a key bcd-train reads; it reads no such key and would ignore it"
+            if match := difflib.get_close_matches(leaf, keys_there, n=1):
+                allowed += f"; did you mean {parent_key + '.' if parent_key else ''}{match[0]}={_as_text(o)}?"
+            elif isinstance(parent, DictConfig):
+                allowed += f" ({_key_list(parent, parent_key)})"
+            optional = ", ".join(f"+{k}" for k in OPTIONAL_KEYS)
+            raise ConfigError(
+                f"{o.input_line.partition('=')[0] if o.input_line else key}",
+                o.value(),
+                f"{allowed}; the keys that may be added with + are {optional}",
+            )
+
+    def _check_multirun(self, overrides: list[str]) -> Launch:
         sweep_overrides = [*overrides, "hydra.mode=MULTIRUN"]
         try:
             master = self.hydra.compose_config(
@@ -155,10 +206,10 @@ class _Preflight:
             )
         except Exception as err:
             self._refuse(err, sweep_overrides)
-        _resolve(master, "hydra.sweep.dir")
+        sweep_dir = Path(os.path.abspath(str(_resolve(master, "hydra.sweep.dir"))))
         _check_launcher(master)
         if OmegaConf.select(master, "hydra.sweeper._target_") != BASIC_SWEEPER:
-            return  # another sweeper plugin expands the sweep its own way
+            return Launch(True, sweep_dir, {})  # another sweeper plugin expands the sweep its own way
         params = OmegaConf.to_container(master.hydra.sweeper.params or OmegaConf.create())
         task = OmegaConf.to_container(master.hydra.overrides.task)
         assert isinstance(params, dict) and isinstance(task, list)
@@ -169,6 +220,7 @@ class _Preflight:
         except Exception as err:
             self._refuse(err, arguments)
         swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+        relative: dict[str, str] = {}
         hydra_overrides = OmegaConf.to_container(master.hydra.overrides.hydra)  # unresolved, as load_sweep_config
         assert isinstance(hydra_overrides, list)
         for num, job in enumerate(jobs):
@@ -181,12 +233,15 @@ class _Preflight:
                 with open_dict(cfg):  # as BasicLauncher.launch
                     cfg.hydra.job.id = num
                     cfg.hydra.job.num = num
-                self._check_job(cfg, "hydra.sweep.dir", "hydra.sweep.subdir")
+                _, task = self._check_job(cfg, "hydra.sweep.dir", "hydra.sweep.subdir")
             except ConfigError as err:
                 raise JobError(num, label, err) from None
+            relative |= {k: v for k, v in _relative_paths(task, overrides).items() if k not in swept}
+        return Launch(True, sweep_dir, relative)
 
-    def _check_job(self, cfg: DictConfig, *dir_keys: str) -> None:
-        """Resolves what ``hydra.core.utils.run_job`` resolves (the job's folder, then its config) and validates it."""
+    def _check_job(self, cfg: DictConfig, *dir_keys: str) -> tuple[Path, DictConfig]:
+        """Resolves what ``hydra.core.utils.run_job`` resolves (the job's folder, then its config) and validates it;
+        returns the folder (absolute) and the job's config without ``hydra``."""
         HydraConfig.instance().set_config(cfg)
         folder = os.path.join(*(str(_resolve(cfg, key)) for key in dir_keys))
         with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
@@ -201,6 +256,7 @@ class _Preflight:
                 raise
             raise _unresolvable(task, err) from None
         validate(task)
+        return Path(cfg.hydra.runtime.output_dir), task
 
     def _refuse(self, err: Exception, overrides: list[str]) -> NoReturn:
         """Raises the one-line ConfigError for ``err``; ``err`` itself under HYDRA_FULL_ERROR=1, or if it is a bug."""
@@ -344,6 +400,17 @@ class _Preflight:
         return "the config could not be composed"
 
 
+def _relative_paths(task: DictConfig, overrides: list[str]) -> dict[str, str]:
+    """The path keys of ``task`` given on the command line as relative paths: key -> value as typed."""
+    given = {o.key_or_group for o in _parse_each(overrides) if not o.is_delete()}
+    found = {}
+    for key in PATH_KEYS:
+        value = OmegaConf.select(task, key, default=None)
+        if key in given and isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+            found[key] = value
+    return found
+
+
 def _check_launcher(master: DictConfig) -> None:
     """A SLURM launcher needs SLURM's commands on this machine: submitit fails with a traceback without them."""
     if not str(OmegaConf.select(master, "hydra.launcher._target_") or "").endswith(".SlurmLauncher"):
@@ -434,8 +501,6 @@ def _unknown_key(full_key: str, parent: Any, parsed: list[Override]) -> ConfigEr
         where = _key_list(parent, parent_key)
     else:
         where = f"{parent_key} has no keys below it" if parent_key else "the config is empty"
-    if found is not None and found.input_line and (keys or not parent_key) and OmegaConf.get_type(parent) is dict:
-        where += f"; add a new key with +{found.input_line}"
     return ConfigError(full_key, found.value() if found else None, f"{allowed} ({where})")
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
-import threading
+import shlex
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +34,7 @@ from bcd_cli.config import DTYPES, architecture, build, matmul_precision, resolv
 from bcd_cli.data import Dataset, load_data, shard
 from bcd_cli.engine.network import MLP
 from bcd_cli.engine.parallel import all_reduce_sum_, any_rank, rank
-from bcd_cli.errors import BCDError, ConfigError, DataError, Interrupted, NumericalError
+from bcd_cli.errors import ConfigError, DataError, Interrupted, NumericalError, ResourceError
 from bcd_cli.report import (
     CURVES_FILE,
     METRIC_COLUMNS,
@@ -45,6 +45,7 @@ from bcd_cli.report import (
     summarize,
     write_summary,
 )
+from bcd_cli.stopping import GracefulStop, stopped_by
 
 log = logging.getLogger(__name__)
 
@@ -180,31 +181,6 @@ def sweeps(
         previous = row
 
 
-class GracefulStop:
-    """Ctrl-C (SIGINT) while installed: the first asks the run to stop after the current sweep
-    (``requested``), a second stops it at once (KeyboardInterrupt). Only the main thread can
-    install a handler; elsewhere Ctrl-C keeps its default behaviour."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> GracefulStop:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("Ctrl-C: stopping after the current sweep with a checkpoint (Ctrl-C again stops at once)")
-
-
 @dataclass
 class _Start:
     """Where a run starts: its config, and for a resumed run its checkpoint (None: from sweep 0)."""
@@ -218,10 +194,10 @@ def _resolve_start(cfg: DictConfig, out_dir: Path) -> _Start:
     """A fresh run starts from ``cfg``; ``resume=DIR`` continues DIR with the config it was started with."""
     if cfg.get("resume") is None:
         if (out_dir / METRICS_FILE).exists():
-            raise BCDError(
-                f"{out_dir} already holds a run ({METRICS_FILE}); choose another folder (hydra.run.dir=...) "
-                f"or continue it with resume={out_dir}"
-            )
+            raise ConfigError(
+                "hydra.run.dir", str(out_dir),
+                f"a new or empty folder: it holds a run; continue it with resume={out_dir}, or choose a new folder",
+            )  # fmt: skip
         return _Start(cfg)
     folder = Path(str(cfg.resume))
     saved_path = folder / ".hydra" / "config.yaml"
@@ -251,15 +227,18 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
     start = _resolve_start(cfg, out_dir)
     cfg = start.cfg
     validate(cfg)
-    device, dtype = resolve_device(cfg), DTYPES[cfg.dtype]
-    data = shard(load_data(cfg.data, dtype=dtype, device=device))
-    with matmul_precision(cfg) as precision:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_lock(out_dir) if rank() == 0 else contextlib.nullcontext()  # rank 0 alone writes
+    with lock, matmul_precision(cfg) as precision:
+        device, dtype = resolve_device(cfg), DTYPES[cfg.dtype]
+        data = shard(load_data(cfg.data, dtype=dtype, device=device))
         if precision != "highest":
             log.info("float32 matrix products at precision %s (torch.set_float32_matmul_precision)", precision)
-        algorithm, loss = build_algorithm(cfg, data, device, dtype)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock = run_lock(out_dir) if rank() == 0 else contextlib.nullcontext()  # rank 0 alone writes
-        with lock, GracefulStop() as stop:
+        try:
+            algorithm, loss = build_algorithm(cfg, data, device, dtype)
+        except torch.OutOfMemoryError as err:
+            raise ResourceError(f"out of memory while building the network on {device}: {_first_line(err)}") from None
+        with GracefulStop() as stop:
             rows: list[dict[str, Any]] = []
             elapsed = 0.0
             if start.resumed:
@@ -339,13 +318,26 @@ def _train(
         log.debug("checkpoint of sweep %d written", state.sweep)
 
     def kept() -> str:
+        if not rows:
+            return "nothing was recorded"
         saved = f"the checkpoint of sweep {saved_sweep}" if saved_sweep is not None else "no checkpoint yet"
-        last = rows[-1]["sweep"] if rows else None
-        recorded = "no metrics" if last is None else f"metrics of sweep{f's 0..{last}' if last else ' 0'}"
-        return f"{recorded} and {saved} are kept in {out_dir}"
+        last = rows[-1]["sweep"]
+        return f"metrics of sweep{f's 0..{last}' if last else ' 0'} and {saved} are kept in {out_dir}"
+
+    def reports(status: str, error: str | None = None) -> None:
+        """summary.json and the figures of the sweeps recorded, when a run stops early; never raises."""
+        if not rows:
+            return
+        try:
+            _write_reports(cfg, rows, algorithm, data, out_dir, status=status, error=error, started=started)
+        except Exception as exc:  # a full disk: the metrics and checkpoint already written stay
+            log.warning("reports of %s not written: %s", out_dir, _first_line(exc))
 
     previous = checkpoint.rows[-1] if checkpoint is not None else None
     start = checkpoint.sweep if checkpoint is not None else 0
+    if main:  # a killed run, or a killed extension of a finished one, never claims to be completed
+        write_summary(out_dir / SUMMARY_FILE, {"status": "running", "sweeps": start, "epochs": epochs})
+    k = start
     try:
         for row in sweeps(algorithm, loss, data, epochs, start=start, previous=previous, grad_norm=cfg.grad_norm):
             rows.append(row)
@@ -358,19 +350,80 @@ def _train(
             if k == epochs or stopping or (every and k % every == 0 and k > 0):
                 checkpoint_now(row)
             if stopping and k < epochs:
-                raise Interrupted(f"stopped after sweep {k}; {kept()}; resume with: bcd-train resume={out_dir}")
+                raise Interrupted(
+                    f"stopped after sweep {k}; {kept()}; resume with: {resume_command(out_dir, epochs)}", stop.signum
+                )
     except NumericalError as err:
-        if rows:
-            _write_reports(cfg, rows, algorithm, data, out_dir, status="failed", error=str(err), started=started)
+        reports("failed", str(err))
         raise NumericalError(f"{err}; {kept()}") from err
+    except (torch.OutOfMemoryError, MemoryError, OSError) as err:
+        sweep = k + 1 if rows else 0
+        what = _out_of_memory(err, sweep) if not isinstance(err, OSError) else _unwritable(err, out_dir)
+        reports("failed", what)
+        raise ResourceError(f"{what}; {kept()}") from None
     except (Interrupted, KeyboardInterrupt) as err:
-        if rows:
-            _write_reports(cfg, rows, algorithm, data, out_dir, status="interrupted", started=started)
+        signum = err.signum if isinstance(err, Interrupted) else stopped_by(err)
+        reports("interrupted")
         if isinstance(err, Interrupted):
             raise
-        raise Interrupted(f"stopped during a sweep; {kept()}; resume with: bcd-train resume={out_dir}") from None
+        raise Interrupted(
+            f"stopped during sweep {k + 1}; {kept()}; resume with: {resume_command(out_dir, epochs)}", signum
+        ) from None
     metrics, summary = _write_reports(cfg, rows, algorithm, data, out_dir, status="completed", started=started)
     return RunResult(metrics, summary, algorithm.net, algorithm, data)
+
+
+def resume_command(out_dir: Path, epochs: int) -> str:
+    """The shell command that continues the run in ``out_dir`` to ``epochs`` sweeps, quoted as printed.
+
+    ``epochs=N`` is added where it differs from the run folder's config (an extended run), without
+    which the command would stop at the folder's own number of sweeps.
+    """
+    words = ["bcd-train", f"resume={_hydra_quoted(str(out_dir))}"]
+    try:
+        saved = OmegaConf.load(out_dir / ".hydra" / "config.yaml").get("epochs")
+    except Exception:
+        saved = None
+    if saved != epochs:
+        words.append(f"epochs={epochs}")
+    return shlex.join(words)
+
+
+def _hydra_quoted(value: str) -> str:
+    """``value`` as a Hydra override value: as it is unless it holds a character Hydra's grammar reserves."""
+    if not any(c in value for c in ",[]{}()'\"\\=$*?|") and value == value.strip():
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _out_of_memory(err: BaseException, sweep: int) -> str:
+    """Where the run ran out of memory: the block whose update did (found in the traceback: the scheme's
+    ``sweep`` holds the paper's layer index ``i``, the engine's ``update_*`` function the kind of block),
+    or the evaluation."""
+    kinds = {"update_output_state": "V", "update_hidden_state": "V", "update_preactivation": "U", "update_weights": "W"}
+    layer, block = None, None
+    for frame, _ in traceback.walk_tb(err.__traceback__):
+        name = frame.f_code.co_name
+        if name == "sweep" and isinstance(frame.f_locals.get("i"), int):
+            layer = frame.f_locals["i"]
+        elif name in kinds and layer is not None:
+            block = f"{kinds[name]}{layer}"
+            break
+    if block is not None:
+        where = f"the update of block {block} in sweep {sweep}"
+    elif layer is not None:
+        where = f"sweep {sweep} (layer {layer})"
+    else:
+        where = f"the evaluation of sweep {sweep}" if sweep > 0 else "the evaluation of the initial point"
+    return f"out of memory in {where} ({_first_line(err)}); try fewer samples (data.n_train) or narrower layers"
+
+
+def _unwritable(err: OSError, out_dir: Path) -> str:
+    return f"cannot write {err.filename or out_dir}: {err.strerror or _first_line(err)}"
 
 
 def _write_reports(

@@ -186,16 +186,6 @@ def test_bad_input_keeps_a_chosen_folder_and_its_files(tmp_path: Path):
     assert not (folder / ".hydra").exists()
 
 
-def test_a_finished_run_is_never_overwritten(tmp_path: Path):
-    folder = tmp_path / "run"
-    assert run_cli(*TINY, f"hydra.run.dir={folder}", cwd=tmp_path).returncode == 0
-    before = (folder / "metrics.csv").read_bytes()
-    proc = run_cli(*TINY, "seed=5", f"hydra.run.dir={folder}", cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
-    assert (folder / "metrics.csv").read_bytes() == before
-
-
 def test_help_lists_groups_and_examples(tmp_path: Path):
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
