@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,23 @@ CURVES_FILE = "curves.png"
 CONVERGENCE_FILE = "convergence.png"
 # one row per sweep (sweep 0 is the initial point); D and descent_ratio are empty at sweep 0;
 # grad_norm is ||grad L(P^k)|| by autograd, empty where L is not differentiable (nonsmooth regularizers)
+# or grad_norm=false. MAY_BE_EMPTY below is the rule read_metrics holds these cells to.
 METRIC_COLUMNS = [
     "sweep", "seconds", "objective", "loss", "penalty_v", "penalty_u", "reg_w", "reg_v",
     "D", "descent_ratio", "grad_norm", "train_loss", "train_acc", "test_acc",
 ]  # fmt: skip
+# columns a metrics file may lack: files written before grad_norm was recorded have none
+OPTIONAL_COLUMNS = ["grad_norm"]
+REQUIRED_COLUMNS = [c for c in METRIC_COLUMNS if c not in OPTIONAL_COLUMNS]
+# The cells bcd-train writes empty (NaN), the one place this rule lives: column -> (where, as read_metrics's
+# messages say it, and the rows where the cell may be empty, from the numeric columns). D and descent_ratio have
+# no value at sweep 0 (no step yet) and descent_ratio none where D_k = 0 (train.sweeps); grad_norm has none at
+# any sweep when grad_norm=false or L is not differentiable. Every other cell of METRIC_COLUMNS holds a number.
+MAY_BE_EMPTY: dict[str, tuple[str, Callable[[pd.DataFrame], pd.Series]]] = {
+    "D": ("at sweep 0", lambda m: m["sweep"] == 0),
+    "descent_ratio": ("at sweep 0 and where D is 0", lambda m: (m["sweep"] == 0) | (m["D"] == 0)),
+    "grad_norm": ("at any sweep", lambda m: pd.Series(True, index=m.index)),
+}
 
 
 class MetricsWriter:
@@ -51,11 +65,42 @@ class MetricsWriter:
         self.size += len(data)
 
 
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    """Writes summary.json atomically (temporary file, then rename)."""
+def strict_json(obj: Any) -> Any:
+    """``obj`` as strict JSON takes it: every NaN or infinite float (Python or numpy) becomes None, recursively
+    through dicts, lists and tuples; numpy scalars and arrays become Python numbers and lists."""
+    if isinstance(obj, dict):
+        return {key: strict_json(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple | np.ndarray):
+        return [strict_json(value) for value in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as strict JSON text (NaN and infinities as null, see ``strict_json``), indented, one final newline."""
+    return json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Writes ``obj`` to ``path`` as strict JSON (``json_text``), atomically: a temporary file, then a rename.
+
+    Every JSON file of the project is written here, so none holds NaN or Infinity, which strict readers refuse.
+    """
+    text = json_text(obj)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """Writes summary.json atomically (temporary file, then rename), as strict JSON: a NaN field is null."""
+    write_json(path, summary)
 
 
 def plot_curves(metrics: pd.DataFrame, path: Path, title: str = "") -> None:
@@ -195,22 +240,134 @@ def _plot_gradient(ax: Axes, k: np.ndarray, grad: np.ndarray) -> None:
         ax.set(yscale="log")
 
 
+class MetricsError(ValueError):
+    """A metrics.csv that is damaged or not a metrics file; its message is one line naming the file and where."""
+
+
+# marks, in the last column, a row with more fields than the header (``_read_text``), with its field count
+_LONG_ROW = "\x00fields="
+
+
 def read_metrics(path: Path) -> pd.DataFrame:
-    """A run's metrics.csv; ValueError when it cannot be read or lacks the sweep, objective and accuracies."""
-    try:
-        metrics = pd.read_csv(path)
-    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from err
-    needed = ["sweep", "objective", "train_acc", "test_acc"]
-    missing = [c for c in needed if c not in metrics.columns]
+    """A run's metrics.csv as numbers, checked first; MetricsError (a ValueError) when it is unreadable or damaged.
+
+    Refused, in one line naming the file, the line in it (and its sweep where known), the column and what
+    was expected: a missing column of REQUIRED_COLUMNS, a row with too few fields (cut mid-way, or a file
+    ending inside its last row) or too many, a cell that is not a number (empty only where MAY_BE_EMPTY
+    allows it), and sweeps that do not go up by one from the first row's. Columns outside METRIC_COLUMNS
+    are kept, read as numbers where they are.
+    """
+    text, whole = _read_text(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in text.columns]
     if missing:
-        raise ValueError(
-            f"{path} is not a metrics file: no column {', '.join(missing)} (expected {METRICS_FILE} columns)"
+        raise MetricsError(
+            f"{path}, line 1 (header): no column {', '.join(missing)}; expected the {METRICS_FILE} columns "
+            f"{', '.join(METRIC_COLUMNS)} ({', '.join(OPTIONAL_COLUMNS)} optional)"
         )
-    if metrics.empty:
-        raise ValueError(f"{path} holds no rows")
-    for c in metrics.columns:
-        metrics[c] = pd.to_numeric(metrics[c], errors="coerce")
-    if metrics["sweep"].isna().any():
-        raise ValueError(f"{path} is corrupt: non-numeric values in column sweep")
-    return metrics
+    if text.empty:
+        raise MetricsError(f"{path} holds no rows, only its header; expected one row per sweep from sweep 0")
+    numbers = text.apply(pd.to_numeric, errors="coerce")
+    problems = [*_field_problems(text, whole), *_cell_problems(text, numbers), *_sweep_problems(numbers)]
+    if problems:
+        row, _, column, what = min(problems, key=lambda p: p[:2])
+        sweep = numbers["sweep"].iloc[row]
+        known = f"sweep {int(sweep)}" if pd.notna(sweep) and float(sweep).is_integer() else "sweep unknown"
+        raise MetricsError(f"{path}, line {row + 2} ({known}), column {column}: {what}")
+    return numbers
+
+
+def _read_text(path: Path) -> tuple[pd.DataFrame, bool]:
+    """metrics.csv as text, every cell as written ("" when empty, NaN when the row has no such field), one row
+    per line after the header (blank lines included), a longer row marked by ``_LONG_ROW``; and whether the
+    file ends with a line end (a file cut inside its last row does not)."""
+    try:
+        whole = path.read_bytes().endswith(b"\n")
+        header = list(pd.read_csv(path, nrows=0, dtype=str).columns)
+        width = len(header)
+
+        def long_row(fields: list[str]) -> list[str]:
+            return [*fields[: width - 1], f"{_LONG_ROW}{len(fields)}"]
+
+        text = pd.read_csv(
+            path, dtype=str, keep_default_na=False, skip_blank_lines=False, index_col=False,
+            engine="python", on_bad_lines=long_row,
+        )  # fmt: skip
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        message = " ".join(str(err).split())  # one line
+        raise MetricsError(f"cannot read {path}: {message}; expected a {METRICS_FILE} written by bcd-train") from err
+    return text, whole
+
+
+# a problem: (row, order at that row, column, what was found and expected)
+_Problem = tuple[int, int, str, str]
+
+
+def _field_problems(text: pd.DataFrame, whole: bool) -> list[_Problem]:
+    """Rows with fewer or more fields than the header, and a last row the file ends inside."""
+    width = len(text.columns)
+    columns = list(text.columns)
+    out: list[_Problem] = []
+    long = text[columns[-1]].astype(str).str.startswith(_LONG_ROW)
+    for row in np.flatnonzero(long.to_numpy()):
+        n = int(text.iloc[row, -1].removeprefix(_LONG_ROW))
+        out.append((row, 0, f"after {columns[-1]}", f"{n} fields, more than the header's; expected {width} fields"))
+    short = text.isna().to_numpy()
+    for row in np.flatnonzero(short.any(axis=1)):
+        n = int(np.argmax(short[row]))  # the row's fields stop here; missing fields read as NaN from there on
+        what = (
+            f"the row ends after {n} of the header's {width} fields (cut mid-way)" if n else "an empty line"
+        ) + f"; expected {width} fields"
+        out.append((row, 0, columns[n], what))
+    if not whole and not text.empty:
+        row = len(text) - 1
+        out.append((row, 0, columns[-1], "the file ends inside this row (cut mid-way); expected whole rows"))
+    return out
+
+
+def _cell_problems(text: pd.DataFrame, numbers: pd.DataFrame) -> list[_Problem]:
+    """Cells of METRIC_COLUMNS that are not numbers, an empty one only where MAY_BE_EMPTY does not allow it."""
+    out: list[_Problem] = []
+    for order, column in enumerate(c for c in METRIC_COLUMNS if c in text.columns):
+        cells = text[column]
+        bad = cells.notna() & numbers[column].isna()
+        if column in MAY_BE_EMPTY:
+            where, allowed = MAY_BE_EMPTY[column]
+            bad &= ~((cells == "") & allowed(numbers))
+        else:
+            where = ""
+        for row in np.flatnonzero(bad.to_numpy()):
+            cell = cells.iloc[row]
+            if cell == "":
+                also = f"; it may be empty only {where}" if where else ""
+                what = f"empty; expected a number{also}"
+            else:
+                what = f"{cell[:40]!r} is not a number; expected a number"
+            out.append((row, 1 + order, column, what))
+    return out
+
+
+def _sweep_problems(numbers: pd.DataFrame) -> list[_Problem]:
+    """Sweeps that are not whole numbers, or do not go up by one from the first row's."""
+    sweeps = numbers["sweep"].to_numpy(dtype=float)
+    if np.isnan(sweeps).any():
+        return []  # a cell problem, reported as such
+    whole = sweeps == np.floor(sweeps)
+    if not whole.all():
+        row = int(np.argmin(whole))
+        return [(row, 99, "sweep", f"{sweeps[row]:g} is not a whole number; expected a sweep number")]
+    if sweeps[0] < 0:
+        return [(0, 99, "sweep", f"sweep {sweeps[0]:g}; expected a sweep number from 0")]
+    expected = sweeps[0] + np.arange(len(sweeps))
+    off = np.flatnonzero(sweeps != expected)
+    if off.size == 0:
+        return []
+    row = int(off[0])
+    return [
+        (
+            row,
+            99,
+            "sweep",
+            f"sweep {sweeps[row]:g} follows sweep {sweeps[row - 1]:g}; expected sweep {expected[row]:g} "
+            "(one row per sweep, up by one from the first row's: a row repeated, missing or out of order)",
+        )
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,13 @@ from bcd_cli.report import (
     CURVES_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
+    json_text,
     plot_convergence,
     plot_curves,
     read_metrics,
     summarize,
-    write_summary,
 )
-from bcd_cli.sweep import job_folders, write_sweep_report
+from bcd_cli.sweep import check_sweep, job_folders, write_sweep_report
 
 
 class ReportError(Exception):
@@ -29,11 +30,15 @@ class ReportError(Exception):
 
 
 def regenerate_run(folder: Path) -> list[Path]:
-    """curves.png and convergence.png from metrics.csv, and summary.json's metric fields (its others kept)."""
+    """curves.png and convergence.png from metrics.csv, and summary.json's metric fields (its others kept).
+
+    metrics.csv is checked first: a damaged one is refused (ReportError) with every file left as it was.
+    The three files are drawn into temporary files beside them and only then renamed over them.
+    """
     try:
         metrics = read_metrics(folder / METRICS_FILE)
     except ValueError as err:
-        raise ReportError(f"{err}; expected a metrics file written by bcd-train") from err
+        raise ReportError(str(err)) from err
     summary_path = folder / SUMMARY_FILE
     try:
         old = json.loads(summary_path.read_text())
@@ -43,10 +48,18 @@ def regenerate_run(folder: Path) -> list[Path]:
         old = {}
     summary = {**old, **summarize(metrics)}
     title = _title(folder, summary)
-    write_summary(summary_path, summary)
-    plot_curves(metrics, folder / CURVES_FILE, title=title)
-    plot_convergence(metrics, folder / CONVERGENCE_FILE, title=title)
-    return [summary_path, folder / CURVES_FILE, folder / CONVERGENCE_FILE]
+    targets = [summary_path, folder / CURVES_FILE, folder / CONVERGENCE_FILE]
+    temps = [path.with_name(f".{path.stem}.tmp{path.suffix}") for path in targets]  # the suffix: the format
+    try:
+        temps[0].write_text(json_text(summary))
+        plot_curves(metrics, temps[1], title=title)
+        plot_convergence(metrics, temps[2], title=title)
+        for tmp, path in zip(temps, targets, strict=True):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+    return targets
 
 
 def _title(folder: Path, summary: dict[str, Any]) -> str:
@@ -61,7 +74,7 @@ def _title(folder: Path, summary: dict[str, Any]) -> str:
     data = cfg.get("data")
     if isinstance(data, dict) and "name" in data:
         parts.append(str(data["name"]))
-    if "method" in summary:
+    if summary.get("method") is not None:
         parts.append(f"splitting={summary['method']}")
     if isinstance(summary.get("sizes"), list):
         parts.append("-".join(map(str, summary["sizes"])))
@@ -83,6 +96,10 @@ def report(folder: Path, keys: list[str] | None = None) -> list[Path]:
             f"{folder} has no {METRICS_FILE} and no job folders (with .hydra/overrides.yaml); "
             "expected a run folder or a multirun folder"
         )
+    try:
+        check_sweep(folder, keys)  # before any job's reports are rewritten
+    except ValueError as err:
+        raise ReportError(str(err)) from err
     written: list[Path] = []
     for job in jobs:
         if not (job / METRICS_FILE).exists():

@@ -85,7 +85,8 @@ def sweep_table(folder: Path) -> tuple[pd.DataFrame, list[str]]:
         row["status"] = "missing" if summary is None else summary.get("status", "unknown")
         row["error"] = (summary or {}).get("error", "")
         for field in SUMMARY_FIELDS:
-            row[field] = (summary or {}).get(field, math.nan)
+            value = (summary or {}).get(field)
+            row[field] = math.nan if value is None else value  # null (a NaN written as strict JSON): no value
         rows.append(row)
     table = pd.DataFrame(rows, columns=["job", *keys, "status", "error", *SUMMARY_FIELDS])
     swept = [k for k in keys if table[k].nunique(dropna=False) > 1]
@@ -100,11 +101,9 @@ def write_sweep_report(folder: Path | str, keys: Sequence[str] | None = None) ->
     """
     folder = Path(folder)
     table, swept = sweep_table(folder)
-    if table.empty:
-        raise ValueError(f"{folder} holds no job folders (subfolders with {OVERRIDES.as_posix()})")
+    pair = _checked_keys(folder, table, swept, keys)  # before anything is written
     written = [folder / SWEEP_SUMMARY_FILE]
     table.to_csv(written[0], index=False)
-    pair = _heatmap_keys(table, swept, keys)
     if pair is not None:
         plot_heatmap(table, pair, folder / HEATMAP_FILE)
         written.append(folder / HEATMAP_FILE)
@@ -121,6 +120,21 @@ def write_sweep_report(folder: Path | str, keys: Sequence[str] | None = None) ->
         plot_comparison(table, metrics, folder / COMPARISON_FILE)
         written += [folder / COMPARISON_CSV, folder / COMPARISON_MD, folder / COMPARISON_FILE]
     return written
+
+
+def check_sweep(folder: Path | str, keys: Sequence[str] | None = None) -> None:
+    """ValueError where ``write_sweep_report(folder, keys)`` would refuse: no job folders, or heatmap ``keys``
+    that are not two different swept keys. Writes nothing."""
+    table, swept = sweep_table(Path(folder))
+    _checked_keys(Path(folder), table, swept, keys)
+
+
+def _checked_keys(
+    folder: Path, table: pd.DataFrame, swept: list[str], keys: Sequence[str] | None
+) -> tuple[str, str] | None:
+    if table.empty:
+        raise ValueError(f"{folder} holds no job folders (subfolders with {OVERRIDES.as_posix()})")
+    return _heatmap_keys(table, swept, keys)
 
 
 def _heatmap_keys(table: pd.DataFrame, swept: list[str], keys: Sequence[str] | None) -> tuple[str, str] | None:

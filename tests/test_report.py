@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +19,16 @@ from matplotlib.image import imread
 from omegaconf import OmegaConf
 
 from bcd_cli.callbacks import SweepReport
-from bcd_cli.report import descent_failures, descent_verdict, plot_convergence, read_metrics, summarize
+from bcd_cli.report import (
+    descent_failures,
+    descent_verdict,
+    plot_convergence,
+    read_metrics,
+    summarize,
+    write_json,
+    write_summary,
+)
+from bcd_cli.report_cli import main as report_main
 from bcd_cli.sweep import heatmap_grid, job_folders, sweep_table, write_sweep_report
 from bcd_cli.train import run
 from tests.conftest import TINY, compose_config, run_cli
@@ -253,3 +265,177 @@ def test_bcd_report_bad_input_is_one_error_line(tmp_path: Path, case: str):
     assert len(lines) == 1 and lines[0].startswith("bcd-report: error: "), proc.stderr
     assert str(target) in lines[0] and "Traceback" not in proc.stderr
     assert "expected" in lines[0]
+
+
+# --- damaged metrics files are refused, every report left as it was ---------------------------------------
+
+
+def report_in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """``bcd-report ARGS`` in this process: (exit status, stdout, stderr)."""
+    try:
+        report_main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``, by relative path."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def damage(text: str, case: str) -> str:
+    """tests/data/run/metrics.csv (sweeps 0..4, one line each after the header) damaged as ``case`` says."""
+    lines = text.splitlines(keepends=True)
+    fields = [line.rstrip("\n").split(",") for line in lines]
+    if case == "cut-mid-row":  # the last row cut inside its fifth field (penalty_v): no line end either
+        return "".join(lines[:-1]) + ",".join(fields[-1][:4]) + "," + fields[-1][4][:3]
+    if case == "cut-in-last-field":  # every field there, the last one cut short
+        return text[:-4]
+    if case == "not-a-number":
+        return text.replace(fields[4][2], "abc", 1)  # the objective of sweep 3
+    if case == "empty-cell":
+        fields[3][2] = ""  # the objective of sweep 2: bcd-train always writes it
+        return "".join(",".join(f) + "\n" for f in fields)
+    if case == "extra-fields":
+        return "".join(lines[:2]) + lines[2].rstrip("\n") + ",7,8\n" + "".join(lines[3:])
+    if case == "missing-column":
+        return "".join(",".join(f[:-1]) + "\n" for f in fields)  # no test_acc
+    if case == "duplicated-sweep":
+        return "".join(lines[:4] + [lines[3]] + lines[4:])  # sweep 2 twice
+    if case == "missing-sweep":
+        return "".join(lines[:3] + lines[4:])  # no sweep 2
+    raise AssertionError(case)
+
+
+# case: what the one line says after "<path>, "
+DAMAGED = {
+    "cut-mid-row": "line 6 (sweep 4), column penalty_u: the row ends after 5 of the header's 14 fields (cut mid-way)",
+    "cut-in-last-field": "line 6 (sweep 4), column test_acc: the file ends inside this row (cut mid-way)",
+    "not-a-number": "line 5 (sweep 3), column objective: 'abc' is not a number; expected a number",
+    "empty-cell": "line 4 (sweep 2), column objective: empty; expected a number",
+    "extra-fields": "line 3 (sweep 1), column after test_acc: 16 fields, more than the header's; expected 14 fields",
+    "missing-column": "line 1 (header): no column test_acc; expected the metrics.csv columns sweep, seconds,",
+    "duplicated-sweep": "line 5 (sweep 2), column sweep: sweep 2 follows sweep 2; expected sweep 3",
+    "missing-sweep": "line 4 (sweep 3), column sweep: sweep 3 follows sweep 1; expected sweep 2",
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_bcd_report_refuses_a_damaged_metrics_file_and_keeps_every_report(tmp_path: Path, capsys, case: str):
+    folder = copy("run", tmp_path)
+    metrics = folder / "metrics.csv"
+    metrics.write_text(damage(metrics.read_text(), case))
+    (folder / "curves.png").write_bytes(PNG_SIGNATURE + b"the curves of before")
+    (folder / "convergence.png").write_bytes(PNG_SIGNATURE + b"the convergence plot of before")
+    before = checksums(folder)
+    code, out, err = report_in_process(capsys, str(folder))
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"bcd-report: error: {metrics}, {DAMAGED[case]}"), lines[0]
+    assert "expected" in lines[0]
+    assert checksums(folder) == before
+    with pytest.raises(ValueError, match="^" + re.escape(f"{metrics}, {DAMAGED[case]}")):
+        read_metrics(metrics)
+
+
+def test_empty_cells_only_where_bcd_train_writes_them(tmp_path: Path):
+    path = tmp_path / "metrics.csv"
+    lines = (DATA / "run" / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [line.split(",") for line in lines[1:]]
+    for row in rows:
+        row[header.index("grad_norm")] = ""  # grad_norm=false, or a nonsmooth regularizer: every sweep
+    rows[2][header.index("D")] = "0.0"  # D_k = 0: no descent ratio
+    rows[2][header.index("descent_ratio")] = ""
+    path.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
+    metrics = read_metrics(path)
+    assert metrics["grad_norm"].isna().all() and np.isnan(metrics.loc[2, "descent_ratio"])
+    assert metrics["sweep"].tolist() == [0, 1, 2, 3, 4]
+    rows[3][header.index("D")] = ""  # D is written at every sweep after the first
+    path.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
+    with pytest.raises(ValueError, match=r"line 5 \(sweep 3\), column D: empty; expected a number; .* at sweep 0$"):
+        read_metrics(path)
+    without = [r[: header.index("grad_norm")] + r[header.index("grad_norm") + 1 :] for r in [header, *rows[:3]]]
+    path.write_text("\n".join(",".join(r) for r in without) + "\n")  # written before grad_norm was recorded
+    assert "grad_norm" not in read_metrics(path)
+
+
+def test_a_multirun_reports_around_a_damaged_job(tmp_path: Path, capsys):
+    folder = copy("grid", tmp_path)
+    damaged = folder / "3"
+    (damaged / "metrics.csv").write_text(damage((damaged / "metrics.csv").read_text(), "not-a-number"))
+    (damaged / "curves.png").write_bytes(PNG_SIGNATURE + b"the curves of before")
+    before = checksums(damaged)
+    code, out, err = report_in_process(capsys, str(folder))
+    assert code == 0, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"bcd-report: skipped {damaged}: {damaged / 'metrics.csv'}, line 5 (sweep 3)")
+    assert "column objective" in lines[0]
+    assert checksums(damaged) == before
+    for job in ("0", "1", "2", "4", "5", "6", "7"):
+        for name in ("curves.png", "convergence.png"):
+            assert str(folder / job / name) in out.splitlines()
+            assert_png(folder / job / name)
+        assert json.loads((folder / job / "summary.json").read_text()) == summaries(DATA / "grid")[job]
+    assert str(damaged / "convergence.png") not in out and not (damaged / "convergence.png").exists()
+    assert len(pd.read_csv(folder / "sweep_summary.csv")) == 8
+    assert_png(folder / "heatmap.png")
+
+
+def test_bcd_report_refuses_bad_heatmap_keys_before_writing_anything(tmp_path: Path, capsys):
+    folder = copy("grid", tmp_path)
+    before = checksums(folder)
+    code, out, err = report_in_process(capsys, str(folder), "--keys", "gamma", "lr")
+    assert code == 2 and out == ""
+    assert err.splitlines() == ["bcd-report: error: no override key lr in the sweep (its keys: gamma, alpha, seed)"]
+    assert checksums(folder) == before
+
+
+# --- strict JSON ----------------------------------------------------------------------------------------------
+
+
+def no_constants(name: str) -> float:
+    raise AssertionError(f"not strict JSON: {name}")
+
+
+def test_summaries_are_strict_json_with_null_for_nan(tmp_path: Path):
+    path = tmp_path / "summary.json"
+    write_summary(path, {
+        "final_objective": math.nan, "final_test_acc": np.float64(0.5), "best": np.float32("inf"),
+        "sweeps": np.int64(4), "held": np.bool_(True), "nested": {"a": [1.0, -math.inf, (np.nan, 2)]},
+        "values": np.array([1.0, np.nan]),
+    })  # fmt: skip
+    text = path.read_text()
+    assert json.loads(text, parse_constant=no_constants) == {
+        "final_objective": None, "final_test_acc": 0.5, "best": None, "sweeps": 4, "held": True,
+        "nested": {"a": [1.0, None, [None, 2]]}, "values": [1.0, None],
+    }  # fmt: skip
+    assert text.endswith("}\n") and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    write_json(path, [math.inf])
+    assert json.loads(path.read_text(), parse_constant=no_constants) == [None]
+
+
+def test_readers_take_null_where_a_summary_had_nan(tmp_path: Path, capsys):
+    folder = copy("grid", tmp_path)
+    for job in ("1", "2"):
+        summary = json.loads((folder / job / "summary.json").read_text())
+        summary |= {"final_test_acc": None, "wall_seconds": None, "descent_held": None, "method": None}
+        write_summary(folder / job / "summary.json", summary)
+    table, _ = sweep_table(folder)
+    assert table.loc[[1, 2], ["final_test_acc", "wall_seconds", "descent_held"]].isna().all().all()
+    write_sweep_report(folder)
+    assert pd.read_csv(folder / "sweep_aggregate.csv")["n_seeds"].tolist() == [1, 1, 2, 2]
+    code, _, err = report_in_process(capsys, str(folder / "1"))  # one run: the metric fields come back
+    assert code == 0, err
+    summary = json.loads((folder / "1" / "summary.json").read_text(), parse_constant=no_constants)
+    assert summary["final_test_acc"] == summaries(DATA / "grid")["1"]["final_test_acc"]
+    assert summary["method"] is None and summary["wall_seconds"] is None
