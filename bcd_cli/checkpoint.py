@@ -11,6 +11,7 @@ any moment leaves either the previous checkpoint or the new one, never a mixture
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,10 @@ def write_checkpoint(folder: Path, checkpoint: Checkpoint) -> Path:
             torch.save(checkpoint.to_dict(), f)
             f.flush()
             os.fsync(f.fileno())
+    except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise OSError(errno.EIO, f"the write failed: a full disk or a file-size limit? ({reason})", str(tmp)) from err
     except BaseException:  # a full disk, a signal: the previous checkpoint stays as it was
         tmp.unlink(missing_ok=True)
         raise

@@ -34,7 +34,7 @@ from bcd_cli.config import DTYPES, architecture, build, matmul_precision, resolv
 from bcd_cli.data import Dataset, load_data, shard
 from bcd_cli.engine.network import MLP
 from bcd_cli.engine.parallel import all_reduce_sum_, any_rank, rank
-from bcd_cli.errors import ConfigError, DataError, Interrupted, NumericalError, ResourceError
+from bcd_cli.errors import BCDError, ConfigError, DataError, Interrupted, NumericalError, ResourceError
 from bcd_cli.report import (
     CURVES_FILE,
     METRIC_COLUMNS,
@@ -360,7 +360,7 @@ def _train(
         sweep = k + 1 if rows else 0
         what = _out_of_memory(err, sweep) if not isinstance(err, OSError) else _unwritable(err, out_dir)
         reports("failed", what)
-        raise ResourceError(f"{what}; {kept()}") from None
+        raise BCDError(f"{what}; {kept()}") from None  # exit status 1: the run failed, it was not refused
     except (Interrupted, KeyboardInterrupt) as err:
         signum = err.signum if isinstance(err, Interrupted) else stopped_by(err)
         reports("interrupted")
@@ -390,9 +390,12 @@ def resume_command(out_dir: Path, epochs: int) -> str:
 
 
 def _hydra_quoted(value: str) -> str:
-    """``value`` as a Hydra override value: as it is unless it holds a character Hydra's grammar reserves."""
-    if not any(c in value for c in ",[]{}()'\"\\=$*?|") and value == value.strip():
-        return value
+    """``value`` as a Hydra override value: as it is when Hydra's parser reads it back unchanged, else quoted."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with contextlib.suppress(Exception):
+        if OverridesParser.create().parse_overrides([f"resume={value}"])[0].value() == value:
+            return value
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 

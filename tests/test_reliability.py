@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from omegaconf import OmegaConf
 
 from bcd_cli import cli
 from bcd_cli.checkpoint import CHECKPOINT_FILE, read_checkpoint, run_lock, write_checkpoint
-from bcd_cli.errors import Interrupted, NumericalError
+from bcd_cli.errors import Interrupted, NumericalError  # noqa: F401
 from bcd_cli.report import METRICS_FILE, SUMMARY_FILE
 from bcd_cli.train import run
 from tests.conftest import TINY, compose_config, run_cli
@@ -105,7 +106,7 @@ def kill_at(run_dir: Path, args: list[str], ready: Callable[[], bool], *, sig: i
     proc = start_cli(*args, cwd=run_dir.parent)
     stderr = kill_when(proc, ready, sig=sig)
     assert stderr is not None, "the run ended before the kill point"
-    assert proc.returncode == (-sig if sig == signal.SIGKILL else Interrupted.exit_code), stderr
+    assert proc.returncode == (-sig if sig == signal.SIGKILL else 128 + sig), stderr
     return stderr
 
 
@@ -138,6 +139,82 @@ def test_killed_at_several_points_and_resumed_each_time_the_run_ends_as_the_unin
     assert not (run_dir / f"{CHECKPOINT_FILE}.tmp").exists()
     assert json.loads((run_dir / SUMMARY_FILE).read_text())["status"] == "completed"
     assert (run_dir / "train.log").read_text().count("resuming") >= 3
+
+
+def run_as_printed(stderr: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Runs the command after 'resume with:' in ``stderr`` through a shell, as a user pastes it."""
+    command = stderr.strip().splitlines()[-1].partition("resume with: ")[2]
+    assert command.startswith("bcd-train "), stderr
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_mid_run_stops_cleanly_and_the_printed_command_finishes_it(
+    tmp_path: Path, reference: Path, sig: int
+):
+    """kill, timeout, docker stop and SLURM send SIGTERM; a closed terminal SIGHUP. The run stops after the
+    sweep it is in, with a checkpoint and summary.json 'interrupted', exits 128 + signal, and the command it
+    prints (its folder's name has a space and a &) continues it to the uninterrupted run's metrics and state."""
+    run_dir = tmp_path / "run of b&c"
+    stderr = kill_at(run_dir, [*KILLABLE, f"hydra.run.dir='{run_dir}'"], rows_beyond(run_dir, 2), sig=sig)
+    assert f"interrupted by {signal.Signals(sig).name}" in stderr and "Traceback" not in stderr
+    assert json.loads((run_dir / SUMMARY_FILE).read_text())["status"] == "interrupted"
+    checkpoint = read_checkpoint(run_dir)
+    assert checkpoint is not None and checkpoint.sweep == pd.read_csv(run_dir / METRICS_FILE)["sweep"].iloc[-1]
+    finished = run_as_printed(stderr, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    assert_same_run(run_dir, reference)
+
+
+def test_a_killed_extension_never_claims_completed_and_its_printed_command_extends_it(tmp_path: Path, reference: Path):
+    run_dir = tmp_path / "run"
+    assert run_cli(*KILLABLE, "epochs=3", f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
+    kill_at(run_dir, [f"resume={run_dir}", "epochs=10"], rows_beyond(run_dir, 5))  # SIGKILL inside sweep 5
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    assert summary["status"] == "running" and summary["epochs"] == 10, summary
+    report = subprocess.run(
+        [sys.executable, "-m", "bcd_cli.report_cli", str(run_dir)], capture_output=True, text=True, timeout=120
+    )
+    assert json.loads((run_dir / SUMMARY_FILE).read_text()).get("status") != "completed", report.stderr
+    stderr = kill_at(run_dir, [f"resume={run_dir}", "epochs=10"], rows_beyond(run_dir, 6), sig=signal.SIGINT)
+    assert "epochs=10" in stderr.strip().splitlines()[-1]  # without it the folder's epochs=3 would be refused
+    finished = run_as_printed(stderr, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    assert_same_run(run_dir, reference)
+
+
+def test_a_stop_signal_before_the_first_sweep_leaves_no_folder(tmp_path: Path):
+    """SIGTERM between the folder's claim and its first metrics row: exit 143, the empty run folder removed."""
+    outputs = tmp_path / "outputs"
+    proc = start_cli(*KILLABLE, cwd=tmp_path)
+    stderr = kill_when(
+        proc, lambda: any(outputs.rglob(".lock")) and not any(outputs.rglob(METRICS_FILE)), signal.SIGTERM
+    )
+    assert stderr is not None and proc.returncode == 143, stderr
+    assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
+    assert not any(outputs.rglob("*")) if outputs.exists() else True
+
+
+def test_a_full_disk_mid_run_is_one_line_and_keeps_what_was_written(tmp_path: Path):
+    """Writes beyond a file-size limit fail as on a full disk: the 8 MB checkpoint cannot be written, the run stops
+    with one line naming the file, its metrics rows and summary stay, and no partial checkpoint is left."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bcd_cli", *KILLABLE, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, preexec_fn=limit,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("bcd-train: error: cannot write") and CHECKPOINT_FILE in line, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert metrics_rows(run_dir) >= 2 and not (run_dir / f"{CHECKPOINT_FILE}.tmp").exists()
+    assert json.loads((run_dir / SUMMARY_FILE).read_text())["status"] == "failed"
 
 
 KILL_POINTS = {
