@@ -346,6 +346,33 @@ def test_a_poisoned_update_stops_the_run_naming_sweep_and_block(tmp_path: Path, 
     assert summary["status"] == "failed" and "sweep 3" in summary["error"] and summary["sweeps"] == 2
 
 
+def test_out_of_memory_mid_run_is_one_line_naming_the_block_and_keeps_the_checkpoint(
+    tmp_path: Path, bcd_train, monkeypatch
+):
+    """The allocator fails in the W_2 update of sweep 3 (a run that passed the memory check, on a machine whose
+    memory another program took): one line naming the block, exit 1, metrics 0..2 and the checkpoint of 2 kept."""
+    import bcd_cli.engine.three_splitting as three
+
+    real, calls = three.update_weights, {"n": 0}
+
+    def update_weights(*args, **kwargs):  # named as the engine's, as it appears in the traceback
+        calls["n"] += 1
+        if calls["n"] == 2 * 2 + 1:  # 2 layers, updated from the last: the first W update of sweep 3 is W_2
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(three, "update_weights", update_weights)
+    code, stderr = bcd_train(*TINY, "epochs=5", "checkpoint.every=1", "hydra.run.dir=run", cwd=tmp_path)
+    assert code == 1, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert "out of memory in the update of block W2 in sweep 3" in line and "checkpoint of sweep 2" in line, stderr
+    assert "Traceback" not in stderr
+    assert pd.read_csv(tmp_path / "run" / METRICS_FILE)["sweep"].tolist() == [0, 1, 2]
+    checkpoint = read_checkpoint(tmp_path / "run")
+    assert checkpoint is not None and checkpoint.sweep == 2
+    assert json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())["status"] == "failed"
+
+
 def test_a_huge_step_stops_the_cli_with_exit_3_and_keeps_the_good_sweeps(tmp_path: Path, bcd_train):
     code, stderr = bcd_train("trainer=sgd", "trainer.lr=1e30", *TINY, "epochs=4", "hydra.run.dir=run", cwd=tmp_path)
     assert code == 3, stderr
