@@ -6,6 +6,7 @@ A multirun folder holds one job folder per job (``<sweep dir>/<job.num>/``), eac
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -22,6 +24,8 @@ from matplotlib.patches import Rectangle
 from bcd_cli.report import METRICS_FILE, SUMMARY_FILE, read_metrics
 
 SWEEP_SUMMARY_FILE = "sweep_summary.csv"
+MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a multirun's config, in its sweep folder
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 HEATMAP_FILE = "heatmap.png"
 AGGREGATE_FILE = "sweep_aggregate.csv"
 CURVES_BY_CONFIG_FILE = "curves_by_config.png"
@@ -69,14 +73,42 @@ def _read_summary(job: Path) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) else {"status": "unreadable summary.json"}
 
 
+def planned_jobs(folder: Path) -> list[dict[str, str]] | None:
+    """The overrides of every job the multirun in ``folder`` was to run, by job number, from its multirun.yaml;
+    None where that cannot be known (no multirun.yaml, another sweeper, job folders not named by job number)."""
+    try:
+        saved = yaml.safe_load((Path(folder) / MULTIRUN_FILE).read_text())
+        hydra = saved["hydra"]
+        if hydra["sweeper"]["_target_"] != BASIC_SWEEPER or hydra["sweep"]["subdir"] != "${hydra.job.num}":
+            return None
+        params = hydra["sweeper"].get("params") or {}
+        arguments = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in hydra["overrides"]["task"]]
+        parsed = OverridesParser.create().parse_overrides(arguments)
+    except Exception:  # not a multirun folder of this kind: the job folders alone say what ran
+        return None
+    choices = [
+        [(o.get_key_element().lstrip("+~"), str(v)) for v in o.sweep_string_iterator()]
+        if o.is_sweep_override()
+        else [(o.get_key_element().lstrip("+~"), o.get_value_element_as_str())]
+        for o in parsed
+    ]  # fmt: skip
+    return [dict(combo) for combo in itertools.product(*choices)]  # BasicSweeper's order of the jobs
+
+
 def sweep_table(folder: Path) -> tuple[pd.DataFrame, list[str]]:
-    """One row per job: job, its override values, status (completed, failed, interrupted, or missing for a job
-    that never started), the error of a job that failed, the summary's results; and the swept keys.
+    """One row per job: job, its override values, status (completed, failed, interrupted, running for a job
+    that was killed, missing for a job folder without a summary, not run for a job that a stopped multirun never
+    started), the error of a job that failed, the summary's results; and the swept keys.
 
     The swept keys are the override keys that take more than one value over the jobs, in override order.
     """
     jobs = job_folders(folder)
     rows, keys = [], []
+    started = {job.relative_to(folder).as_posix() for job in jobs}
+    for num, overrides in enumerate(planned_jobs(folder) or []):  # jobs a stopped multirun never started
+        if str(num) not in started:
+            keys += [k for k in overrides if k not in keys]
+            rows.append({"job": str(num), **overrides, "status": "not run", "error": ""})
     for job in jobs:
         overrides = read_overrides(job)
         keys += [k for k in overrides if k not in keys]
@@ -88,6 +120,7 @@ def sweep_table(folder: Path) -> tuple[pd.DataFrame, list[str]]:
             value = (summary or {}).get(field)
             row[field] = math.nan if value is None else value  # null (a NaN written as strict JSON): no value
         rows.append(row)
+    rows.sort(key=lambda row: _job_key(Path(row["job"])))
     table = pd.DataFrame(rows, columns=["job", *keys, "status", "error", *SUMMARY_FIELDS])
     swept = [k for k in keys if table[k].nunique(dropna=False) > 1]
     return table, swept

@@ -115,7 +115,7 @@ def test_ctrl_c_stops_a_joblib_multirun_and_reports_it(tmp_path: Path):
         time.sleep(0.05)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert "bcd-train: interrupted" in stderr
+    assert "bcd-train: interrupted by SIGINT" in stderr
     table = pd.read_csv(sweep / "sweep_summary.csv")
     assert table["job"].tolist() == [0, 1]
     assert set(table["status"]) <= {"interrupted", "missing"}

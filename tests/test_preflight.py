@@ -33,9 +33,12 @@ BAD_RUNS = [
         [
             "gamm=1 is invalid: no such key; did you mean gamma? (top-level keys: ",
             "alpha, ",
-            "add a new key with +gamm=1",
         ],
     ),
+    (["+gamm=5"], ["+gamm=5 is invalid: a key bcd-train reads; it reads no such key", "did you mean gamma=5?"]),
+    (["+trainer.lr=0.1"], ["+trainer.lr=0.1 is invalid: a key bcd-train reads", "keys of trainer: alpha_check"]),
+    (["++foo=1"], ["++foo=1 is invalid: a key bcd-train reads", "+device.index"]),
+    (["+reg_w.lam=0.1"], ["+reg_w.lam=0.1 is invalid: a key bcd-train reads"]),
     (
         ["data.n_trian=5"],
         ["data.n_trian=5 is invalid: no such key; did you mean data.n_train?", "keys of data: n_test, n_train, name, "],
@@ -221,3 +224,13 @@ def test_help_and_cfg_still_work(tmp_path, monkeypatch, capsys):
     assert status == 0, err
     assert "gamma: 2" in out and "catalogue.losses.Hinge" in out
     assert not list(tmp_path.iterdir())
+
+
+def test_keys_that_are_read_may_be_set_or_added(tmp_path: Path):
+    """++ sets a key that exists; + adds the one optional key bcd-train reads; the launch names its folder."""
+    launch = preflight([*TINY, "++gamma=5", "+device.index=0", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert launch is not None and not launch.multirun and launch.folder == tmp_path / "run"
+    sweep = preflight(["-m", *TINY, "gamma=1,2", "data=mnist", "data.root=rel", f"hydra.sweep.dir={tmp_path / 's'}"])
+    assert sweep is not None and sweep.multirun and sweep.folder == tmp_path / "s"
+    assert sweep.relative_paths == {"data.root": "rel"}
+    assert preflight(["--cfg", "job"]) is None  # prints the config: no folder

@@ -439,12 +439,15 @@ def test_an_unexpected_error_in_one_job_is_recorded_with_its_traceback(tmp_path:
     assert "Traceback" in (sweep / "1" / "train.log").read_text()
 
 
-def test_ctrl_c_in_a_multirun_stops_it_and_reports_the_jobs_done(tmp_path: Path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_in_a_multirun_stops_it_and_reports_the_jobs_done(tmp_path: Path, sig: int):
     sweep = tmp_path / "sweep"
     proc = start_cli("-m", "seed=0,1,2", *KILLABLE, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    stderr = kill_when(proc, lambda: metrics_rows(sweep / "1") >= 2, sig=signal.SIGINT)
-    assert proc.returncode == 130 and stderr is not None
+    stderr = kill_when(proc, lambda: metrics_rows(sweep / "1") >= 2, sig=sig)
+    assert proc.returncode == 128 + sig and stderr is not None
     assert "resume with: bcd-train resume=" in stderr
     table = pd.read_csv(sweep / "sweep_summary.csv")
     assert table["status"].tolist()[:2] == ["completed", "interrupted"]
-    assert not (sweep / "2").exists()
+    assert (
+        not (sweep / "2").exists() and table["status"].tolist()[2] == "not run" and table["seed"].tolist() == [0, 1, 2]
+    )
