@@ -119,7 +119,7 @@ def resume_arguments(argv: list[str]) -> list[str]:
     folder = Path(value).expanduser()
     saved = folder / ".hydra" / "config.yaml"
     if not saved.is_file():
-        state = "has no .hydra/config.yaml" if folder.is_dir() else "does not exist"
+        state = "has no .hydra/config.yaml" if folder.is_dir() else "is a file" if folder.exists() else "does not exist"
         raise ConfigError("resume", value, f"a bcd-train run folder; {folder} {state}")
     others = [
         a for a in overrides

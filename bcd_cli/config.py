@@ -32,7 +32,11 @@ CATALOGUE = ("loss", "act", "reg_w", "reg_v")
 def _number(cfg: DictConfig, key: str, ok: Callable[[float], bool], allowed: str, *, integer: bool = False) -> None:
     value = OmegaConf.select(cfg, key)
     kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not ok(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, value, f"a finite value: {allowed}")
+    if integer and isinstance(value, float) and value.is_integer():  # 1e9 is read as a float
+        raise ConfigError(key, value, f"{allowed}, written as an integer: {key}={int(value)}")
+    if isinstance(value, bool) or not isinstance(value, kind) or not ok(value):
         raise ConfigError(key, value, allowed)
 
 

@@ -164,7 +164,8 @@ def _download(name: str, cfg: DictConfig) -> _Splits:
 def _local(root: Path) -> _Splits:
     """Read the four idx files from ``root`` (offline; no checksum checks)."""
     if not root.is_dir():
-        raise DataError(f"data.root={root}: folder does not exist; it must be {_IDX_HINT}")
+        state = "is a file, not a folder" if root.exists() else "folder does not exist"
+        raise DataError(f"data.root={root}: {state}; it must be {_IDX_HINT}")
     paths = []
     for name in IDX_FILES:
         found = [p for p in (root / name, root / f"{name}.gz") if p.is_file()]

@@ -62,6 +62,8 @@ BAD_RUNS = [
     ),
     (["-cn", "nope"], ["--config-name='nope' is invalid: one of train"]),
     (["gamma=0"], ["gamma=0 is invalid: a number > 0"]),  # bcd_cli.config.validate, as before
+    (["gamma=inf"], ["gamma=inf is invalid: a finite value: a number > 0"]),
+    (["epochs=1e9"], ["epochs=1000000000.0 is invalid: an integer >= 1 (BCD sweeps), written as an integer: epochs="]),
 ]
 
 BAD_MULTIRUNS = [
