@@ -159,8 +159,11 @@ def read_checkpoint(folder: Path) -> Checkpoint | None:
         raw.pop("format")
         return Checkpoint(**raw)
     except Exception as exc:  # any unpickling failure means the file is not a checkpoint of this version
-        reason = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise DataError(f"{path}: not a readable bcd-cli checkpoint ({type(exc).__name__}: {reason})") from exc
+        reason = (str(exc).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")  # its first sentence
+        raise DataError(
+            f"{path}: not a readable bcd-cli checkpoint, truncated or damaged ({reason}); remove it to restart the run "
+            "from sweep 0, or restore it from a copy"
+        ) from exc
 
 
 def truncate_metrics(path: Path, size: int) -> None:

@@ -133,12 +133,20 @@ def resume_arguments(argv: list[str]) -> list[str]:
     try:
         config = OmegaConf.load(saved)
     except Exception as exc:
-        raise ConfigError("resume", value, f"a run folder with a readable {saved} ({exc})") from None
+        raise ConfigError("resume", value, f"a run folder with a readable {saved} ({yaml_problem(exc)})") from None
     extra = [f"hydra.run.dir={_quoted(str(folder))}", "hydra.output_subdir=null"]
     for key in RESUME_MAY_CHANGE:
         if not any(_override_key(a) == key for a in overrides) and OmegaConf.select(config, key) is not None:
             extra.append(f"{key}={OmegaConf.select(config, key)}")
     return [*argv, *extra]
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line: what is wrong and where (line, column), without the file's name twice."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if problem and mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _quoted(value: str) -> str:
