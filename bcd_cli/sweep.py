@@ -20,6 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from bcd_cli.report import METRICS_FILE, SUMMARY_FILE, read_metrics
 
@@ -150,7 +151,7 @@ def write_sweep_report(folder: Path | str, keys: Sequence[str] | None = None) ->
         comparison = compare_trainers(table)
         comparison.to_csv(folder / COMPARISON_CSV, index=False)
         (folder / COMPARISON_MD).write_text(comparison_markdown(comparison))
-        plot_comparison(table, metrics, folder / COMPARISON_FILE)
+        plot_comparison(table, metrics, folder / COMPARISON_FILE, title=comparison_title(folder, table))
         written += [folder / COMPARISON_CSV, folder / COMPARISON_MD, folder / COMPARISON_FILE]
     return written
 
@@ -317,7 +318,29 @@ def plot_curves_by_config(
     fig.savefig(path, dpi=120)
 
 
-def plot_comparison(table: pd.DataFrame, metrics: dict[str, pd.DataFrame | None], path: Path) -> None:
+def comparison_title(folder: Path, table: pd.DataFrame) -> str:
+    """What the compared runs trained: data and samples, network, and each trainer's own settings."""
+    head, settings = "", {}
+    for job in table["job"]:
+        try:
+            cfg = yaml.safe_load((Path(folder) / job / ".hydra" / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        summary = _read_summary(Path(folder) / job) or {}
+        trainer = cfg.get("trainer") or {}
+        name = str(trainer.get("name", "?"))
+        if not head and isinstance(summary.get("sizes"), list):
+            sizes = "-".join(map(str, summary["sizes"]))
+            n = f", n_train={summary['n_train']}" if "n_train" in summary else ""
+            head = f"{(cfg.get('data') or {}).get('name', '?')}{n}, {sizes}"
+        if name == "bcd":
+            settings.setdefault(name, f"bcd: gamma={cfg.get('gamma')}, alpha={cfg.get('alpha')}")
+        else:
+            settings.setdefault(name, f"{name}: lr={trainer.get('lr')}, batch={trainer.get('batch_size')}")
+    return "; ".join(filter(None, [head, *settings.values()]))
+
+
+def plot_comparison(table: pd.DataFrame, metrics: dict[str, pd.DataFrame | None], path: Path, title: str = "") -> None:
     """Train and test accuracy against the epoch, one line per trainer (Figure 1 of the paper)."""
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
@@ -326,9 +349,11 @@ def plot_comparison(table: pd.DataFrame, metrics: dict[str, pd.DataFrame | None]
         for n, (label, frames) in enumerate(lines.items()):
             _band(ax, frames, column, label.removeprefix("trainer="), f"C{n % 10}")
         ax.set(xlabel="epoch (BCD sweep)", ylabel=f"{name} accuracy", title=f"{name} accuracy")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 2.5
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     if lines:
         axes[0].legend()
-    fig.suptitle("trainer comparison" + (" (mean ± std over seeds)" if "seed" in table else ""))
+    seeds = " (mean ± std over seeds)" if "seed" in table else ""
+    fig.suptitle(f"{title}{seeds}" if title else f"trainer comparison{seeds}")
     fig.savefig(path, dpi=120)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from matplotlib.image import imread
 from omegaconf import OmegaConf
 
@@ -439,3 +440,16 @@ def test_readers_take_null_where_a_summary_had_nan(tmp_path: Path, capsys):
     summary = json.loads((folder / "1" / "summary.json").read_text(), parse_constant=no_constants)
     assert summary["final_test_acc"] == summaries(DATA / "grid")["1"]["final_test_acc"]
     assert summary["method"] is None and summary["wall_seconds"] is None
+
+
+def test_the_comparison_title_says_what_was_compared(tmp_path: Path):
+    from bcd_cli.sweep import comparison_title, sweep_table
+
+    folder = copy("compare", tmp_path)
+    for job, trainer in (("0", {"name": "bcd"}), ("2", {"name": "sgd", "lr": 0.001, "batch_size": 512})):
+        config = {"data": {"name": "mnist"}, "gamma": 1.0, "alpha": 1.0, "trainer": trainer}
+        (folder / job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    title = comparison_title(folder, sweep_table(folder)[0])
+    sizes = "-".join(map(str, json.loads((folder / "0" / "summary.json").read_text())["sizes"]))
+    assert title.startswith("mnist") and sizes in title
+    assert "bcd: gamma=1.0, alpha=1.0" in title and "sgd: lr=0.001, batch=512" in title
