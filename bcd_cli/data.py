@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import logging
+import math
 import os
 import tempfile
 import zlib
@@ -153,7 +154,14 @@ def _download(name: str, cfg: DictConfig) -> _Splits:
     try:
         train, test = [cls(root=folder, train=split, download=download) for split in (True, False)]
         splits = [train.data, train.targets, test.data, test.targets]
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, AssertionError, ValueError) as exc:
+        raw = Path(folder, cls.__name__, "raw")
+        for i, name in enumerate(IDX_FILES):  # a damaged file in the cache: name it
+            if (raw / name).is_file():
+                try:
+                    _read_idx(raw / name, images=i % 2 == 0)
+                except DataError as bad:
+                    raise DataError(f"{bad}; it is in the download cache: remove it to download it again") from exc
         reason = " ".join(str(exc).split()) or type(exc).__name__
         what = f"could not be downloaded to {folder}" if download else f"is not in {folder} and data.download=false"
         raise DataError(f"{cls.__name__} {what} ({reason}); offline, pass data.root=DIR, {_IDX_HINT}") from exc
@@ -173,8 +181,13 @@ def _local(root: Path) -> _Splits:
             raise DataError(
                 f"{root / name}: missing (neither {name} nor {name}.gz found); data.root must be {_IDX_HINT}"
             )
-        paths.append(found[0])
-    Xtr, ytr, Xte, yte = (_read_idx(p, images=i % 2 == 0) for i, p in enumerate(paths))
+        paths.append(found)
+    read = [[_read_idx(p, images=i % 2 == 0) for p in found] for i, found in enumerate(paths)]
+    for found, tensors in zip(paths, read, strict=True):
+        if len(tensors) == 2 and not torch.equal(*tensors):
+            raise DataError(f"{found[0]} and {found[1]} disagree: keep one of them in data.root")
+    paths = [found[0] for found in paths]
+    Xtr, ytr, Xte, yte = (tensors[0] for tensors in read)
     _check(Xtr, ytr, Xte, yte, where=paths)
     return Xtr, ytr, Xte, yte, str(root)
 
@@ -200,6 +213,16 @@ def _read_idx(path: Path, *, images: bool) -> torch.Tensor:
         )
     if raw[2] != 0x08:
         raise DataError(f"{path}: idx data type code 0x{raw[2]:02x}, expected 0x08 (unsigned byte)")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    what = "images" if images else "labels"
+    if dims[0] == 0:
+        raise DataError(f"{path}: holds no {what} (its header says 0)")
+    expected = 4 * (ndim + 1) + math.prod(dims)
+    if len(raw) != expected:
+        raise DataError(
+            f"{path}: corrupt or truncated idx file: {len(raw)} bytes, but its header ({'x'.join(map(str, dims))} "
+            f"{what}) makes {expected}"
+        )
     reader = tv.read_image_file if images else tv.read_label_file
     try:
         if path.suffix != ".gz":

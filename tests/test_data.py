@@ -228,6 +228,40 @@ def test_idx_size_mismatch(tmp_path, cut):
     assert "corrupt or truncated" in msg
 
 
+def test_an_empty_idx_file_says_it_holds_nothing(tmp_path):
+    make_folder(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    msg = expect_data_error(str(tmp_path / "t10k-labels-idx1-ubyte"), name="mnist", root=tmp_path)
+    assert "holds no labels" in msg and "does not match" not in msg
+
+
+def test_a_plain_and_a_gzipped_file_that_disagree_are_refused(tmp_path):
+    make_folder(tmp_path)
+    plain = tmp_path / "train-labels-idx1-ubyte"
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    load(name="mnist", root=str(tmp_path))  # the same labels twice: fine
+    write_idx(tmp_path / "scratch", np.full(12, 3, np.uint8))
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress((tmp_path / "scratch").read_bytes()))
+    msg = expect_data_error(str(plain), name="mnist", root=tmp_path)
+    assert "disagree" in msg and ".gz" in msg
+
+
+def test_a_damaged_file_in_the_download_cache_is_named(tmp_path, monkeypatch):
+    import torchvision.datasets.mnist as tv
+
+    make_folder(tmp_path / "src")
+
+    def fake(url, download_root, filename, md5=None, **kwargs):
+        shutil.copy(tmp_path / "src" / filename.removesuffix(".gz"), Path(download_root) / filename.removesuffix(".gz"))
+
+    monkeypatch.setattr(tv, "download_and_extract_archive", fake)
+    load(name="mnist", download_dir=str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    cached.write_bytes(cached.read_bytes()[:-100])
+    msg = expect_data_error(str(cached), name="mnist", download_dir=str(tmp_path / "cache"))
+    assert "download cache" in msg and "corrupt or truncated" in msg
+
+
 def test_count_mismatch(tmp_path):
     make_folder(tmp_path)
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(11, np.uint8))
