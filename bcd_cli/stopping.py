@@ -56,11 +56,12 @@ def _raise(signum: int, frame: Any) -> None:
 
 @contextlib.contextmanager
 def _handlers(handler: Any) -> Iterator[None]:
-    """Installs ``handler`` for every stop signal (main thread only; elsewhere nothing changes)."""
+    """Installs ``handler`` for every stop signal (main thread only; elsewhere nothing changes). A signal the
+    process was started ignoring stays ignored: ``nohup`` ignores SIGHUP, a shell's background job SIGINT."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS if signal.getsignal(s) != signal.SIG_IGN}
     try:
         yield
     finally:

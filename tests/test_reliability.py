@@ -451,3 +451,15 @@ def test_a_stop_signal_in_a_multirun_stops_it_and_reports_the_jobs_done(tmp_path
     assert (
         not (sweep / "2").exists() and table["status"].tolist()[2] == "not run" and table["seed"].tolist() == [0, 1, 2]
     )
+
+
+def test_nohup_keeps_a_run_alive_when_its_terminal_closes(tmp_path: Path):
+    """A run started with SIGHUP ignored (nohup) goes on after SIGHUP, as nohup promises."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        ["nohup", sys.executable, "-m", "bcd_cli", *TINY, "epochs=30", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert kill_when(proc, lambda: metrics_rows(run_dir) >= 2, sig=signal.SIGHUP) is not None
+    assert proc.returncode == 0
+    assert json.loads((run_dir / SUMMARY_FILE).read_text())["status"] == "completed"
