@@ -240,12 +240,20 @@ def run_lock(folder: Path) -> Iterator[None]:
 
 
 def is_locked(folder: Path) -> bool:
-    """Whether a process (this one included) holds the lock of ``folder``."""
+    """Whether a process (this one included) holds the lock of ``folder``; creates nothing."""
     resolved = Path(os.path.abspath(folder))
     if resolved in _held:
         return True
     try:
-        with run_lock(resolved):
-            return False
-    except DataError:
-        return True
+        fd = os.open(resolved / LOCK_FILE, os.O_RDONLY)
+    except OSError:  # no lock file: no bcd-train process has run there since locks were kept
+        return False
+    try:
+        if not _flock(fd):
+            return True
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

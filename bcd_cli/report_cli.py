@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from bcd_cli.folders import is_locked
 from bcd_cli.report import (
     CONVERGENCE_FILE,
     CURVES_FILE,
@@ -47,6 +48,8 @@ def regenerate_run(folder: Path) -> list[Path]:
     if not isinstance(old, dict):
         old = {}
     summary = {**old, **summarize(metrics)}
+    if summary.get("status") == "running" and not is_locked(folder):  # no process runs it: it was killed
+        summary["status"] = "killed"
     title = _title(folder, summary)
     targets = [summary_path, folder / CURVES_FILE, folder / CONVERGENCE_FILE]
     temps = [path.with_name(f".{path.stem}.tmp{path.suffix}") for path in targets]  # the suffix: the format

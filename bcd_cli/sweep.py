@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from bcd_cli.folders import is_locked
 from bcd_cli.report import METRICS_FILE, SUMMARY_FILE, read_metrics
 
 SWEEP_SUMMARY_FILE = "sweep_summary.csv"
@@ -97,9 +98,10 @@ def planned_jobs(folder: Path) -> list[dict[str, str]] | None:
 
 
 def sweep_table(folder: Path) -> tuple[pd.DataFrame, list[str]]:
-    """One row per job: job, its override values, status (completed, failed, interrupted, running for a job
-    that was killed, missing for a job folder without a summary, not run for a job that a stopped multirun never
-    started), the error of a job that failed, the summary's results; and the swept keys.
+    """One row per job: job, its override values, status (completed, failed, interrupted; running for a job
+    that runs, killed for one whose process died mid-run, missing for a job folder without a summary, not run
+    for a job that a stopped multirun never started), the error of a job that failed, the summary's results;
+    and the swept keys.
 
     The swept keys are the override keys that take more than one value over the jobs, in override order.
     """
@@ -116,6 +118,8 @@ def sweep_table(folder: Path) -> tuple[pd.DataFrame, list[str]]:
         summary = _read_summary(job)
         row: dict[str, Any] = {"job": job.relative_to(folder).as_posix(), **overrides}
         row["status"] = "missing" if summary is None else summary.get("status", "unknown")
+        if row["status"] == "running" and not is_locked(job):  # no process runs it: it was killed
+            row["status"] = "killed"
         row["error"] = (summary or {}).get("error", "")
         for field in SUMMARY_FIELDS:
             value = (summary or {}).get(field)

@@ -176,7 +176,7 @@ def test_a_killed_extension_never_claims_completed_and_its_printed_command_exten
     report = subprocess.run(
         [sys.executable, "-m", "bcd_cli.report_cli", str(run_dir)], capture_output=True, text=True, timeout=120
     )
-    assert json.loads((run_dir / SUMMARY_FILE).read_text()).get("status") != "completed", report.stderr
+    assert json.loads((run_dir / SUMMARY_FILE).read_text())["status"] == "killed", report.stderr
     stderr = kill_at(run_dir, [f"resume={run_dir}", "epochs=10"], rows_beyond(run_dir, 6), sig=signal.SIGINT)
     assert "epochs=10" in stderr.strip().splitlines()[-1]  # without it the folder's epochs=3 would be refused
     finished = run_as_printed(stderr, cwd=tmp_path)
