@@ -4,6 +4,8 @@
     python scripts/bench_sweep.py --scheme two             # the standard cases of one scheme
     python scripts/bench_sweep.py --scheme resnet --sizes 784,1024,1024,1024,10 --n 8000 --sweeps 3
     python scripts/bench_sweep.py --sizes 784,1500,1500,1500,10 --n 60000 --device cuda
+    python scripts/bench_sweep.py --memory-only --device cpu          # peak memory beside its estimate only
+    python scripts/bench_sweep.py --memory-only --sizes 784,1024,1024,1024,10 --n 8000 --set trainer=sgd
 
 Each case runs in two fresh Python processes. The first builds the algorithm from the real
 ``conf/`` as ``bcd_cli.train.build_algorithm`` does, on random data (timing does not depend on
@@ -17,7 +19,11 @@ changes). FLOP counts come from the shapes (``three_splitting_terms``, ``two_spl
 sweep and of one evaluation (``memory_case``): on the CPU with glibc's mmap threshold fixed,
 so that the resident set follows the live tensors (by default glibc keeps freed buffers under
 32 MiB in its heap), minus what stays resident once every tensor is freed (PyTorch's own
-libraries); on CUDA ``torch.cuda.max_memory_allocated``.
+libraries); on CUDA ``torch.cuda.max_memory_allocated``. Beside each peak stands what
+``bcd_cli.memory.estimate_for`` predicts for it before anything is allocated, and their ratio.
+``--memory-only`` skips the timing and adds a third process on the CPU, ``allocator_case``: the
+same peaks counted in PyTorch's allocator (exact bytes of tensors; the resident set is coarse
+for runs of a few MiB). The baselines run through ``--set trainer=sgd`` (or adam).
 
 Results are printed and written as CSV and JSON to ``--out`` (default outputs/bench/).
 """
@@ -428,8 +434,15 @@ def gemm_bound_rate(terms: Sequence[Term], seconds: dict[tuple[int, int, int], f
 
 
 def state_bytes(algorithm, data) -> int:
-    """Bytes of the BCD state (W, b, V_1.., U) plus the data (X, Y, labels, train and test)."""
-    tensors = [*algorithm.blocks(), data.X_train, data.Y_train, data.y_train, data.X_test, data.Y_test, data.y_test]
+    """Bytes of the BCD state (W, b, V_1.., U; for the SGD/Adam baselines W and b, and their gradients and
+    optimizer state once they exist) plus the data (X, Y, labels, train and test)."""
+    if hasattr(algorithm, "optimizer"):
+        params = [*algorithm.W, *algorithm.b]
+        moments = [v for state in algorithm.optimizer.state.values() for v in state.values() if hasattr(v, "numel")]
+        blocks = [*params, *(p.grad for p in params if p.grad is not None), *moments]
+    else:
+        blocks = algorithm.blocks()
+    tensors = [*blocks, data.X_train, data.Y_train, data.y_train, data.X_test, data.Y_test, data.y_test]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -520,12 +533,16 @@ def memory_case(case: Case) -> dict:
     freed, so the resident set follows the live tensors. The high-water mark of each phase (reset
     through /proc/self/clear_refs) minus the resident set once every tensor is freed (PyTorch's
     libraries, every code path used) is the phase's peak. On CUDA: ``torch.cuda.max_memory_allocated``.
+    Beside each peak, what ``bcd_cli.memory.estimate_for`` predicts for it before anything is allocated
+    (``estimate_*_mb``) and the ratio estimate / measured (``estimate_*_ratio``; above 1: on the safe side).
     """
     import torch
 
+    from bcd_cli import memory
     from bcd_cli.train import _evaluate
 
-    algorithm, loss, data, _ = build_case(case)
+    algorithm, loss, data, cfg = build_case(case)
+    estimate = memory.estimate_for(cfg, data)
     device = data.X_train.device
     state = state_bytes(algorithm, data) / 2**20
     cpu = device.type == "cpu"
@@ -553,13 +570,65 @@ def memory_case(case: Case) -> dict:
     else:
         method = "VmHWM per phase - RSS without tensors" + ("" if fixed else ", malloc threshold NOT fixed")
         method += "" if resettable else ", VmHWM NOT resettable (whole process)"
+    measured = [peak - libraries for peak in peaks]
+    trainer = cfg.trainer.name  # the baselines run through --set trainer=sgd (or adam)
+    name = case.name if trainer == "bcd" else f"{trainer} {size_label(case.sizes)}"
+    # the estimate of the evaluation that ran first: with the gradient norm when the case's config asks for it
+    first_eval = estimate.eval_peak if cfg.grad_norm else estimate.eval_peak_without_grad_norm
+    estimated = [estimate.sweep_peak / 2**20, first_eval / 2**20, estimate.eval_peak_without_grad_norm / 2**20]
     return {
-        "peak_sweep_mb": peaks[0] - libraries, "peak_eval_mb": peaks[1] - libraries,
-        "peak_ratio": (peaks[0] - libraries) / state, "eval_peak_ratio": (peaks[1] - libraries) / state,
-        "peak_eval_no_grad_mb": peaks[2] - libraries, "eval_no_grad_peak_ratio": (peaks[2] - libraries) / state,
+        "case": name, "scheme": case.scheme if trainer == "bcd" else trainer, "sizes": size_label(case.sizes),
+        "device": str(device), "dtype": cfg.dtype, "overrides": " ".join(case.extra), "n": case.n,
+        "n_test": case.test_samples, "state_and_data_mb": state,
+        "peak_sweep_mb": measured[0], "peak_eval_mb": measured[1],
+        "peak_ratio": measured[0] / state, "eval_peak_ratio": measured[1] / state,
+        "peak_eval_no_grad_mb": measured[2], "eval_no_grad_peak_ratio": measured[2] / state,
         "rss_libraries_mb": libraries,
         "memory_method": method,
+        "estimate_state_and_data_mb": (estimate.state + estimate.data) / 2**20,
+        "estimate_sweep_mb": estimated[0], "estimate_sweep_ratio": _ratio(estimated[0], measured[0]),
+        "estimate_eval_mb": estimated[1], "estimate_eval_ratio": _ratio(estimated[1], measured[1]),
+        "estimate_eval_no_grad_mb": estimated[2], "estimate_eval_no_grad_ratio": _ratio(estimated[2], measured[2]),
     }  # fmt: skip
+
+
+def _ratio(estimate: float, measured: float) -> float:
+    """estimate / measured; NaN where nothing was measured (a resident set of a few KiB can read as 0)."""
+    return estimate / measured if measured > 0 else math.nan
+
+
+def allocator_case(case: Case) -> dict:
+    """The same peaks as ``memory_case``, and that of building the algorithm (with the data), counted in
+    PyTorch's CPU allocator (``bcd_cli.memory.measured_peaks``: every allocation followed by its address until
+    freed, through torch.profiler): exact bytes of tensors, without the resident set's page granularity,
+    glibc's heap or the libraries; beside them the estimate's ratios to them (``estimate_*_alloc_ratio``).
+    On CUDA ``memory_case`` is already exact: nothing to add."""
+    from bcd_cli import memory
+    from bcd_cli.train import _evaluate
+
+    if case.device != "cpu":
+        return {}
+    run: dict = {}
+
+    def build() -> None:
+        run["algorithm"], run["loss"], run["data"], run["cfg"] = build_case(case)
+
+    def evaluate(grad_norm: bool) -> None:
+        _evaluate(run["algorithm"], run["loss"], run["data"], grad_norm=grad_norm)
+
+    phases = {"build": build, "sweep": lambda: run["algorithm"].sweep(), "eval": lambda: evaluate(True),
+              "eval_no_grad": lambda: evaluate(False)}  # fmt: skip
+    peaks = {key: value / 2**20 for key, value in memory.measured_peaks(phases).items()}
+    estimate = memory.estimate_for(run["cfg"], run["data"])
+    estimated = {
+        "build": estimate.build_peak / 2**20, "sweep": estimate.sweep_peak / 2**20,
+        "eval": estimate.eval_peak / 2**20, "eval_no_grad": estimate.eval_peak_without_grad_norm / 2**20,
+    }  # fmt: skip
+    return (
+        {f"alloc_{phase}_mb": peaks[phase] for phase in estimated}
+        | {"estimate_build_mb": estimated["build"]}
+        | {f"estimate_{phase}_alloc_ratio": _ratio(estimated[phase], peaks[phase]) for phase in estimated}
+    )
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -571,12 +640,44 @@ SHOWN = [
     ("peak_sweep_mb", "peak sweep MiB"), ("peak_ratio", "peak/state"), ("peak_eval_mb", "peak eval MiB"),
     ("peak_eval_no_grad_mb", "eval, no grad MiB"), ("others_cpu_share", "others' CPU"),
 ]  # fmt: skip
+# the memory table: each measured peak beside bcd_cli.memory's estimate of it and their ratio (estimate / measured)
+# (with --memory-only on the CPU also the peaks counted in PyTorch's allocator, "alloc", and est/alloc)
+SHOWN_MEMORY = [
+    ("case", "case"), ("n", "n"), ("dtype", "dtype"), ("overrides", "overrides"),
+    ("state_and_data_mb", "state+data MiB"),
+    ("alloc_build_mb", "build alloc"), ("estimate_build_mb", "est."), ("estimate_build_alloc_ratio", "est/alloc"),
+    ("peak_sweep_mb", "sweep MiB"), ("alloc_sweep_mb", "alloc"), ("estimate_sweep_mb", "est."),
+    ("estimate_sweep_ratio", "est/peak"), ("estimate_sweep_alloc_ratio", "est/alloc"),
+    ("peak_eval_mb", "eval MiB"), ("alloc_eval_mb", "alloc"), ("estimate_eval_mb", "est."),
+    ("estimate_eval_ratio", "est/peak"), ("estimate_eval_alloc_ratio", "est/alloc"),
+    ("peak_eval_no_grad_mb", "no grad MiB"), ("alloc_eval_no_grad_mb", "alloc"), ("estimate_eval_no_grad_mb", "est."),
+    ("estimate_eval_no_grad_ratio", "est/peak"), ("estimate_eval_no_grad_alloc_ratio", "est/alloc"),
+]  # fmt: skip
+
+
+def memory_table(rows: list[dict]) -> str:
+    """The measured peaks of ``rows`` beside their estimates (``SHOWN_MEMORY``), and the worst ratios."""
+    import pandas as pd
+
+    shown = [(key, label) for key, label in SHOWN_MEMORY if any(key in row for row in rows)]
+    table = pd.DataFrame([[row.get(key) for key, _ in shown] for row in rows], columns=[label for _, label in shown])
+    lines = [
+        "peak memory measured (MiB: the resident set on the CPU, torch.cuda.max_memory_allocated on CUDA; alloc: "
+        "PyTorch's CPU allocator) beside bcd_cli.memory's estimate (a ratio above 1: on the safe side)",
+        table.to_string(index=False, float_format=lambda x: f"{x:.3g}"),
+    ]
+    for suffix, what in (("ratio", "est/peak"), ("alloc_ratio", "est/alloc")):
+        ratios = [row[f"estimate_{phase}_{suffix}"] for row in rows for phase in ("sweep", "eval", "eval_no_grad")
+                  if math.isfinite(row.get(f"estimate_{phase}_{suffix}", math.nan))]  # fmt: skip
+        if ratios:
+            lines.append(f"{what} from {min(ratios):.2f} to {max(ratios):.2f}")
+    return "\n".join(lines)
 
 
 def run_in_subprocess(case: Case, task: str) -> dict:
-    """``time_case`` (task ``time``) or ``memory_case`` (``memory``) in a fresh interpreter: the memory
-    high-water mark is the case's own, and the memory run starts with glibc's mmap threshold fixed
-    (128 KiB) while the timed run keeps the default allocator, as ``bcd-train`` runs."""
+    """``time_case`` (task ``time``), ``memory_case`` (``memory``) or ``allocator_case`` (``allocator``) in a
+    fresh interpreter: the memory high-water mark is the case's own, and the memory run starts with glibc's
+    mmap threshold fixed (128 KiB) while the others keep the default allocator, as ``bcd-train`` runs."""
     command = [sys.executable, str(Path(__file__).resolve()), f"--{task}-case", json.dumps(asdict(case))]
     env = os.environ | ({"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)} if task == "memory" else {})
     result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False, env=env)
@@ -635,11 +736,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"), help="folder of sweep.csv, sweep.json")
     parser.add_argument("--time-case", help=argparse.SUPPRESS)  # internal: time one case, print its row
     parser.add_argument("--memory-case", help=argparse.SUPPRESS)  # internal: measure one case's memory
+    parser.add_argument("--allocator-case", help=argparse.SUPPRESS)  # internal: the same in PyTorch's allocator
+    parser.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="only the peak memory of each case beside bcd_cli.memory's estimate (memory.csv, memory.json)",
+    )
     args = parser.parse_args(argv)
-    if args.time_case or args.memory_case:
-        task = time_case if args.time_case else memory_case
-        print(json.dumps(task(Case(**json.loads(args.time_case or args.memory_case)))))
-        return []
+    internal = {"time": args.time_case, "memory": args.memory_case, "allocator": args.allocator_case}
+    for name, task in (("time", time_case), ("memory", memory_case), ("allocator", allocator_case)):
+        if internal[name]:
+            print(json.dumps(task(Case(**json.loads(internal[name])))))
+            return []
 
     import pandas as pd
     import torch
@@ -648,6 +756,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if args.device == "cuda" and not cuda:
         raise SystemExit("--device cuda: CUDA is not available")
     rows = []
+    if args.memory_only:
+        for case in select_cases(args, cuda):
+            print(f"{case.name}, n={case.n}, {case.device}: peak memory of a sweep and an evaluation", flush=True)
+            rows.append(run_in_subprocess(case, "memory") | run_in_subprocess(case, "allocator"))
+        print(memory_table(rows))
+        args.out.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(args.out / "memory.csv", index=False)
+        (args.out / "memory.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+        print(f"written: {args.out / 'memory.csv'}, {args.out / 'memory.json'}")
+        return rows
     for case in select_cases(args, cuda):
         print(f"{case.name}, n={case.n}, {case.device}: {case.warmup} warm-up + {case.sweeps} timed sweeps", flush=True)
         rows.append(run_in_subprocess(case, "time") | run_in_subprocess(case, "memory"))
@@ -658,6 +776,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         memory_ok = "meets" if row["peak_ratio"] <= 1.3 else "misses"
         print(f"{row['case']}: sweep at {row['ratio_to_gemm']:.0%} of the GEMM rate ({time_ok} the 70% target); "
               f"peak {row['peak_ratio']:.2f}x state + data ({memory_ok} the 1.3x target)")  # fmt: skip
+    print(memory_table(rows))
     args.out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame([{k: v for k, v in row.items() if k != "gemm_rates"} for row in rows]).to_csv(
         args.out / "sweep.csv", index=False

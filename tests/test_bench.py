@@ -135,7 +135,8 @@ def test_main_writes_csv_and_json(tmp_path):
     columns = {
         "case", "scheme", "n", "seconds_per_sweep", "sweep_gflop", "sweep_gflops", "gemm_gflops", "ratio_to_gemm",
         "eval_seconds", "eval_gflop", "state_and_data_mb", "peak_sweep_mb", "peak_eval_mb", "peak_ratio",
-        "process_peak_mb", "inner_steps", "load_before",
+        "process_peak_mb", "inner_steps", "load_before", "estimate_sweep_mb", "estimate_sweep_ratio",
+        "estimate_eval_mb", "estimate_eval_ratio", "estimate_eval_no_grad_mb",
     }  # fmt: skip
     assert columns <= set(table.columns)
     assert len(table) == 1 and table["case"][0] == "three 20-8x2-3"
@@ -144,3 +145,14 @@ def test_main_writes_csv_and_json(tmp_path):
     assert report["machine"]["threads"] >= 1 and rows[0]["case"] == table["case"][0]
     expected = bench.total_flops(bench.three_splitting_terms([20, 8, 8, 3], 60)) / 1e9
     assert table["sweep_gflop"][0] == pytest.approx(expected)
+
+
+def test_memory_only_reports_the_estimate_beside_the_peak(tmp_path, capsys):
+    """``--memory-only``: one process per case measures its peaks; the table shows bcd_cli.memory's estimates."""
+    rows = bench.main(
+        ["--sizes", "20,8,8,3", "--n", "60", "--set", "trainer=adam", "--memory-only", "--out", str(tmp_path)]
+    )
+    table = pd.read_csv(tmp_path / "memory.csv")
+    assert len(rows) == 1 and table["case"][0] == "adam 20-8x2-3"
+    assert (table[["estimate_sweep_mb", "estimate_eval_mb", "estimate_eval_no_grad_mb"]] > 0).all(axis=None)
+    assert "est/peak" in capsys.readouterr().out

@@ -1,0 +1,997 @@
+"""The memory a run needs, estimated before anything is allocated, and checked against what the device has.
+
+``estimate`` follows a run's allocations on paper: the state (W, b and the blocks V, U of every layer over
+the samples; or the weights, gradients and optimizer state of the SGD/Adam baselines), the data, and every
+temporary of one sweep and of the evaluation after it, in the order the engine makes and frees them (the
+Cholesky factors in the solve dtype, the Woodbury m x m form, the column chunks of the wider right-hand
+sides, the row chunks of the CPU's elementwise work, the column chunks of the objective and of the forward
+passes, what autograd keeps for the gradient norm). ``estimate_for`` reads those inputs from a run's config
+and its loaded data. ``available`` says how much memory the device has left and where that number comes
+from; ``check`` refuses (``ResourceError``, exit status 2) a run whose estimated peak does not fit, in one
+line, and warns when it takes more than 80% of it.
+
+The estimate counts tensor memory: on the CPU what PyTorch's allocator hands out (not the interpreter and
+libraries, about 0.3-0.5 GiB resident on their own), on CUDA what ``torch.cuda.max_memory_allocated``
+reports, plus ``CUDA_WORKSPACE`` for cuBLAS and cuSOLVER (the CUDA context is not in it: it is already
+taken when ``available`` asks the driver).
+
+Environment: ``BCD_MEMORY_LIMIT`` replaces the detected limit with the memory the whole run may use, its
+peak with the loaded data included: a number of bytes, or with a binary suffix K, M, G or T (``2G`` is
+2 GiB; ``512M``, ``1.5G``, ``64GiB`` are read as well). For tests, and for users who share a machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bcd_cli.engine.blocks import CPU_CHUNK_ELEMENTS
+from bcd_cli.engine.linalg import SOLVE_CHUNK_ELEMENTS
+from bcd_cli.engine.network import column_chunks
+from bcd_cli.errors import ConfigError, ResourceError
+
+log = logging.getLogger(__name__)
+
+ENV_LIMIT = "BCD_MEMORY_LIMIT"
+WARN_FRACTION = 0.8  # check() warns above this share of the available memory
+SCHEMES = ("three", "two", "resnet")  # BCD splittings (the ``name`` of their classes)
+BASELINES = ("sgd", "adam")  # trainer.name of the gradient baselines
+CUDA_WORKSPACE = 64 * 2**20  # cuBLAS and cuSOLVER workspaces, from PyTorch's caching allocator
+MARGIN = 1.05  # the temporaries counted are scaled by this: allocator rounding, work the simulation leaves out
+SMALL = 16 * 2**10  # and this is added for the scalars and other small tensors it does not follow
+
+_UNLIMITED = 2**60  # a cgroup limit at or above this means none (v1 writes 2^63 - 4096)
+_SUFFIXES = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+# ------------------------------------------------------------------------------------------------ the estimate
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a run needs on its device.
+
+    ``state``: every block (W, b of each layer; V and U of every layer over the samples), or for the SGD/Adam
+    baselines W, b, their gradients and the optimizer state. ``data``: the train and test X, one-hot Y and
+    labels on the device. ``sweep_peak`` and ``eval_peak``: everything live at the highest point of one sweep
+    (or SGD/Adam epoch) and of the evaluation after it, state, data and temporaries together; ``peak`` the
+    larger, or ``build_peak`` (drawing the weights, in float64 on the CPU, and the first forward pass) in the
+    rare run where that is higher. ``n_train`` and ``per_sample`` (how much the peak grows per training sample)
+    let ``check`` suggest a sample count that fits; ``loaded``: bytes of the peak already allocated when the
+    estimate was made (the data, for ``estimate_for``), which the memory ``available`` reports no longer holds.
+    """
+
+    state: int
+    data: int
+    sweep_peak: int
+    eval_peak: int
+    build_peak: int = 0
+    n_train: int = 0
+    per_sample: float = 0.0
+    loaded: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    grad_norm: bool = True
+    eval_peak_without_grad_norm: int | None = field(default=None, compare=False)
+
+    @property
+    def peak(self) -> int:
+        return max(self.sweep_peak, self.eval_peak, self.build_peak)
+
+    def parts(self) -> str:
+        """The peak broken into its parts, e.g. ``state 40.0 GiB + data 180 MiB + sweep temporaries 17.3 GiB``."""
+        phases = {"sweep": self.sweep_peak, "evaluation": self.eval_peak, "build": self.build_peak}
+        phase = max(phases, key=lambda name: phases[name])
+        temporaries = max(0, self.peak - self.state - self.data)
+        return f"state {format_bytes(self.state)} + data {format_bytes(self.data)} + {phase} temporaries " + (
+            format_bytes(temporaries)
+        )
+
+
+@dataclass(frozen=True)
+class _Act:
+    """What an activation allocates, in blocks of its layer's size: ``prox`` temporaries of the U block's
+    prox (a row chunk on the CPU, the block on CUDA), ``forward`` temporaries of sigma(U) beside its result,
+    ``saved`` tensors autograd keeps beside it (measured with torch.profiler on each catalogue entry)."""
+
+    prox: float
+    forward: float
+    saved: float
+
+
+_ACTS = {
+    "Linear": _Act(0, 0, 0),
+    "ReLU": _Act(1, 0, 0),
+    "LeakyReLU": _Act(6, 1.25, 0.25),
+    "Sigmoid": _Act(48, 0, 0),  # the grid-and-Newton prox (catalogue/_scalar.py) holds ~43 element-sized tensors
+    "Tanh": _Act(48, 0, 0),
+    "Softplus": _Act(48, 3, 3),
+    "Polynomial": _Act(48, 3, 3),
+}
+_ACT_NAMES = {
+    "linear": "Linear", "relu": "ReLU", "leaky_relu": "LeakyReLU", "sigmoid": "Sigmoid", "tanh": "Tanh",
+    "softplus": "Softplus", "polynomial": "Polynomial",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Loss:
+    """What a loss allocates, in blocks of the output's size (classes x samples): ``output`` at the peak of
+    the V_N block (its result included), ``value`` while R is evaluated, ``saved`` what autograd keeps of it."""
+
+    output: float
+    value: float
+    saved: float
+
+
+_LOSSES = {
+    "Square": _Loss(4, 2, 1),
+    "Hinge": _Loss(5, 3, 2),
+    "Logistic": _Loss(5, 6, 4),
+    "Logistic/exact": _Loss(15, 6, 4),
+    "Exponential": _Loss(9, 3, 2),
+    "CrossEntropy": _Loss(3, 2, 1),
+}
+_LOSS_NAMES = {
+    "square": "Square", "hinge": "Hinge", "logistic": "Logistic", "exponential": "Exponential",
+    "cross_entropy": "CrossEntropy",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Reg:
+    """A regularizer: ``quadratic`` (closed-form blocks), ``prox`` temporaries of its prox in blocks of its
+    argument (result included), ``output`` extra blocks of the V_N block with it."""
+
+    quadratic: bool
+    prox: float
+    output: float
+    copies: bool  # prox(X, 0) returns a new tensor (the starting point made feasible)
+
+
+_REGS = {
+    "NoReg": _Reg(True, 0, 0, False),
+    "L2": _Reg(True, 1, 1, True),
+    "L1": _Reg(False, 3, 2, True),
+    "ElasticNet": _Reg(False, 4, 2, True),
+    "NonNeg": _Reg(False, 1, 0, True),
+    "Box": _Reg(False, 1, 0, True),
+}
+_REG_NAMES = {"none": "NoReg", "l2": "L2", "l1": "L1", "elastic_net": "ElasticNet", "nonneg": "NonNeg", "box": "Box"}
+
+
+# an entry from outside the catalogue (a _target_ of the user's own): the largest of every kind
+_ANY_ACT, _ANY_LOSS = _Act(48, 3, 3), _Loss(15, 6, 4)
+
+
+def _lookup(table: dict, names: dict[str, str], entry: Any, what: str) -> Any:
+    """The profile of a catalogue ``entry``: an object of the catalogue or its conf name (relu, square, l2...);
+    for an object of another class, the most any entry of its kind allocates."""
+    if isinstance(entry, str):
+        if names.get(entry, entry) not in table:
+            raise ValueError(f"unknown {what} {entry!r}: one of {', '.join(names)}")
+        return table[names.get(entry, entry)]
+    key = type(entry).__name__
+    if key == "Logistic" and getattr(entry, "solver", "prox_linear") == "exact":
+        key = "Logistic/exact"
+    if key in table:
+        return table[key]
+    if table is _ACTS:
+        return _ANY_ACT
+    if table is _LOSSES:
+        return _ANY_LOSS
+    return _Reg(bool(getattr(entry, "quadratic", False)), 4, 2, True)
+
+
+class _Tally:
+    """Bytes live over a sequence of allocations and frees, and their highest point."""
+
+    def __init__(self, live: float) -> None:
+        self.live = self.peak = float(live)
+
+    def alloc(self, *sizes: float) -> None:
+        for size in sizes:
+            self.live += size
+            self.peak = max(self.peak, self.live)
+
+    def free(self, *sizes: float) -> None:
+        self.live -= sum(sizes)
+
+    def touch(self, *sizes: float) -> None:
+        """Allocated one after another, then all freed."""
+        self.alloc(*sizes)
+        self.free(*sizes)
+
+
+def _size(dtype: torch.dtype | str | None) -> int:
+    if dtype is None:
+        return 0
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."))
+    assert isinstance(dtype, torch.dtype)
+    return torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass
+class _Run:
+    """One run's shapes and settings, and the simulation of its allocations (bytes)."""
+
+    sizes: list[int]
+    residual: list[bool]
+    n: int
+    n_test: int
+    e: int  # bytes per element: the run's dtype
+    es: int  # the factorisations' (solve_dtype)
+    er: int  # the V blocks' right-hand sides (state_solve_dtype)
+    scheme: str
+    cpu: bool
+    grad_norm: bool
+    act: _Act
+    loss: _Loss
+    reg_w: _Reg
+    reg_v: _Reg
+    batch_size: int = 512
+    momentum: bool = False
+    weight_decay: bool = False
+    nesterov: bool = False
+
+    # ---------------------------------------------------------------- sizes
+
+    @property
+    def depth(self) -> int:
+        return len(self.sizes) - 1
+
+    @property
+    def baseline(self) -> bool:
+        return self.scheme in BASELINES
+
+    def weights(self) -> int:
+        """Elements of W and b."""
+        s = self.sizes
+        return sum(s[l + 1] * (s[l] + 1) for l in range(self.depth))
+
+    def largest_weight(self) -> int:
+        s = self.sizes
+        return max(s[l + 1] * s[l] for l in range(self.depth))
+
+    def widths(self) -> int:
+        """Rows of all states V_1..V_N (one column per sample)."""
+        return sum(self.sizes[1:])
+
+    def state(self) -> int:
+        if self.baseline:
+            copies = 2 + (2 if self.scheme == "adam" else int(self.momentum))  # W and b, gradients, moments
+            steps = 2 * self.depth * 4 if self.scheme == "adam" else 0  # Adam's step counts (float32 scalars)
+            return copies * self.weights() * self.e + steps
+        blocks = 1 if self.scheme == "two" else 2  # V, and U for three-splitting
+        return (self.weights() + blocks * self.widths() * self.n) * self.e
+
+    def data(self) -> int:
+        d0, c = self.sizes[0], self.sizes[-1]
+        return (d0 + c) * (self.n + self.n_test) * self.e + 8 * (self.n + self.n_test)  # X, Y, int64 labels
+
+    def act_of(self, l: int) -> _Act:
+        return _LINEAR if l == self.depth - 1 else self.act
+
+    def chunk(self, rows: int, cols: int) -> int:
+        """Elements of one chunk of elementwise work on a rows x cols block (``blocks.cpu_row_chunks``)."""
+        if not self.cpu or rows * cols <= CPU_CHUNK_ELEMENTS:
+            return rows * cols
+        return min(rows, max(1, CPU_CHUNK_ELEMENTS // cols)) * cols
+
+    def solve_columns(self, rows: int, cols: int, G: int, wide: int) -> int:
+        """Columns of one chunk of right-hand sides cast to a wider dtype (``linalg._column_chunks``)."""
+        return cols if G == wide else min(cols, max(1, SOLVE_CHUNK_ELEMENTS // max(1, rows)))
+
+    def wide_chunks(self, rows: int, cols: int, G: int, wide: int) -> int:
+        """Bytes of the wide copies ``linalg._map_columns`` holds at once: two chunks (the next one is made
+        before the loop variable lets the previous one go), or the only one."""
+        width = self.solve_columns(rows, cols, G, wide)
+        return min(2, -(-cols // width)) * rows * width * wide
+
+    # ---------------------------------------------------------------- linear algebra
+
+    def spd_solve(self, t: _Tally, k: int, cols: int, *, G: int, rhs: int, overwrite: bool) -> int:
+        """``linalg.spd_solve`` of a k x k H (run dtype, already counted) for a k x cols G of element size G;
+        returns the bytes of the solution it allocates (0 when it overwrites G)."""
+        e, es = self.e, self.es
+        cast = k * k * es if es != e else 0
+        t.alloc(cast, k * k * es)  # H in the solve dtype, its factor L
+        t.free(cast)
+        t.touch(k * k * e, 2 * k * k)  # isfinite(H): |H| and two masks
+        L_rhs = k * k * rhs if rhs != es else 0
+        t.alloc(L_rhs)
+        X = 0 if overwrite else k * cols * G
+        t.alloc(X)
+        if G != rhs:
+            t.touch(self.wide_chunks(k, cols, G, rhs))
+        t.free(k * k * es, L_rhs)
+        return X
+
+    def gram_solve(self, t: _Tally, m: int, p: int) -> None:
+        """``linalg.shifted_gram_solve`` of a V block of width m behind a layer of width p, into G's memory."""
+        e, er, n = self.e, self.er, self.n
+        if p * p + 2 * p * m >= m * m:  # the m x m system
+            t.alloc(m * m * e, m * m * e)  # W^T W, its multiple
+            t.free(m * m * e)
+            self.spd_solve(t, m, n, G=e, rhs=er, overwrite=True)
+            t.free(m * m * e)
+            return
+        wide = p * m * er if er != e else 0  # Woodbury: K = shift I + scale W W^T (p x p)
+        t.alloc(wide, p * p * e, p * p * e)
+        t.free(p * p * e)
+        width = self.solve_columns(m, n, e, er)
+        t.alloc(p * n * er)  # W G (column chunks in the wider dtype)
+        if er != e:
+            t.touch(m * width * er)
+        t.alloc(p * n * er)  # their torch.cat: WG
+        t.free(p * n * er)
+        self.spd_solve(t, p, n, G=er, rhs=er, overwrite=True)
+        if er != e:
+            t.touch(self.wide_chunks(m, n, e, er))  # G - scale W^T R, column chunk by column chunk
+        t.free(p * n * er, p * p * e, wide)
+
+    def largest_eigenvalue(self, t: _Tally, k: int) -> None:
+        work = 4 * k * 8 if self.cpu else k * k * 8  # LAPACK's, cuSOLVER's
+        t.touch(k * k * 8 if self.e != 8 else 0, k * k * 8, work)  # H.double(), eigvalsh's copy, workspace
+
+    # ---------------------------------------------------------------- blocks
+
+    def output_state(self, t: _Tally) -> None:
+        """V_N: the loss's prox or prox-linear step; its result replaces the old V_N."""
+        cb = self.sizes[-1] * self.n * self.e
+        peak = self.loss.output + self.reg_v.output
+        t.alloc(peak * cb)
+        t.free((peak - 1) * cb)
+        t.touch(self.chunk(self.sizes[-1], self.n) * self.e)  # squared distance
+        t.free(cb)  # the old V_N
+
+    def hidden_state(self, t: _Tally, l: int, target_allocated: bool = False) -> None:
+        """V_{l+1} by its closed form (or FISTA for a nonsmooth s); ``target`` is allocated (by the caller,
+        for two-splitting) and becomes G, then V. Frees the old V_{l+1}."""
+        m, p, e, n = self.sizes[l + 1], self.sizes[l + 2], self.e, self.n
+        block = m * n * e
+        if not target_allocated:  # three-splitting, ResNet: sigma(U_l) (+ V_l for a residual layer)
+            act = self.act
+            if self.residual[l]:
+                t.alloc(block)
+                t.touch(act.forward * block)
+                t.alloc(block)
+                t.free(block)
+            else:
+                t.touch(act.forward * block)
+                t.alloc(block)
+            if self.scheme == "resnet" and self.residual[l + 1]:
+                t.touch(block, act.forward * block)  # sigma(U_{l+1}) of the residual successor
+            if not self.reg_v.quadratic:
+                t.alloc(block)  # with the proximal term: a new target
+                t.free(block)
+        t.touch(m * e)  # W^T b
+        if self.reg_v.quadratic:
+            self.gram_solve(t, m, p)
+        else:
+            self.state_fista(t, m, p)
+        t.touch(self.chunk(m, n) * e)  # squared distance
+        t.free(block)  # the old V
+
+    def state_fista(self, t: _Tally, m: int, p: int) -> None:
+        """V block with a nonsmooth s: H (m x m), the solution without s, FISTA; the result replaces G."""
+        e, n = self.e, self.n
+        block = m * n * e
+        t.alloc(m * m * e, m * m * e)
+        t.free(m * m * e)
+        X = self.spd_solve(t, m, n, G=e, rhs=self.er, overwrite=False)
+        self.largest_eigenvalue(t, m)
+        t.alloc(self.reg_v.prox * block)  # the candidate and its prox's temporaries
+        t.free((self.reg_v.prox - 1) * block)
+        t.touch(FISTA_BLOCKS * block, self.reg_v.prox * block)  # iterates, their products with H, the prox
+        t.alloc(block)  # the result
+        t.free(X, block, block, m * m * e)  # the solution, the candidate, G, H
+
+    def preactivation(self, t: _Tally, l: int) -> None:
+        """U_l: W V + b, then the prox row chunk by row chunk into it; replaces the old U_l."""
+        m, n, e = self.sizes[l + 1], self.n, self.e
+        block = m * n * e
+        chunk = self.chunk(m, n) * e
+        t.alloc(block)
+        t.touch(chunk if self.residual[l] else 0, self.act_of(l).prox * chunk)  # V - V_in, the prox
+        t.touch(chunk)  # squared distance
+        t.free(block)
+
+    def weights_block(self, t: _Tally, l: int) -> None:
+        """W_l, b_l: the (d+1) x (d+1) normal equations (FISTA for a nonsmooth r). The old b's memory is the
+        previous sweep's (d+1) x m solution (b is a view of it), counted in the state's live bytes."""
+        d, m, e = self.sizes[l], self.sizes[l + 1], self.e
+        k = d + 1
+        t.alloc(k * k * e)  # H
+        t.touch(d * d * e)  # V V^T
+        t.alloc(d * e, m * k * e)  # row sums, G
+        t.touch(m * d * e, m * e)  # U V^T + alpha W, U's row sums
+        t.alloc(k * e)  # the diagonal
+        t.free(d * e, k * e)
+        if self.reg_w.quadratic:
+            X = self.spd_solve(t, k, m, G=e, rhs=self.es, overwrite=False)
+            t.alloc(m * d * e)  # W = Theta[:, :d].contiguous(); b stays a view of X
+            t.free(k * k * e, m * k * e)  # H, G
+            t.touch(self.chunk(m, d) * e)  # squared distance
+            t.free(m * d * e, self._b_storage(l))  # the old W and b
+            return
+        self.largest_eigenvalue(t, k)
+        X = self.spd_solve(t, k, m, G=e, rhs=self.es, overwrite=False)
+        t.alloc(self.reg_w.prox * m * d * e, m * k * e)  # prox of the solution, the candidate (torch.cat)
+        t.free(X, self.reg_w.prox * m * d * e)
+        t.touch(FISTA_BLOCKS * m * k * e, self.reg_w.prox * m * d * e)
+        t.alloc(m * d * e, m * e)  # W, b (copies)
+        t.free(m * k * e, k * k * e, m * k * e)  # the candidate, H, G
+        t.touch(self.chunk(m, d) * e)
+        t.free(m * d * e, m * e)
+
+    def _b_storage(self, l: int) -> int:
+        """Bytes the b of layer l holds after a sweep: the (d+1) x m solution of its closed-form W block."""
+        d, m = self.sizes[l], self.sizes[l + 1]
+        closed = self.reg_w.quadratic and (self.scheme != "two" or self.act_of(l) is _LINEAR)
+        return (d + 1) * m * self.e if closed and not self.baseline else m * self.e
+
+    def hidden_state_nonlinear(self, t: _Tally, l: int) -> None:
+        """Two-splitting's V_{l+1} behind a nonlinear sigma_{l+1}: proximal gradient from the old V, two steps
+        with a backtrack; the target (m x n) is live. Allocates the new V and frees the old one."""
+        m, p, n, e = self.sizes[l + 1], self.sizes[l + 2], self.n, self.e
+        mb, pb = m * n * e, p * n * e
+        act, prox = self.act, self.reg_v.prox
+        t.alloc(pb)  # the cache W V + b at the old V
+        t.touch(pb, act.forward * pb, self.chunk(p, n) * e)
+        x = g = moved = 0.0
+        for _ in range(2):
+            t.alloc(pb, act.forward * pb, pb)  # gradient: sigma(A), its residual
+            t.free(pb + act.forward * pb)
+            t.touch(pb / e, pb)  # sigma'(A)
+            t.alloc(mb, mb)  # V - target, g
+            t.free(mb, g, pb)  # V - target, the previous g, the residual
+            g = mb
+            for _ in range(2):  # a trial step and a backtrack
+                t.alloc(mb, mb, max(prox - 1, 0) * mb)  # step g, the trial z (and its prox's temporaries)
+                t.free(mb, max(prox - 1, 0) * mb)
+                t.alloc(mb)  # moved
+                t.free(moved)
+                moved = mb
+                t.alloc(pb)  # the trial's cache
+                t.touch(pb, act.forward * pb, self.chunk(p, n) * e)
+            t.free(mb + pb)  # the rejected trial
+            t.free(x, pb)  # the previous iterate and its cache
+            x = mb
+        t.free(g, moved, pb)
+        t.touch(self.chunk(m, n) * e)
+        t.free(mb)  # the old V
+
+    def weights_nonlinear(self, t: _Tally, l: int) -> None:
+        """Two-splitting's W_l, b_l behind a nonlinear sigma: proximal gradient on [W b]; every step evaluates
+        sigma(W V + b) over the samples (m x n)."""
+        d, m, n, e = self.sizes[l], self.sizes[l + 1], self.n, self.e
+        mb, theta = m * n * e, m * (d + 1) * e
+        act = self.act
+        t.alloc(theta)  # [W_old b_old]
+        t.alloc(mb)  # the cache W V + b
+        t.touch(mb, act.forward * mb, self.chunk(m, n) * e)
+        t.touch(mb, act.forward * mb, mb, mb / e, mb, 4 * theta)  # the gradient: sigma(A), residual, sigma'(A)
+        for _ in range(2):  # a trial and a backtrack
+            t.alloc(4 * theta, self.reg_w.prox * theta)
+            t.alloc(mb)
+            t.touch(mb, act.forward * mb, self.chunk(m, n) * e)
+        t.free(mb, 2 * (4 + self.reg_w.prox) * theta)
+        t.alloc(m * d * e, m * e)
+        t.free(mb, theta, mb)  # the caches, [W_old b_old]
+        t.touch(self.chunk(m, d) * e)
+        t.free(m * d * e, m * e)
+
+    # ---------------------------------------------------------------- phases
+
+    def live_state(self) -> int:
+        """The state's bytes once a sweep has run: b of a closed-form W block is a view of its solution."""
+        if self.baseline:
+            return self.state()
+        s = self.sizes
+        return self.state() + sum(self._b_storage(l) - s[l + 1] * self.e for l in range(self.depth))
+
+    def build_peak(self) -> float:
+        """Building the network (``MLP.init``: weights drawn in float64 on the CPU) and the state."""
+        s, e = self.sizes, self.e
+        t = _Tally(self.data())
+        for l in range(self.depth):
+            w = s[l + 1] * s[l]
+            if self.cpu:  # drawn in float64 on the host: on another device only the result is there
+                t.alloc(8 * w, 8 * w)  # randn, times init_std
+                t.free(8 * w)
+                t.alloc(e * w if e != 8 else 0)  # .to(dtype)
+                t.free(8 * w if e != 8 else 0)
+            else:
+                t.alloc(e * w)
+            t.alloc(s[l + 1] * e)
+        weights = self.weights() * e
+        if self.reg_w.copies:
+            t.touch(weights)  # the weights made feasible: new tensors
+        if self.baseline:
+            t.touch(weights)  # the trained copies, while the network's own are alive
+            return t.peak
+        t.alloc(2 * self.widths() * self.n * e)  # the forward pass: U, V (two-splitting drops U after it)
+        if any(self.residual):
+            t.touch(max(s[1:]) * self.n * e)
+        if self.reg_v.copies:
+            t.touch(self.widths() * self.n * e)  # V made feasible: new tensors, all before the old are freed
+        return t.peak
+
+    def sweep_peak(self) -> float:
+        if self.baseline:
+            return self.epoch_peak()
+        t = _Tally(self.live_state() + self.data())
+        N = self.depth
+        if self.scheme == "two":
+            lingering = 0
+            for l in reversed(range(N)):
+                block = self.sizes[l + 1] * self.n * self.e
+                if l == N - 1:
+                    t.alloc(block)  # the target W V + b
+                    self.output_state(t)
+                    t.free(block)
+                else:
+                    t.alloc(block)  # W V + b
+                    t.touch(self.act.forward * block)
+                    t.alloc(block)  # sigma(W V + b): the target
+                    t.free(block, lingering)
+                    lingering = 0
+                    if self.act_of(l + 1) is _LINEAR:  # sigma_{l+2} = Id: the closed form, in the target's memory
+                        self.hidden_state(t, l, target_allocated=True)
+                        if not self.reg_v.quadratic:  # FISTA's result is new: the target stays referenced
+                            t.alloc(block)
+                            lingering = block
+                    else:
+                        self.hidden_state_nonlinear(t, l)
+                        lingering = block  # the target stays referenced until the next layer's
+                if self.act_of(l) is _LINEAR:
+                    self.weights_block(t, l)
+                else:
+                    self.weights_nonlinear(t, l)
+            return t.peak
+        for l in reversed(range(N)):
+            if l == N - 1:
+                self.output_state(t)
+            else:
+                self.hidden_state(t, l)
+            self.preactivation(t, l)
+            self.weights_block(t, l)
+        return t.peak
+
+    def epoch_peak(self) -> float:
+        """One epoch of SGD or Adam: the parameters before it, a permutation, each mini-batch's forward and
+        backward pass, the optimizer step, the prox of r, D."""
+        s, e = self.sizes, self.e
+        B = min(self.batch_size, self.n)
+        params = self.weights() * e
+        largest = (self.largest_weight() + max(s[1:])) * e
+        t = _Tally(self.state() + self.data())
+        t.alloc(params, 8 * self.n)  # the parameters before the epoch, the permutation
+        t.alloc((s[0] + s[-1]) * B * e)  # the mini-batch's X and Y
+        saved = sum((1 + self.act.saved) * s[l + 1] for l in range(self.depth - 1)) * B * e
+        widest = max(s) * B * e
+        t.touch(saved + self.loss.saved * s[-1] * B * e, BACKWARD_BLOCKS * widest, self.act.forward * widest)
+        # the optimizer step: on the CPU one parameter at a time, on CUDA all at once (torch._foreach_*):
+        # Adam's sqrt of the second moments and its scaling, the gradient plus weight decay, Nesterov's
+        copies = (2 if self.scheme == "adam" else int(self.nesterov)) + int(self.weight_decay)
+        t.touch(copies * (largest if self.cpu else params))
+        t.touch(self.reg_w.prox * self.largest_weight() * e)  # the prox of r
+        t.touch(2 * largest)  # D: the change of each parameter, squared
+        return t.peak
+
+    def objective_peak(self, t: _Tally) -> None:
+        """``BCDScheme.objective`` over column chunks: the largest chunk's terms, and with the gradient norm
+        what autograd keeps of them, the gradients of the state's chunk and of every W and b."""
+        s, e, N = self.sizes, self.e, self.depth
+        w = column_chunks(self.n)[0].stop
+        differentiable = self.grad_norm and self.reg_w.quadratic and self.reg_v.quadratic
+        c = s[-1]
+        if not differentiable:
+            t.touch(self.loss.value * c * w * e)
+            for l in range(N):
+                m, act = s[l + 1], self.act_of(l)
+                out = (1 + act.forward + int(self.residual[l])) * m * w * e
+                t.touch(out, self.chunk(m, w) * e)  # sigma(U) (+ V), squared distance
+                if self.scheme != "two":
+                    t.touch(m * w * e, self.chunk(m, w) * e)  # W V + b
+            return
+        t.alloc(self.weights() * e)  # the W and b gradients, summed over the chunks
+        saved = self.loss.saved * c * w * e
+        for l in range(N):
+            m, act = s[l + 1], self.act_of(l)
+            saved += (1 + act.saved + int(self.residual[l])) * m * w * e  # sigma(U) (+ V) or sigma(W V + b)
+            if self.scheme != "two":
+                saved += m * w * e  # W V + b of the U penalty
+        grads = (1 if self.scheme == "two" else 2) * self.widths() * w * e  # of the state's chunk
+        widest = max(s[1:]) * w * e
+        double = 2 if e != 8 else 1  # a gradient in float64 (a copy unless it is float64), its square
+        t.alloc(grads)  # (the last chunk's stay referenced until the objective returns)
+        t.touch(saved, BACKWARD_BLOCKS * widest)
+        t.touch(double * widest * 8 // e)  # the state's gradients, squared in float64
+        t.touch(double * self.largest_weight() * 8)  # the weight gradients, squared in float64
+        t.free(grads, self.weights() * e)
+
+    def baseline_objective_peak(self, t: _Tally) -> None:
+        """``GradientBaseline.objective``: the network over all samples at once, with autograd for the norm."""
+        s, e, n, N = self.sizes, self.e, self.n, self.depth
+        c = s[-1]
+        if self.grad_norm and self.reg_w.quadratic:
+            saved = sum((1 + self.act.saved) * s[l + 1] for l in range(N - 1)) * n * e
+            widest = max(s[1:]) * n * e
+            t.touch(saved, self.loss.saved * c * n * e, self.weights() * e, BACKWARD_BLOCKS * widest)
+            return
+        for l in range(N):
+            t.touch((s[l] if l else 0) * n * e, (2 + self.act_of(l).forward) * s[l + 1] * n * e)
+        t.touch(self.loss.value * c * n * e)
+
+    def forward_peak(self, t: _Tally, cols: int, *, loss: bool) -> None:
+        """``MLP.__call__`` on ``cols`` samples, over column chunks, then (with ``loss``) R of its output, and
+        its accuracy; the output (classes x cols) stays."""
+        if cols < 1:
+            return
+        s, e, N = self.sizes, self.e, self.depth
+        w = column_chunks(cols)[0].stop
+        c = s[-1]
+        chunk = max(
+            ((s[l] if l else 0) + (2 + self.act_of(l).forward + int(self.residual[l])) * s[l + 1]) * w * e
+            for l in range(N)
+        )
+        t.alloc(c * cols * e)  # the chunks' outputs
+        t.touch(chunk)
+        if len(column_chunks(cols)) > 1:
+            t.touch(c * cols * e)  # torch.cat of them
+        t.touch(self.loss.value * c * cols * e if loss else 0, 17 * cols)  # R, argmax == labels (and as float64)
+
+    def eval_peak(self) -> float:
+        t = _Tally(self.live_state() + self.data())
+        if self.baseline:
+            self.baseline_objective_peak(t)
+        else:
+            self.objective_peak(t)
+        self.forward_peak(t, self.n, loss=True)
+        self.forward_peak(t, self.n_test, loss=False)
+        return t.peak
+
+
+# blocks of live iterates (x, H x, y, H y, z, H z, moved, previous x, H x) in monotone FISTA (inner.fista)
+FISTA_BLOCKS = 10
+# transient blocks of the widest layer during a backward pass (gradients flowing, ReLU's, the sums of two)
+BACKWARD_BLOCKS = 2
+_LINEAR = _ACTS["Linear"]
+
+
+def estimate(
+    sizes: Sequence[int],
+    n_train: int,
+    n_test: int,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    scheme: str = "three",
+    residual: Sequence[bool] | None = None,
+    solve_dtype: torch.dtype | str | None = torch.float64,
+    state_solve_dtype: torch.dtype | str | None = None,
+    grad_norm: bool = True,
+    device: torch.device | str = "cpu",
+    act: Any = "relu",
+    loss: Any = "square",
+    reg_w: Any = "none",
+    reg_v: Any = "none",
+    batch_size: int = 512,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+) -> MemoryEstimate:
+    """The memory of a run on the network of layer ``sizes`` (input, hidden..., classes) with ``n_train``
+    training and ``n_test`` test samples on this process's ``device``.
+
+    ``scheme``: a BCD splitting (three, two, resnet; ``residual`` flags its layers as
+    ``config.architecture`` does, by default every layer but the first and the last for resnet) or a
+    baseline (sgd, adam, with ``batch_size``, ``momentum``, ``nesterov``, ``weight_decay``).
+    ``solve_dtype``: the factorisations' dtype (trainer.solve_dtype; None: ``dtype``);
+    ``state_solve_dtype``: that of the V blocks' right-hand sides (None: ``dtype``). ``act``, ``loss``,
+    ``reg_w``, ``reg_v``: catalogue objects or their conf names (relu, square, none, ...): their
+    temporaries differ (a smooth activation's prox holds some 45 tensors of its chunk's size).
+    """
+    if scheme not in SCHEMES + BASELINES:
+        raise ValueError(f"scheme={scheme!r}: one of {', '.join(SCHEMES + BASELINES)}")
+    sizes = [int(s) for s in sizes]
+    if len(sizes) < 2 or min(sizes) < 1 or n_train < 1 or n_test < 0:
+        raise ValueError(f"sizes {sizes}, n_train {n_train}, n_test {n_test}: need two sizes >= 1 and n_train >= 1")
+    N = len(sizes) - 1
+    if residual is None:
+        residual = [0 < l < N - 1 for l in range(N)] if scheme == "resnet" else [False] * N
+    device = torch.device(device)
+    e = _size(dtype)
+    run = _Run(
+        sizes=sizes, residual=[bool(r) for r in residual], n=int(n_train), n_test=int(n_test), e=e,
+        es=_size(solve_dtype) or e, er=_size(state_solve_dtype) or e, scheme=scheme,
+        cpu=device.type == "cpu", grad_norm=bool(grad_norm),
+        act=_lookup(_ACTS, _ACT_NAMES, act, "activation"), loss=_lookup(_LOSSES, _LOSS_NAMES, loss, "loss"),
+        reg_w=_lookup(_REGS, _REG_NAMES, reg_w, "regularizer"), reg_v=_lookup(_REGS, _REG_NAMES, reg_v, "regularizer"),
+        batch_size=int(batch_size), momentum=bool(momentum), nesterov=bool(nesterov),
+        weight_decay=bool(weight_decay),
+    )  # fmt: skip
+    build, sweep, evaluation = _peaks(run)
+    more = _peaks(_replace_n(run, 2 * run.n))
+    per_sample = max(0.0, (max(more) - max(build, sweep, evaluation)) / run.n)
+    no_grad = _peaks(_replace_grad(run))[2] if grad_norm else evaluation
+    return MemoryEstimate(
+        state=run.state(), data=run.data(), sweep_peak=sweep, eval_peak=evaluation, build_peak=build, n_train=run.n,
+        per_sample=per_sample, dtype=str(dtype).removeprefix("torch."), device=str(device), grad_norm=bool(grad_norm),
+        eval_peak_without_grad_norm=no_grad,
+    )  # fmt: skip
+
+
+def _replace_n(run: _Run, n: int) -> _Run:
+    return _Run(**{**run.__dict__, "n": n})
+
+
+def _replace_grad(run: _Run) -> _Run:
+    return _Run(**{**run.__dict__, "grad_norm": False})
+
+
+def _peaks(run: _Run) -> tuple[int, int, int]:
+    """(build, sweep, evaluation) peaks of ``run``: its fixed bytes plus its temporaries scaled by MARGIN."""
+    fixed = run.live_state() + run.data()
+    extra = SMALL + (CUDA_WORKSPACE if not run.cpu else 0)
+    build = int(fixed + MARGIN * max(0, run.build_peak() - fixed)) + extra
+    sweep, evaluation = (int(fixed + MARGIN * (peak - fixed)) + extra for peak in (run.sweep_peak(), run.eval_peak()))
+    return build, sweep, evaluation
+
+
+def estimate_for(cfg: Any, data: Any) -> MemoryEstimate:
+    """The estimate of the run ``cfg`` (the composed run config, as ``train.build_algorithm`` reads it) on
+    the loaded ``data`` (a ``bcd_cli.data.Dataset``, this process's shard in a data-parallel run).
+
+    The data is already on its device: ``loaded`` is its size, which ``check`` does not ask for again."""
+    from hydra.utils import get_class
+
+    from bcd_cli.config import DTYPES, architecture, build
+
+    sizes, residual = architecture(cfg.model, data.n_features, data.n_classes)
+    trainer = cfg.trainer
+    if trainer.name in BASELINES:
+        scheme = str(trainer.name)
+        solve = state_solve = None
+    else:
+        scheme = getattr(get_class(cfg.splitting._target_), "name", "three")
+        solve = DTYPES[trainer.solve_dtype]
+        state_solve = DTYPES[trainer.state_solve_dtype] if trainer.get("state_solve_dtype") else None
+    n_local, n_test_local = data.X_train.shape[1], data.X_test.shape[1]
+    result = estimate(
+        sizes, n_local, n_test_local,
+        dtype=DTYPES[cfg.dtype], scheme=scheme, residual=residual, solve_dtype=solve,
+        state_solve_dtype=state_solve, grad_norm=bool(cfg.get("grad_norm", True)), device=data.X_train.device,
+        act=build(cfg, "act"), loss=build(cfg, "loss"), reg_w=build(cfg, "reg_w"), reg_v=build(cfg, "reg_v"),
+        batch_size=trainer.get("batch_size", 512), momentum=trainer.get("momentum", 0.0),
+        nesterov=trainer.get("nesterov", False), weight_decay=trainer.get("weight_decay", 0.0),
+    )  # fmt: skip
+    ranks = max(1, round(data.n_train / max(1, n_local)))  # a data-parallel run: the samples of all ranks
+    loaded = sum(t.numel() * t.element_size() for t in (data.X_train, data.Y_train, data.y_train, data.X_test,
+                                                         data.Y_test, data.y_test))  # fmt: skip
+    return MemoryEstimate(
+        **{**result.__dict__, "n_train": data.n_train, "per_sample": result.per_sample / ranks, "loaded": loaded}
+    )
+
+
+def measured_peaks(phases: dict[str, Callable[[], object]]) -> dict[str, int]:
+    """The most bytes PyTorch's CPU allocator holds during each of ``phases`` (run in order, in one
+    ``torch.profiler`` session with ``profile_memory=True``), counting only what the phases allocate: every
+    allocation is followed by its address until it is freed. Exact, and independent of the machine's malloc,
+    page size, thread count or load. For tests and ``scripts/bench_sweep.py``; a run does not call it."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        for name, run in phases.items():
+            with record_function(f"phase:{name}"):
+                run()
+    events: list[tuple[int, int, int, int, str]] = []
+
+    def walk(nodes: Any, phase: str) -> None:
+        for node in nodes:
+            if node.name.startswith("phase:"):
+                phase = node.name.removeprefix("phase:")
+            fields = node.extra_fields
+            if type(fields).__name__ == "_ExtraFields_Allocation" and str(fields.device) == "cpu":
+                events.append((node.start_time_ns, len(events), fields.ptr, fields.alloc_size, phase))
+            walk(node.children, phase)
+
+    walk(prof.profiler.kineto_results.experimental_event_tree(), "")
+    live: dict[int, int] = {}
+    total, peaks = 0, dict.fromkeys(phases, 0)
+    for _, _, ptr, size, label in sorted(events):
+        if size > 0:
+            live[ptr] = size
+            total += size
+        else:
+            total -= live.pop(ptr, 0)  # memory allocated before the session is not followed
+        if label in peaks:
+            peaks[label] = max(peaks[label], total)
+    return peaks
+
+
+# ------------------------------------------------------------------------------------------------ the device
+
+
+def format_bytes(n: float) -> str:
+    """``57.5 GiB``, ``180 MiB``, ``512 B``: three significant digits, binary units."""
+    for unit, size in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            value = n / size
+            return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
+    return f"{int(n)} B"
+
+
+def parse_bytes(text: str) -> int:
+    """``BCD_MEMORY_LIMIT``'s value in bytes: ``17179869184``, ``16G``, ``512M``, ``1.5GiB`` (binary
+    suffixes K, M, G, T, with an optional B or iB). Raises ConfigError naming the variable otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
+    value = float(match.group(1)) * _SUFFIXES[match.group(2).upper()] if match else math.nan
+    if not (match and math.isfinite(value) and value >= 1):
+        raise ConfigError(
+            ENV_LIMIT, text, "a size in bytes, optionally with a binary suffix K, M, G or T (e.g. 2G or 512M)"
+        )
+    return int(value)
+
+
+def available(device: torch.device | str) -> tuple[int, str]:
+    """(bytes a run on ``device`` can still allocate, where that number comes from).
+
+    ``BCD_MEMORY_LIMIT`` when set. On CUDA the free memory the driver reports (``torch.cuda.mem_get_info``),
+    with the blocks PyTorch's caching allocator holds free for this process.
+    On the CPU the smallest of MemAvailable of /proc/meminfo and, for this process's cgroup and each
+    above it, its limit minus its usage (v2: memory.max minus memory.current; v1: memory.limit_in_bytes minus
+    memory.usage_in_bytes; page cache the kernel can drop, inactive_file, not counted as used); elsewhere
+    the free physical memory (os.sysconf). (0, reason) when nothing can be read.
+    """
+    override = os.environ.get(ENV_LIMIT)
+    if override is not None and override.strip():
+        return parse_bytes(override), f"{ENV_LIMIT}={override.strip()}"
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        free, _ = torch.cuda.mem_get_info(index)
+        cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)  # ours to reuse
+        if cached > 0:
+            return int(free + cached), f"free memory of cuda:{index} (torch.cuda.mem_get_info) and its cached blocks"
+        return int(free), f"free memory of cuda:{index} (torch.cuda.mem_get_info)"
+    if device.type != "cpu":
+        return 0, f"no way to read the free memory of {device}"
+    found = [x for x in (_meminfo_available(), *_cgroup_headroom()) if x is not None]
+    if found:
+        return min(found, key=lambda x: x[0])
+    return _sysconf_available()
+
+
+def _meminfo_available() -> tuple[int, str] | None:
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^MemAvailable:\s+(\d+)\s*kB", text, re.MULTILINE)
+    return (int(match.group(1)) * 1024, "MemAvailable of /proc/meminfo") if match else None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _inactive_file(path: Path, key: str) -> int:
+    try:
+        text = path.read_text()
+    except OSError:
+        return 0
+    match = re.search(rf"^{key} (\d+)$", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def _cgroup_dirs(root: Path, relative: str) -> list[Path]:
+    """``root``/``relative`` and each cgroup above it, the deepest first; ``root`` alone when the process's
+    cgroup is not visible there (a cgroup namespace mounts its own cgroup as the root)."""
+    leaf = root / relative.lstrip("/")
+    if not leaf.is_dir():
+        return [root]
+    dirs = [leaf]
+    while dirs[-1] != root and root in dirs[-1].parents:
+        dirs.append(dirs[-1].parent)
+    return dirs
+
+
+def _cgroup_headroom(
+    proc: Path = Path("/proc/self/cgroup"), mount: Path = Path("/sys/fs/cgroup")
+) -> list[tuple[int, str]]:
+    """(limit minus usage, description) of every cgroup above this process with a memory limit."""
+    try:
+        lines = proc.read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, relative = rest.partition(":")
+        if hierarchy == "0" and controllers == "":  # cgroup v2 (unified)
+            root = next((r for r in (mount, mount / "unified") if (r / "cgroup.controllers").exists()), None)
+            if root is None:
+                continue
+            for d in _cgroup_dirs(root, relative):
+                limit, usage = _read_int(d / "memory.max"), _read_int(d / "memory.current")
+                if limit is not None and usage is not None and limit < _UNLIMITED:
+                    used = usage - _inactive_file(d / "memory.stat", "inactive_file")
+                    found.append((max(0, limit - used), f"cgroup memory.max minus usage ({d})"))
+        elif "memory" in controllers.split(","):  # cgroup v1
+            root = mount / "memory"
+            for d in _cgroup_dirs(root, relative):
+                limit, usage = _read_int(d / "memory.limit_in_bytes"), _read_int(d / "memory.usage_in_bytes")
+                if limit is not None and usage is not None and limit < _UNLIMITED:
+                    used = usage - _inactive_file(d / "memory.stat", "total_inactive_file")
+                    found.append((max(0, limit - used), f"cgroup v1 memory.limit_in_bytes minus usage ({d})"))
+    return found
+
+
+def _sysconf_available() -> tuple[int, str]:
+    for name, what in (("SC_AVPHYS_PAGES", "free physical memory"), ("SC_PHYS_PAGES", "physical memory")):
+        try:
+            pages, size = os.sysconf(name), os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            continue
+        if pages > 0 and size > 0:
+            return pages * size, f"{what} (os.sysconf {name})"
+    return 0, "the free memory of this machine could not be read"
+
+
+def check(estimate: MemoryEstimate, device: torch.device | str, *, what: str) -> None:
+    """Refuses ``what`` (e.g. ``bcd-train``, ``job 3``) when ``estimate.peak`` does not fit ``device``.
+
+    Raises ResourceError (exit status 2) with one line: the estimate in its parts, the limit and where it
+    comes from, what to change. Logs a warning when the peak takes more than 80% of the limit. With
+    ``BCD_MEMORY_LIMIT`` the whole peak is compared with it; otherwise the peak less ``estimate.loaded``
+    (already allocated, so no longer in the free memory) with what ``available`` reports.
+    """
+    limit, source = available(device)
+    if limit <= 0:
+        log.debug("memory check skipped: %s", source)
+        return
+    overridden = source.startswith(ENV_LIMIT)
+    need = estimate.peak if overridden else max(0, estimate.peak - estimate.loaded)
+    beyond = ""
+    if not overridden and estimate.loaded >= 0.05 * estimate.peak:
+        beyond = f", {format_bytes(need)} beyond the data already loaded"
+    needs = f"{what} needs about {format_bytes(estimate.peak)} at its peak ({estimate.parts()}{beyond})"
+    if need > limit:
+        raise ResourceError(
+            f"{needs}, but {format_bytes(limit)} is available ({source}); {_hints(estimate, limit, overridden)}"
+        )
+    if need > WARN_FRACTION * limit:
+        log.warning("%s: %.0f%% of the %s available (%s)", needs, 100 * need / limit, format_bytes(limit), source)
+
+
+def _hints(estimate: MemoryEstimate, limit: int, overridden: bool) -> str:
+    hints = []
+    fixed = estimate.peak - estimate.per_sample * estimate.n_train  # what no sample count changes
+    room = limit + (0 if overridden else estimate.loaded) - fixed
+    if room > 0:  # fewer samples can help
+        fits = int(0.95 * room / estimate.per_sample) if estimate.per_sample > 0 else 0
+        hints.append(f"fewer samples (data.n_train={f'{fits} or less' if 1 <= fits < estimate.n_train else '...'})")
+    hints.append("a smaller network (model.widths, or model.width and model.depth)")
+    if estimate.dtype == "float64":
+        hints.append("dtype=float32")
+    no_grad = estimate.eval_peak_without_grad_norm
+    without = max(estimate.sweep_peak, estimate.build_peak, no_grad or 0)
+    if estimate.grad_norm and no_grad is not None and estimate.eval_peak > without:
+        hints.append(f"grad_norm=false (peak {format_bytes(without)})")
+    hints.append("a GPU with more memory" if estimate.device.startswith("cuda") else "a machine with more memory")
+    return "try " + ", ".join(hints[:-1]) + " or " + hints[-1]

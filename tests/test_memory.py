@@ -1,0 +1,278 @@
+"""The memory estimate (``bcd_cli.memory``): exact for the state and the data, above the measured peak, and
+the check that refuses a run the device cannot hold.
+
+The peaks are measured in PyTorch's own CPU allocator (``memory.measured_peaks``: ``torch.profiler`` with
+``profile_memory=True`` reports every allocation and free with its address), so the bytes live at each moment
+are counted exactly, whatever the machine's malloc, page size, thread count or load (no resident-set or
+timing measurement).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from bcd_cli import memory
+from bcd_cli.config import DTYPES
+from bcd_cli.data import load_data
+from bcd_cli.errors import ConfigError, ResourceError
+from bcd_cli.train import _evaluate, build_algorithm
+from tests.conftest import compose_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CPU = torch.device("cpu")
+# small runs on digits (64 features, 10 classes), each scheme's blocks of every kind: for three-splitting
+# the V blocks by the m x m system (V1) and the Woodbury form (V2), two-splitting's nonlinear V and W blocks
+RUNS = {
+    "three": ["model.widths=[48,32]"],
+    "two": ["splitting=two", "model.widths=[40,32,24]"],
+    "resnet": ["model=resnet", "model.width=32", "model.depth=2"],
+    "sgd": ["trainer=sgd", "model.widths=[48,32]", "trainer.batch_size=100"],
+    "adam": ["trainer=adam", "model.widths=[48,32]", "trainer.batch_size=100"],
+    "sgd-momentum": ["trainer=sgd", "model.widths=[48,32]", "trainer.momentum=0.9"],
+    "three-float64": ["model.widths=[48,32]", "dtype=float64"],
+    "three-wide-rhs": ["model.widths=[48,32]", "trainer.state_solve_dtype=float64"],
+}
+SAMPLES = ["data.n_train=300", "data.n_test=100", "device=cpu"]
+
+
+def _run(*overrides: str):
+    """(cfg, data) of a small run on digits, loaded as ``train.run`` loads it."""
+    cfg = compose_config(*SAMPLES, *overrides)
+    return cfg, load_data(cfg.data, dtype=DTYPES[cfg.dtype], device=CPU)
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _data_tensors(data) -> list[torch.Tensor]:
+    return [data.X_train, data.Y_train, data.y_train, data.X_test, data.Y_test, data.y_test]
+
+
+def _state_tensors(algorithm) -> list[torch.Tensor]:
+    """What the run holds besides the data: the BCD blocks, or the baseline's weights, gradients and moments."""
+    if not hasattr(algorithm, "optimizer"):
+        return algorithm.blocks()
+    params = [*algorithm.W, *algorithm.b]
+    moments = [v for state in algorithm.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    return [*params, *(p.grad for p in params if p.grad is not None), *moments]
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_state_and_data_are_the_bytes_a_run_allocates(name):
+    cfg, data = _run(*RUNS[name])
+    estimate = memory.estimate_for(cfg, data)
+    algorithm, _ = build_algorithm(cfg, data, CPU, DTYPES[cfg.dtype])
+    if hasattr(algorithm, "optimizer"):
+        algorithm.sweep()  # the gradients and the optimizer state exist from the first step on
+    assert estimate.state == _nbytes(_state_tensors(algorithm))
+    assert estimate.data == _nbytes(_data_tensors(data)) == estimate.loaded
+    assert estimate.state + estimate.data < estimate.sweep_peak and estimate.state + estimate.data < estimate.eval_peak
+
+
+def test_measured_peaks_follow_each_allocation_until_it_is_freed():
+    kept: list[torch.Tensor] = []
+    before = torch.empty(10_000)  # allocated before the measurement: not counted, nor when it is freed
+
+    def second() -> None:
+        nonlocal before
+        temporary = torch.empty(2000, dtype=torch.float64)
+        del temporary, before
+
+    peaks = memory.measured_peaks({"first": lambda: kept.append(torch.empty(1000)), "second": second})
+    assert peaks == {"first": 4000, "second": 4000 + 16000}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_peak_estimate_bounds_the_measured_peak(name):
+    """Each phase's estimate is above the peak the allocator sees (building the state, two sweeps, the
+    evaluation), and within 1.5x of it."""
+    cfg = compose_config(*SAMPLES, *RUNS[name])
+    dtype = DTYPES[cfg.dtype]
+    run: dict = {}
+
+    def build() -> None:
+        run["algorithm"], run["loss"] = build_algorithm(cfg, run["data"], CPU, dtype)
+
+    phases = {
+        "load": lambda: run.setdefault("data", load_data(cfg.data, dtype=dtype, device=CPU)),
+        "build": build,
+        "sweep": lambda: run["algorithm"].sweep(),
+        "sweep again": lambda: run["algorithm"].sweep(),  # b is then a view of its solution (see memory)
+        "evaluation": lambda: _evaluate(run["algorithm"], run["loss"], run["data"], grad_norm=cfg.grad_norm),
+    }
+    measured = memory.measured_peaks(phases)
+    estimate = memory.estimate_for(cfg, run["data"])
+    sweep = max(measured["sweep"], measured["sweep again"])
+    assert measured["build"] <= estimate.build_peak <= 1.5 * measured["build"]
+    assert sweep <= estimate.sweep_peak <= 1.5 * sweep
+    assert measured["evaluation"] <= estimate.eval_peak <= 1.5 * measured["evaluation"]
+
+
+def test_evaluation_without_gradient_norm_is_estimated_too():
+    cfg = compose_config(*SAMPLES, *RUNS["three"], "grad_norm=false")
+    data = load_data(cfg.data, dtype=torch.float32, device=CPU)
+    estimate = memory.estimate_for(cfg, data)
+    with_norm = memory.estimate_for(compose_config(*SAMPLES, *RUNS["three"]), data)
+    assert estimate.eval_peak == estimate.eval_peak_without_grad_norm == with_norm.eval_peak_without_grad_norm
+    assert estimate.eval_peak < with_norm.eval_peak and estimate.sweep_peak == with_norm.sweep_peak
+
+
+def test_estimate_grows_with_samples_width_and_dtype():
+    base = memory.estimate([784, 1024, 1024, 10], 8000, 1000)
+    assert memory.estimate([784, 1024, 1024, 10], 16000, 1000).peak > base.peak
+    assert memory.estimate([784, 2048, 2048, 10], 8000, 1000).peak > base.peak
+    wide = memory.estimate([784, 1024, 1024, 10], 8000, 1000, dtype=torch.float64)
+    assert wide.state == 2 * base.state and wide.peak > 1.9 * base.peak
+    # a smooth activation's prox holds some 45 tensors of its size: per row chunk on the CPU, whole on CUDA
+    cpu = memory.estimate([784, 1024, 1024, 10], 8000, 1000, act="sigmoid")
+    cuda = memory.estimate([784, 1024, 1024, 10], 8000, 1000, act="sigmoid", device="cuda")
+    assert cuda.sweep_peak > cpu.sweep_peak + 40 * 1024 * 8000 * 4
+    with pytest.raises(ValueError, match="scheme"):
+        memory.estimate([4, 3, 2], 10, 5, scheme="four")
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        memory.estimate([4, 3, 2], 10, 5, act="swish")
+
+
+def test_entries_from_outside_the_catalogue_get_the_largest_profile():
+    """A _target_ of the user's own is estimated as the most any catalogue entry of its kind allocates."""
+
+    class Swish:
+        pass
+
+    sizes = [784, 1024, 1024, 10]
+    own = memory.estimate(sizes, 8000, 1000, act=Swish(), loss=Swish())
+    for act in ("relu", "leaky_relu", "sigmoid", "softplus", "polynomial"):
+        for loss in ("square", "hinge", "logistic", "exponential", "cross_entropy"):
+            assert own.peak >= memory.estimate(sizes, 8000, 1000, act=act, loss=loss).peak
+
+
+def test_check_refuses_a_run_over_the_limit_in_one_line(monkeypatch):
+    """model.widths=[10000000], the run that died with an allocator traceback, is refused before anything
+    is allocated, in one line naming the estimate's parts, the limit and where it comes from."""
+    monkeypatch.setenv(memory.ENV_LIMIT, "64G")
+    cfg, data = _run("model.widths=[10000000]")
+    estimate = memory.estimate_for(cfg, data)
+    assert estimate.peak > 2**40  # the 10^7 x 10^7 normal equations of W2 alone
+    with pytest.raises(ResourceError) as caught:
+        memory.check(estimate, CPU, what="bcd-train")
+    message = str(caught.value)
+    assert caught.value.exit_code == 2 and "\n" not in message
+    assert message.startswith(f"bcd-train needs about {memory.format_bytes(estimate.peak)} at its peak (")
+    for part in (f"state {memory.format_bytes(estimate.state)}", f"data {memory.format_bytes(estimate.data)}",
+                 "sweep temporaries", "but 64 GiB is available (BCD_MEMORY_LIMIT=64G)", "smaller network",
+                 "model.widths"):  # fmt: skip
+        assert part in message
+
+
+def test_check_suggests_a_sample_count_that_fits(monkeypatch):
+    estimate = memory.estimate([784, 1024, 1024, 1024, 10], 60000, 10000, dtype="float64")
+    limit = estimate.peak // 2
+    monkeypatch.setenv(memory.ENV_LIMIT, str(limit))
+    with pytest.raises(ResourceError, match=r"data\.n_train=(\d+) or less") as caught:
+        memory.check(estimate, CPU, what="job 3")
+    fits = int(caught.value.args[0].split("data.n_train=")[1].split()[0])
+    assert 10000 < fits < 30000
+    assert memory.estimate([784, 1024, 1024, 1024, 10], fits, 10000, dtype="float64").peak <= limit
+    assert "dtype=float32" in str(caught.value) and "a machine with more memory" in str(caught.value)
+
+
+def test_check_warns_near_the_limit_and_is_silent_below(monkeypatch, caplog):
+    estimate = memory.estimate([64, 256, 256, 10], 1000, 300)
+    monkeypatch.setenv(memory.ENV_LIMIT, str(int(estimate.peak / 0.9)))
+    with caplog.at_level(logging.WARNING, logger="bcd_cli.memory"):
+        assert memory.check(estimate, CPU, what="bcd-train") is None
+    [record] = [r for r in caplog.records if r.name == "bcd_cli.memory"]
+    assert record.levelno == logging.WARNING and "90%" in record.getMessage() and "state" in record.getMessage()
+    caplog.clear()
+    monkeypatch.setenv(memory.ENV_LIMIT, str(2 * estimate.peak))
+    with caplog.at_level(logging.WARNING, logger="bcd_cli.memory"):
+        memory.check(estimate, CPU, what="bcd-train")
+    assert not [r for r in caplog.records if r.name == "bcd_cli.memory"]
+
+
+def test_check_counts_the_loaded_data_once(monkeypatch):
+    """Without BCD_MEMORY_LIMIT the free memory the machine reports no longer holds the loaded data."""
+    monkeypatch.delenv(memory.ENV_LIMIT, raising=False)
+    estimate = dataclasses.replace(memory.estimate([64, 256, 10], 1000, 300), loaded=1_000_000)
+    need = estimate.peak - estimate.loaded
+    monkeypatch.setattr(memory, "available", lambda device: (need, "a test's free memory"))
+    memory.check(estimate, CPU, what="bcd-train")
+    monkeypatch.setattr(memory, "available", lambda device: (need - 1, "a test's free memory"))
+    with pytest.raises(
+        ResourceError,
+        match=r"MiB beyond the data already loaded\), but [\d.]+ MiB is available \(a test's free memory\)",
+    ):
+        memory.check(estimate, CPU, what="bcd-train")
+
+
+def test_available_says_how_much_and_where_from(monkeypatch):
+    monkeypatch.delenv(memory.ENV_LIMIT, raising=False)
+    free, source = memory.available(CPU)
+    assert isinstance(free, int) and free > 0 and source
+    monkeypatch.setenv(memory.ENV_LIMIT, "512M")
+    assert memory.available("cpu") == (512 * 2**20, "BCD_MEMORY_LIMIT=512M")
+    monkeypatch.setenv(memory.ENV_LIMIT, "lots")
+    with pytest.raises(ConfigError, match="BCD_MEMORY_LIMIT='lots' is invalid"):
+        memory.available(CPU)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1024", 1024), ("2G", 2 * 2**30), ("512M", 512 * 2**20), ("1.5G", 3 * 2**29), ("64GiB", 64 * 2**30),
+     (" 3k ", 3072), ("2gb", 2 * 2**30), ("1T", 2**40)],
+)  # fmt: skip
+def test_memory_limit_values(text, expected):
+    assert memory.parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-1G", "2X", "0", "1e9", "G", "1.2.3M"])
+def test_bad_memory_limit_is_a_clear_error(text):
+    with pytest.raises(ConfigError) as caught:
+        memory.parse_bytes(text)
+    assert str(caught.value).startswith(f"BCD_MEMORY_LIMIT={text!r} is invalid: a size in bytes")
+    assert caught.value.exit_code == 2
+
+
+def test_format_bytes():
+    assert memory.format_bytes(57.5 * 2**30) == "57.5 GiB"
+    assert memory.format_bytes(180 * 2**20) == "180 MiB"
+    assert memory.format_bytes(512) == "512 B"
+    assert memory.format_bytes(3 * 2**40) == "3 TiB"
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_v2_limit_minus_usage(tmp_path):
+    """The tightest of this process's cgroup and those above it; page cache (inactive_file) is not usage."""
+    _write(tmp_path / "proc", "0::/jobs/run1\n")
+    mount = tmp_path / "cgroup"
+    _write(mount / "cgroup.controllers", "cpu memory\n")
+    _write(mount / "jobs" / "memory.max", f"{8 * 2**30}\n")
+    _write(mount / "jobs" / "memory.current", f"{3 * 2**30}\n")
+    _write(mount / "jobs" / "memory.stat", "anon 1\ninactive_file 1073741824\n")
+    _write(mount / "jobs" / "run1" / "memory.max", "max\n")
+    _write(mount / "jobs" / "run1" / "memory.current", "100\n")
+    found = memory._cgroup_headroom(tmp_path / "proc", mount)
+    assert found == [(6 * 2**30, f"cgroup memory.max minus usage ({mount / 'jobs'})")]
+
+
+def test_cgroup_v1_limit_minus_usage(tmp_path):
+    _write(tmp_path / "proc", "5:cpu,cpuacct:/\n4:memory:/docker/abc\n0::/\n")
+    leaf = tmp_path / "cgroup" / "memory" / "docker" / "abc"
+    _write(leaf / "memory.limit_in_bytes", f"{4 * 2**30}\n")
+    _write(leaf / "memory.usage_in_bytes", f"{2**30}\n")
+    _write(leaf / "memory.stat", "cache 5\ntotal_inactive_file 0\n")
+    _write(tmp_path / "cgroup" / "memory" / "memory.limit_in_bytes", "9223372036854771712\n")  # none
+    _write(tmp_path / "cgroup" / "memory" / "memory.usage_in_bytes", "1\n")
+    found = memory._cgroup_headroom(tmp_path / "proc", tmp_path / "cgroup")
+    assert found == [(3 * 2**30, f"cgroup v1 memory.limit_in_bytes minus usage ({leaf})")]
