@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from bcd_cli import memory
 from bcd_cli.checkpoint import (
     CHECKPOINT_FILE,
     RESUMABLE,
@@ -232,6 +233,7 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
     with lock, matmul_precision(cfg) as precision:
         device, dtype = resolve_device(cfg), DTYPES[cfg.dtype]
         data = shard(load_data(cfg.data, dtype=dtype, device=device))
+        memory.check(memory.estimate_for(cfg, data), device, what="this run")  # before the network exists
         if precision != "highest":
             log.info("float32 matrix products at precision %s (torch.set_float32_matmul_precision)", precision)
         try:

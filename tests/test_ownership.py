@@ -217,3 +217,18 @@ def test_a_claim_released_without_results_removes_only_what_it_made(tmp_path: Pa
     (kept.folder / SUMMARY_FILE).write_text("{}")
     kept.release(discard=True)
     assert (tmp_path / "kept" / SUMMARY_FILE).exists()
+
+
+def test_a_network_too_big_for_memory_is_refused_before_allocation_and_leaves_no_folder(tmp_path: Path, bcd_train):
+    code, stderr = bcd_train(*TINY, "model.widths=[10000000]", cwd=tmp_path)
+    assert code == 2, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("bcd-train: error: this run needs about") and "is available" in line, stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.yaml"))
+
+
+def test_the_memory_limit_can_be_set_by_hand(tmp_path: Path, bcd_train, monkeypatch):
+    monkeypatch.setenv("BCD_MEMORY_LIMIT", "64K")
+    code, stderr = bcd_train(*TINY, cwd=tmp_path)
+    assert code == 2 and "BCD_MEMORY_LIMIT=64K" in stderr, stderr
