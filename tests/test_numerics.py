@@ -4,6 +4,11 @@
 refuses indefinite, singular-and-inconsistent and non-finite systems with the block's name. Each
 scheme's ``nonfinite_block`` names the first block, in sweep order, holding a NaN or an infinity; the
 order it assumes is checked against the order in which a real sweep assigns the blocks.
+
+Tolerances (``tests/tolerances.py``): a solve is within tol(dtype, n, cond) of the exact solution
+(a float32 factor or right-hand side makes it tol(float32, ...)), and a solution rounded to float32
+within eps32 of the float64 one; formatted numbers in messages are compared as the engine formats
+them, from the same computation.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from bcd_cli.catalogue import NoReg, ReLU, Square
 from bcd_cli.engine import MLP, ResNetBCD, ThreeSplittingBCD, TwoSplittingBCD, linalg, three_splitting, two_splitting
 from bcd_cli.engine.linalg import JITTER_EPS_MULTIPLES, add_to_diagonal, cholesky_solve, shifted_gram_solve, spd_solve
 from bcd_cli.errors import NumericalError
+from tests.tolerances import assert_le, assert_within, eps, tol
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,17 +58,27 @@ def test_singular_psd_float32_is_solved_with_jitter_and_a_warning(caplog):
         X = spd_solve(H, G, block="W3")
 
     assert X.dtype == torch.float32 and X.shape == G.shape and bool(torch.isfinite(X).all())
-    assert relative_residual(H, X, G) < 1e-5
-    # on the range of H, X is the least-squares solution (off it, the jitter leaves rounding noise)
     H64, G64, I = H.double(), G.double(), torch.eye(50, dtype=DT)
-    reference = torch.linalg.lstsq(H64, G64, rcond=1e-5, driver="gelsd").solution
-    Q = torch.linalg.svd(A.double(), full_matrices=False).U  # an orthonormal basis of the range of H
-    assert float(torch.linalg.matrix_norm(Q.T @ (X.double() - reference))) < 1e-5 * float(
-        torch.linalg.matrix_norm(Q.T @ reference)
-    )
     # the smallest shift that factorises: 10 eps here (another BLAS may round H differently)
     unit = torch.finfo(torch.float32).eps * float(H64.diagonal().mean())
     multiple = next(m for m in JITTER_EPS_MULTIPLES if int(torch.linalg.cholesky_ex(H64 + m * unit * I).info) == 0)
+    jitter = multiple * unit
+    # (H + jitter I) X = G solved in float64 (backward stable), X rounded to float32: H X - G = -jitter X plus
+    # ||H|| times X's rounding
+    norm_H = float(torch.linalg.matrix_norm(H64, ord=2))  # ||H E||_F <= ||H||_2 ||E||_F
+    norm_X, norm_G = float(torch.linalg.matrix_norm(X.double())), float(torch.linalg.matrix_norm(G64))
+    residual_bound = (jitter + (eps(torch.float32) + tol(DT, n=50)) * norm_H) * norm_X / norm_G
+    assert_le(relative_residual(H, X, G), residual_bound, "relative residual")
+    # on the range of H, X is the least-squares solution (off it, the jitter leaves rounding noise): the jitter
+    # scales the component along an eigenvalue lambda by lambda / (lambda + jitter), relative error at most
+    # jitter / lambda_10 (the smallest eigenvalue on the range); H's float32 rounding moves the range by
+    # eps32 ||H|| / lambda_10 (relative to the noise in X) and X's own rounding adds eps32 ||X||
+    reference = torch.linalg.lstsq(H64, G64, rcond=1e-5, driver="gelsd").solution
+    Q = torch.linalg.svd(A.double(), full_matrices=False).U  # an orthonormal basis of the range of H
+    lambda_10 = float(torch.linalg.eigvalsh(H64)[-10])
+    on_range = float(torch.linalg.matrix_norm(Q.T @ reference))
+    bound = jitter / lambda_10 * on_range + tol(torch.float32, n=1, cond=norm_H / lambda_10) * norm_X
+    assert_le(float(torch.linalg.matrix_norm(Q.T @ (X.double() - reference))), bound, "on the range of H")
     assert [(r.name, r.levelname) for r in caplog.records] == [(LINALG_LOGGER, "WARNING")]
     assert caplog.records[0].getMessage() == (
         f"Cholesky factorisation failed in block W3 in float32; solved in float64 with diagonal jitter "
@@ -83,13 +99,19 @@ def test_cholesky_solve_from_the_right(k, n, dtype, factor_dtype, chunk, monkeyp
     H = A @ A.T + k * torch.eye(k, dtype=DT)
     G64 = torch.randn(k, n, generator=gen, dtype=DT)
     L = torch.linalg.cholesky(H.to(factor_dtype))
-    tol = 1e-12 if factor_dtype == dtype == DT else 1e-5
+    # two triangular solves (2k operations per entry) and three roundings to float32 where either dtype is (the
+    # factor, the right-hand side, X): a backward error of tol(that dtype, n = 2k + 3) turned into a forward one
+    # by H's condition number
+    eigenvalues = torch.linalg.eigvalsh(H)
+    precision = DT if factor_dtype == dtype == DT else torch.float32
+    exact = torch.linalg.solve(H, G64)
+    bound = tol(precision, n=2 * k + 3, cond=float(eigenvalues[-1] / eigenvalues[0])) * exact.abs().max()
     for overwrite in (False, True):
         G = G64.to(dtype, copy=True)
         before = G.clone()
         X = cholesky_solve(L, G, overwrite=overwrite)
         assert X.dtype == dtype and X.shape == (k, n) and X.is_contiguous()
-        torch.testing.assert_close(X.double(), torch.linalg.solve(H, G64), rtol=tol, atol=tol)
+        assert_within(X, exact, bound, "X = H^-1 G")
         shares = X.data_ptr() == G.data_ptr()
         assert shares == overwrite
         if not shares:
@@ -106,14 +128,19 @@ def test_shifted_gram_solve(m, d, dtype, solve_dtype, chunk, monkeypatch):
     gen = torch.Generator().manual_seed(m * d)
     W64, G64 = torch.randn(m, d, generator=gen, dtype=DT), torch.randn(d, 7, generator=gen, dtype=DT)
     shift, scale = 0.7, 2.5
-    exact = torch.linalg.solve(add_to_diagonal(scale * W64.T @ W64, shift), G64)
-    tol = 1e-12 if dtype == DT else 1e-5
+    H = add_to_diagonal(scale * W64.T @ W64, shift)
+    exact = torch.linalg.solve(H, G64)
+    # W, G and X rounded to dtype, sums of length m or d in the products and the two triangular solves: either
+    # form is forward stable, tol(dtype, n = 2 (m + d) + 3) times H's condition number (the Woodbury form's
+    # W^T K^-1 W G cancels against G, relative to ||G|| / shift <= cond ||X||)
+    eigenvalues = torch.linalg.eigvalsh(H)
+    bound = tol(dtype, n=2 * (m + d) + 3, cond=float(eigenvalues[-1] / eigenvalues[0])) * exact.abs().max()
     W = W64.to(dtype)
     for overwrite in (False, True):
         G = G64.to(dtype, copy=True)
         X = shifted_gram_solve(shift, scale, W, G, solve_dtype=solve_dtype, overwrite=overwrite)
         assert X.dtype == dtype and X.shape == G.shape and X.is_contiguous()
-        torch.testing.assert_close(X.double(), exact, rtol=tol, atol=tol)
+        assert_within(X, exact, bound, "X = H^-1 G")
         assert (X.data_ptr() == G.data_ptr()) == overwrite or torch.equal(G, G64.to(dtype))
 
 
@@ -135,7 +162,8 @@ def test_float32_failure_is_retried_in_float64_without_jitter_first(caplog):
     with caplog.at_level(logging.WARNING, logger=LINALG_LOGGER):
         X = spd_solve(H, G, solve_dtype=torch.float32, block="V2")
     assert X.dtype == DT
-    assert torch.equal(X, cholesky_solve(torch.linalg.cholesky(H), G))  # H itself, no shift
+    # H itself, no shift: the same factorisation and solve of the same values, bit for bit
+    assert torch.equal(X, cholesky_solve(torch.linalg.cholesky(H), G))
     assert [r.getMessage() for r in caplog.records] == [
         "Cholesky factorisation failed in block V2 in float32; solved in float64 with diagonal jitter 0 "
         "(0 eps x mean|diag H|)"
@@ -188,7 +216,8 @@ def test_well_conditioned_matrix_takes_the_plain_path(dtype, solve_dtype, caplog
     with caplog.at_level(logging.DEBUG, logger=LINALG_LOGGER):
         X = spd_solve(H, G, solve_dtype=solve_dtype, block="V1")
     d = solve_dtype or dtype
-    assert torch.equal(X, cholesky_solve(torch.linalg.cholesky(H.to(d)), G))  # no retry, no warning
+    # no retry, no warning: the same factorisation and solve of the same values, bit for bit
+    assert torch.equal(X, cholesky_solve(torch.linalg.cholesky(H.to(d)), G))
     assert caplog.records == []
 
 
