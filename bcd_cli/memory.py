@@ -504,27 +504,29 @@ class _Run:
         """Building the network (``MLP.init``: weights drawn in float64 on the CPU) and the state."""
         s, e = self.sizes, self.e
         t = _Tally(self.data())
+        drawn = 0  # the previous layer's float64 draw: its variable lets it go at the next one's
         for l in range(self.depth):
             w = s[l + 1] * s[l]
             if self.cpu:  # drawn in float64 on the host: on another device only the result is there
                 t.alloc(8 * w, 8 * w)  # randn, times init_std
-                t.free(8 * w)
-                t.alloc(e * w if e != 8 else 0)  # .to(dtype)
-                t.free(8 * w if e != 8 else 0)
+                t.free(8 * w, drawn)
+                if e != 8:  # .to(dtype): a copy (in float64 the draw itself is W)
+                    drawn = 8 * w
+                    t.alloc(e * w)
             else:
                 t.alloc(e * w)
             t.alloc(s[l + 1] * e)
+        t.free(drawn)
         weights = self.weights() * e
-        if self.reg_w.copies:
-            t.touch(weights)  # the weights made feasible: new tensors
+        if self.reg_w.copies:  # the weights made feasible: new tensors, and the prox's temporaries
+            t.touch(weights, max(0, self.reg_w.prox - 1) * self.largest_weight() * e)
         if self.baseline:
             t.touch(weights)  # the trained copies, while the network's own are alive
             return t.peak
         t.alloc(2 * self.widths() * self.n * e)  # the forward pass: U, V (two-splitting drops U after it)
-        if any(self.residual):
-            t.touch(max(s[1:]) * self.n * e)
-        if self.reg_v.copies:
-            t.touch(self.widths() * self.n * e)  # V made feasible: new tensors, all before the old are freed
+        t.touch((self.act.forward + any(self.residual)) * max(s[1:]) * self.n * e)  # sigma's temporaries, + V
+        if self.reg_v.copies:  # V made feasible: new tensors, all made before the old are freed
+            t.touch(self.widths() * self.n * e, max(0, self.reg_v.prox - 1) * max(s[1:]) * self.n * e)
         return t.peak
 
     def sweep_peak(self) -> float:
@@ -578,7 +580,7 @@ class _Run:
         t = _Tally(self.state() + self.data())
         t.alloc(params, 8 * self.n)  # the parameters before the epoch, the permutation
         t.alloc((s[0] + s[-1]) * B * e)  # the mini-batch's X and Y
-        saved = sum((1 + self.act.saved) * s[l + 1] for l in range(self.depth - 1)) * B * e
+        saved = sum((1 + self.act.saved + self.residual[l]) * s[l + 1] for l in range(self.depth - 1)) * B * e
         widest = max(s) * B * e
         t.touch(saved + self.loss.saved * s[-1] * B * e, BACKWARD_BLOCKS * widest, self.act.forward * widest)
         # the optimizer step: on the CPU one parameter at a time, on CUDA all at once (torch._foreach_*):
@@ -626,12 +628,13 @@ class _Run:
         s, e, n, N = self.sizes, self.e, self.n, self.depth
         c = s[-1]
         if self.grad_norm and self.reg_w.quadratic:
-            saved = sum((1 + self.act.saved) * s[l + 1] for l in range(N - 1)) * n * e
+            saved = sum((1 + self.act.saved + self.residual[l]) * s[l + 1] for l in range(N - 1)) * n * e
             widest = max(s[1:]) * n * e
             t.touch(saved, self.loss.saved * c * n * e, self.weights() * e, BACKWARD_BLOCKS * widest)
             return
         for l in range(N):
-            t.touch((s[l] if l else 0) * n * e, (2 + self.act_of(l).forward) * s[l + 1] * n * e)
+            out = 2 + self.act_of(l).forward + self.residual[l]  # W V + b, sigma of it (+ V)
+            t.touch((s[l] if l else 0) * n * e, out * s[l + 1] * n * e)
         t.touch(self.loss.value * c * n * e)
 
     def forward_peak(self, t: _Tally, cols: int, *, loss: bool) -> None:

@@ -314,13 +314,22 @@ def overrides(case: Case) -> list[str]:
 
 def build_case(case: Case):
     """(algorithm, loss, data, cfg) of ``case``: random data, the algorithm built by ``train.build_algorithm``."""
+    from bcd_cli.config import DTYPES
+    from bcd_cli.train import build_algorithm
+
+    data, cfg = case_data(case)
+    algorithm, loss = build_algorithm(cfg, data, data.X_train.device, DTYPES[cfg.dtype])
+    return algorithm, loss, data, cfg
+
+
+def case_data(case: Case):
+    """(data, cfg) of ``case``: its composed and validated config, random data of its shape on its device."""
     import torch
     from hydra import compose, initialize_config_dir
 
     from bcd_cli.cli import config_dir
     from bcd_cli.config import DTYPES, resolve_device, validate
     from bcd_cli.data import Dataset
-    from bcd_cli.train import build_algorithm
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=overrides(case))
@@ -334,9 +343,7 @@ def build_case(case: Case):
         y = torch.randint(0, classes, (n,), generator=gen).to(device)
         return X, torch.nn.functional.one_hot(y, classes).T.to(dtype).contiguous(), y
 
-    data = Dataset("random", *split(case.n), *split(case.test_samples), n_classes=classes)
-    algorithm, loss = build_algorithm(cfg, data, device, dtype)
-    return algorithm, loss, data, cfg
+    return Dataset("random", *split(case.n), *split(case.test_samples), n_classes=classes), cfg
 
 
 @contextlib.contextmanager
@@ -598,26 +605,31 @@ def _ratio(estimate: float, measured: float) -> float:
 
 
 def allocator_case(case: Case) -> dict:
-    """The same peaks as ``memory_case``, and that of building the algorithm (with the data), counted in
+    """The same peaks as ``memory_case``, and that of building the algorithm on the data, counted in
     PyTorch's CPU allocator (``bcd_cli.memory.measured_peaks``: every allocation followed by its address until
     freed, through torch.profiler): exact bytes of tensors, without the resident set's page granularity,
     glibc's heap or the libraries; beside them the estimate's ratios to them (``estimate_*_alloc_ratio``).
     On CUDA ``memory_case`` is already exact: nothing to add."""
     from bcd_cli import memory
-    from bcd_cli.train import _evaluate
+    from bcd_cli.config import DTYPES
+    from bcd_cli.train import _evaluate, build_algorithm
 
     if case.device != "cpu":
         return {}
     run: dict = {}
 
+    def load() -> None:  # (the data's own temporaries are over before a run estimates its memory)
+        run["data"], run["cfg"] = case_data(case)
+
     def build() -> None:
-        run["algorithm"], run["loss"], run["data"], run["cfg"] = build_case(case)
+        data, cfg = run["data"], run["cfg"]
+        run["algorithm"], run["loss"] = build_algorithm(cfg, data, data.X_train.device, DTYPES[cfg.dtype])
 
     def evaluate(grad_norm: bool) -> None:
         _evaluate(run["algorithm"], run["loss"], run["data"], grad_norm=grad_norm)
 
-    phases = {"build": build, "sweep": lambda: run["algorithm"].sweep(), "eval": lambda: evaluate(True),
-              "eval_no_grad": lambda: evaluate(False)}  # fmt: skip
+    phases = {"load": load, "build": build, "sweep": lambda: run["algorithm"].sweep(),
+              "eval": lambda: evaluate(True), "eval_no_grad": lambda: evaluate(False)}  # fmt: skip
     peaks = {key: value / 2**20 for key, value in memory.measured_peaks(phases).items()}
     estimate = memory.estimate_for(run["cfg"], run["data"])
     estimated = {
