@@ -258,8 +258,8 @@ def main() -> None:
         print(f"bcd-train: interrupted by {signal_name(signum)}{where}", file=sys.stderr)
         sys.exit(exit_status(signum))
     finally:
-        if claim is not None:  # a folder its run left without results is removed
-            claim.release(discard=True)
+        for held in folders.open_claims():  # a folder its run left without results is removed
+            held.release(discard=True)
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -24,11 +24,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bcd_cli.errors import ConfigError, DataError
+from bcd_cli.stopping import STOP_SIGNALS
 
 LOCK_FILE = ".lock"
 MODES = ("fresh", "exclusive", "resume")
@@ -36,6 +38,7 @@ MODES = ("fresh", "exclusive", "resume")
 RESULT_FILES = ("metrics.csv", "summary.json")
 _SUFFIXES = 10_000  # fresh names tried after the time-stamped one: TIME_1 ... TIME_9999
 
+_claims: list[Claim] = []  # this process's claims not yet released
 _held: dict[Path, int] = {}  # folder (resolved) -> descriptor of its locked .lock, in this process
 
 
@@ -54,6 +57,8 @@ class Claim:
         result yet (no metrics.csv or summary.json anywhere in it), removes what was written there."""
         if _held.get(self.folder) == self.fd:
             del _held[self.folder]
+        if self in _claims:
+            _claims.remove(self)
         with contextlib.suppress(OSError):
             os.close(self.fd)
         if not discard or self.mode == "resume" or holds_results(self.folder):
@@ -77,6 +82,25 @@ def holds_results(folder: Path) -> bool:
 
 
 def claim(folder: Path, *, mode: str, key: str) -> Claim:
+    """See :func:`_claim`; a stop signal arriving meanwhile waits until the claim is made and recorded, so that
+    :func:`open_claims` always knows a folder this process made."""
+    blocked = set(STOP_SIGNALS) if hasattr(signal, "pthread_sigmask") else set()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if blocked else set()
+    try:
+        made = _claim(folder, mode=mode, key=key)
+        _claims.append(made)
+        return made
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def open_claims() -> list[Claim]:
+    """The claims of this process not yet released."""
+    return list(_claims)
+
+
+def _claim(folder: Path, *, mode: str, key: str) -> Claim:
     """Claims ``folder`` (absolute) in ``mode`` (see the module docstring); ``key`` names the setting it came
     from in refusals (``hydra.run.dir``, ``hydra.sweep.dir``, ``resume``). Raises ConfigError (exit 2) when the
     folder is taken, holds something, or cannot be made or written; nothing is written into a refused folder."""

@@ -149,7 +149,9 @@ def run_as_printed(stderr: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow)], ids=["SIGTERM", "SIGHUP"]
+)
 def test_a_stop_signal_mid_run_stops_cleanly_and_the_printed_command_finishes_it(
     tmp_path: Path, reference: Path, sig: int
 ):
@@ -439,7 +441,9 @@ def test_an_unexpected_error_in_one_job_is_recorded_with_its_traceback(tmp_path:
     assert "Traceback" in (sweep / "1" / "train.log").read_text()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)], ids=["SIGINT", "SIGTERM"]
+)
 def test_a_stop_signal_in_a_multirun_stops_it_and_reports_the_jobs_done(tmp_path: Path, sig: int):
     sweep = tmp_path / "sweep"
     proc = start_cli("-m", "seed=0,1,2", *KILLABLE, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
