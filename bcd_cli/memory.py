@@ -66,7 +66,8 @@ class MemoryEstimate:
     larger, or ``build_peak`` (drawing the weights, in float64 on the CPU, and the first forward pass) in the
     rare run where that is higher. ``n_train`` and ``per_sample`` (how much the peak grows per training sample)
     let ``check`` suggest a sample count that fits; ``loaded``: bytes of the peak already allocated when the
-    estimate was made (the data, for ``estimate_for``), which the memory ``available`` reports no longer holds.
+    estimate was made (the data, for ``estimate_for``), which the memory ``available`` reports no longer holds;
+    ``where``: what the run does at its peak (e.g. ``the W2 block, its 1025 x 1025 normal equations``).
     """
 
     state: int
@@ -81,6 +82,7 @@ class MemoryEstimate:
     device: str = "cpu"
     grad_norm: bool = True
     eval_peak_without_grad_norm: int | None = field(default=None, compare=False)
+    where: str = ""
 
     @property
     def peak(self) -> int:
@@ -90,9 +92,10 @@ class MemoryEstimate:
         """The peak broken into its parts, e.g. ``state 40.0 GiB + data 180 MiB + sweep temporaries 17.3 GiB``."""
         phases = {"sweep": self.sweep_peak, "evaluation": self.eval_peak, "build": self.build_peak}
         phase = max(phases, key=lambda name: phases[name])
-        temporaries = max(0, self.peak - self.state - self.data)
-        return f"state {format_bytes(self.state)} + data {format_bytes(self.data)} + {phase} temporaries " + (
-            format_bytes(temporaries)
+        temporaries = format_bytes(max(0, self.peak - self.state - self.data))
+        at = f" at {self.where}" if self.where else ""
+        return (
+            f"state {format_bytes(self.state)} + data {format_bytes(self.data)} + {phase} temporaries {temporaries}{at}"
         )
 
 
@@ -195,12 +198,14 @@ class _Tally:
     """Bytes live over a sequence of allocations and frees, and their highest point."""
 
     def __init__(self, live: float) -> None:
-        self.live = self.peak = float(live)
+        self.start = self.live = self.peak = float(live)
+        self.label = self.where = ""  # what is being done now; what was done at the highest point
 
     def alloc(self, *sizes: float) -> None:
         for size in sizes:
             self.live += size
-            self.peak = max(self.peak, self.live)
+            if self.live > self.peak:
+                self.peak, self.where = self.live, self.label
 
     def free(self, *sizes: float) -> None:
         self.live -= sum(sizes)
@@ -347,6 +352,7 @@ class _Run:
 
     def output_state(self, t: _Tally) -> None:
         """V_N: the loss's prox or prox-linear step; its result replaces the old V_N."""
+        t.label = f"the V{self.depth} block"
         cb = self.sizes[-1] * self.n * self.e
         peak = self.loss.output + self.reg_v.output
         t.alloc(peak * cb)
@@ -359,6 +365,7 @@ class _Run:
         for two-splitting) and becomes G, then V. Frees the old V_{l+1}."""
         m, p, e, n = self.sizes[l + 1], self.sizes[l + 2], self.e, self.n
         block = m * n * e
+        t.label = f"the V{l + 1} block"
         if not target_allocated:  # three-splitting, ResNet: sigma(U_l) (+ V_l for a residual layer)
             act = self.act
             if self.residual[l]:
@@ -401,6 +408,7 @@ class _Run:
         m, n, e = self.sizes[l + 1], self.n, self.e
         block = m * n * e
         chunk = self.chunk(m, n) * e
+        t.label = f"the U{l + 1} block"
         t.alloc(block)
         t.touch(chunk if self.residual[l] else 0, self.act_of(l).prox * chunk)  # V - V_in, the prox
         t.touch(chunk)  # squared distance
@@ -411,6 +419,7 @@ class _Run:
         previous sweep's (d+1) x m solution (b is a view of it), counted in the state's live bytes."""
         d, m, e = self.sizes[l], self.sizes[l + 1], self.e
         k = d + 1
+        t.label = f"the W{l + 1} block, its {k} x {k} normal equations"
         t.alloc(k * k * e)  # H
         t.touch(d * d * e)  # V V^T
         t.alloc(d * e, m * k * e)  # row sums, G
@@ -446,6 +455,7 @@ class _Run:
         m, p, n, e = self.sizes[l + 1], self.sizes[l + 2], self.n, self.e
         mb, pb = m * n * e, p * n * e
         act, prox = self.act, self.reg_v.prox
+        t.label = f"the V{l + 1} block"
         t.alloc(pb)  # the cache W V + b at the old V
         t.touch(pb, act.forward * pb, self.chunk(p, n) * e)
         x = g = moved = 0.0
@@ -477,6 +487,7 @@ class _Run:
         d, m, n, e = self.sizes[l], self.sizes[l + 1], self.n, self.e
         mb, theta = m * n * e, m * (d + 1) * e
         act = self.act
+        t.label = f"the W{l + 1} block"
         t.alloc(theta)  # [W_old b_old]
         t.alloc(mb)  # the cache W V + b
         t.touch(mb, act.forward * mb, self.chunk(m, n) * e)
@@ -500,10 +511,11 @@ class _Run:
         s = self.sizes
         return self.state() + sum(self._b_storage(l) - s[l + 1] * self.e for l in range(self.depth))
 
-    def build_peak(self) -> float:
+    def build_peak(self) -> _Tally:
         """Building the network (``MLP.init``: weights drawn in float64 on the CPU) and the state."""
         s, e = self.sizes, self.e
         t = _Tally(self.data())
+        t.label = "drawing the weights"
         drawn = 0  # the previous layer's float64 draw: its variable lets it go at the next one's
         for l in range(self.depth):
             w = s[l + 1] * s[l]
@@ -522,14 +534,15 @@ class _Run:
             t.touch(weights, max(0, self.reg_w.prox - 1) * self.largest_weight() * e)
         if self.baseline:
             t.touch(weights)  # the trained copies, while the network's own are alive
-            return t.peak
+            return t
+        t.label = "the first forward pass"
         t.alloc(2 * self.widths() * self.n * e)  # the forward pass: U, V (two-splitting drops U after it)
         t.touch((self.act.forward + any(self.residual)) * max(s[1:]) * self.n * e)  # sigma's temporaries, + V
         if self.reg_v.copies:  # V made feasible: new tensors, all made before the old are freed
             t.touch(self.widths() * self.n * e, max(0, self.reg_v.prox - 1) * max(s[1:]) * self.n * e)
-        return t.peak
+        return t
 
-    def sweep_peak(self) -> float:
+    def sweep_peak(self) -> _Tally:
         if self.baseline:
             return self.epoch_peak()
         t = _Tally(self.live_state() + self.data())
@@ -560,7 +573,7 @@ class _Run:
                     self.weights_block(t, l)
                 else:
                     self.weights_nonlinear(t, l)
-            return t.peak
+            return t
         for l in reversed(range(N)):
             if l == N - 1:
                 self.output_state(t)
@@ -568,9 +581,9 @@ class _Run:
                 self.hidden_state(t, l)
             self.preactivation(t, l)
             self.weights_block(t, l)
-        return t.peak
+        return t
 
-    def epoch_peak(self) -> float:
+    def epoch_peak(self) -> _Tally:
         """One epoch of SGD or Adam: the parameters before it, a permutation, each mini-batch's forward and
         backward pass, the optimizer step, the prox of r, D."""
         s, e = self.sizes, self.e
@@ -578,18 +591,21 @@ class _Run:
         params = self.weights() * e
         largest = (self.largest_weight() + max(s[1:])) * e
         t = _Tally(self.state() + self.data())
+        t.label = "a mini-batch step"
         t.alloc(params, 8 * self.n)  # the parameters before the epoch, the permutation
         t.alloc((s[0] + s[-1]) * B * e)  # the mini-batch's X and Y
         saved = sum((1 + self.act.saved + self.residual[l]) * s[l + 1] for l in range(self.depth - 1)) * B * e
         widest = max(s) * B * e
         t.touch(saved + self.loss.saved * s[-1] * B * e, BACKWARD_BLOCKS * widest, self.act.forward * widest)
-        # the optimizer step: on the CPU one parameter at a time, on CUDA all at once (torch._foreach_*):
-        # Adam's sqrt of the second moments and its scaling, the gradient plus weight decay, Nesterov's
-        copies = (2 if self.scheme == "adam" else int(self.nesterov)) + int(self.weight_decay)
+        # the optimizer step: on the CPU one parameter at a time (Adam: the sqrt of its second moments, their
+        # scaling, and the previous parameter's, which its loop variable keeps), on CUDA all at once
+        # (torch._foreach_*); the gradient plus weight decay; Nesterov's gradient
+        adam = (3 if self.cpu else 2) if self.scheme == "adam" else 0
+        copies = adam + int(self.nesterov and self.scheme == "sgd") + int(self.weight_decay)
         t.touch(copies * (largest if self.cpu else params))
         t.touch(self.reg_w.prox * self.largest_weight() * e)  # the prox of r
         t.touch(2 * largest)  # D: the change of each parameter, squared
-        return t.peak
+        return t
 
     def objective_peak(self, t: _Tally) -> None:
         """``BCDScheme.objective`` over column chunks: the largest chunk's terms, and with the gradient norm
@@ -598,6 +614,7 @@ class _Run:
         w = column_chunks(self.n)[0].stop
         differentiable = self.grad_norm and self.reg_w.quadratic and self.reg_v.quadratic
         c = s[-1]
+        t.label = "the objective" + (" and its gradient" if differentiable else "")
         if not differentiable:
             t.touch(self.loss.value * c * w * e)
             for l in range(N):
@@ -627,7 +644,9 @@ class _Run:
         """``GradientBaseline.objective``: the network over all samples at once, with autograd for the norm."""
         s, e, n, N = self.sizes, self.e, self.n, self.depth
         c = s[-1]
-        if self.grad_norm and self.reg_w.quadratic:
+        differentiable = self.grad_norm and self.reg_w.quadratic
+        t.label = "the objective over all samples" + (" and its gradient" if differentiable else "")
+        if differentiable:
             saved = sum((1 + self.act.saved + self.residual[l]) * s[l + 1] for l in range(N - 1)) * n * e
             widest = max(s[1:]) * n * e
             t.touch(saved, self.loss.saved * c * n * e, self.weights() * e, BACKWARD_BLOCKS * widest)
@@ -645,6 +664,7 @@ class _Run:
         s, e, N = self.sizes, self.e, self.depth
         w = column_chunks(cols)[0].stop
         c = s[-1]
+        t.label = f"the forward pass on the {'training' if loss else 'test'} samples"
         chunk = max(
             ((s[l] if l else 0) + (2 + self.act_of(l).forward + int(self.residual[l])) * s[l + 1]) * w * e
             for l in range(N)
@@ -655,7 +675,7 @@ class _Run:
             t.touch(c * cols * e)  # torch.cat of them
         t.touch(self.loss.value * c * cols * e if loss else 0, 17 * cols)  # R, argmax == labels (and as float64)
 
-    def eval_peak(self) -> float:
+    def eval_peak(self) -> _Tally:
         t = _Tally(self.live_state() + self.data())
         if self.baseline:
             self.baseline_objective_peak(t)
@@ -663,7 +683,7 @@ class _Run:
             self.objective_peak(t)
         self.forward_peak(t, self.n, loss=True)
         self.forward_peak(t, self.n_test, loss=False)
-        return t.peak
+        return t
 
 
 # blocks of live iterates (x, H x, y, H y, z, H z, moved, previous x, H x) in monotone FISTA (inner.fista)
@@ -724,14 +744,15 @@ def estimate(
         batch_size=int(batch_size), momentum=bool(momentum), nesterov=bool(nesterov),
         weight_decay=bool(weight_decay),
     )  # fmt: skip
-    build, sweep, evaluation = _peaks(run)
+    build, sweep, evaluation, where = _peaks(run)
     more = _peaks(_replace_n(run, 2 * run.n))
-    per_sample = max(0.0, (max(more) - max(build, sweep, evaluation)) / run.n)
+    per_sample = max(0.0, (max(more[:3]) - max(build, sweep, evaluation)) / run.n)
     no_grad = _peaks(_replace_grad(run))[2] if grad_norm else evaluation
+    phase = max(("sweep", sweep), ("evaluation", evaluation), ("build", build), key=lambda x: x[1])[0]
     return MemoryEstimate(
-        state=run.state(), data=run.data(), sweep_peak=sweep, eval_peak=evaluation, build_peak=build, n_train=run.n,
-        per_sample=per_sample, dtype=str(dtype).removeprefix("torch."), device=str(device), grad_norm=bool(grad_norm),
-        eval_peak_without_grad_norm=no_grad,
+        state=run.state(), data=run.data(), sweep_peak=sweep, eval_peak=evaluation, build_peak=build,
+        n_train=run.n, per_sample=per_sample, dtype=str(dtype).removeprefix("torch."), device=str(device),
+        grad_norm=bool(grad_norm), eval_peak_without_grad_norm=no_grad, where=where[phase],
     )  # fmt: skip
 
 
@@ -743,13 +764,13 @@ def _replace_grad(run: _Run) -> _Run:
     return _Run(**{**run.__dict__, "grad_norm": False})
 
 
-def _peaks(run: _Run) -> tuple[int, int, int]:
-    """(build, sweep, evaluation) peaks of ``run``: its fixed bytes plus its temporaries scaled by MARGIN."""
-    fixed = run.live_state() + run.data()
+def _peaks(run: _Run) -> tuple[int, int, int, dict[str, str]]:
+    """(build, sweep, evaluation) peaks of ``run``, what each phase starts with plus its temporaries scaled by
+    MARGIN, and where each is reached."""
     extra = SMALL + (CUDA_WORKSPACE if not run.cpu else 0)
-    build = int(fixed + MARGIN * max(0, run.build_peak() - fixed)) + extra
-    sweep, evaluation = (int(fixed + MARGIN * (peak - fixed)) + extra for peak in (run.sweep_peak(), run.eval_peak()))
-    return build, sweep, evaluation
+    tallies = {"build": run.build_peak(), "sweep": run.sweep_peak(), "evaluation": run.eval_peak()}
+    build, sweep, evaluation = (int(t.start + MARGIN * (t.peak - t.start)) + extra for t in tallies.values())
+    return build, sweep, evaluation, {phase: t.where for phase, t in tallies.items()}
 
 
 def estimate_for(cfg: Any, data: Any) -> MemoryEstimate:
