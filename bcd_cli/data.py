@@ -174,19 +174,19 @@ def _local(root: Path) -> _Splits:
     if not root.is_dir():
         state = "is a file, not a folder" if root.exists() else "folder does not exist"
         raise DataError(f"data.root={root}: {state}; it must be {_IDX_HINT}")
-    paths = []
+    candidates: list[list[Path]] = []
     for name in IDX_FILES:
         found = [p for p in (root / name, root / f"{name}.gz") if p.is_file()]
         if not found:
             raise DataError(
                 f"{root / name}: missing (neither {name} nor {name}.gz found); data.root must be {_IDX_HINT}"
             )
-        paths.append(found)
-    read = [[_read_idx(p, images=i % 2 == 0) for p in found] for i, found in enumerate(paths)]
-    for found, tensors in zip(paths, read, strict=True):
+        candidates.append(found)
+    read = [[_read_idx(p, images=i % 2 == 0) for p in found] for i, found in enumerate(candidates)]
+    for found, tensors in zip(candidates, read, strict=True):
         if len(tensors) == 2 and not torch.equal(*tensors):
             raise DataError(f"{found[0]} and {found[1]} disagree: keep one of them in data.root")
-    paths = [found[0] for found in paths]
+    paths = [found[0] for found in candidates]
     Xtr, ytr, Xte, yte = (tensors[0] for tensors in read)
     _check(Xtr, ytr, Xte, yte, where=paths)
     return Xtr, ytr, Xte, yte, str(root)

@@ -308,11 +308,11 @@ def _field_problems(text: pd.DataFrame, whole: bool) -> list[_Problem]:
     columns = list(text.columns)
     out: list[_Problem] = []
     long = text[columns[-1]].astype(str).str.startswith(_LONG_ROW)
-    for row in np.flatnonzero(long.to_numpy()):
+    for row in map(int, np.flatnonzero(long.to_numpy())):
         n = int(text.iloc[row, -1].removeprefix(_LONG_ROW))
         out.append((row, 0, f"after {columns[-1]}", f"{n} fields, more than the header's; expected {width} fields"))
     short = text.isna().to_numpy()
-    for row in np.flatnonzero(short.any(axis=1)):
+    for row in map(int, np.flatnonzero(short.any(axis=1))):
         n = int(np.argmax(short[row]))  # the row's fields stop here; missing fields read as NaN from there on
         what = (
             f"the row ends after {n} of the header's {width} fields (cut mid-way)" if n else "an empty line"
@@ -335,7 +335,7 @@ def _cell_problems(text: pd.DataFrame, numbers: pd.DataFrame) -> list[_Problem]:
             bad &= ~((cells == "") & allowed(numbers))
         else:
             where = ""
-        for row in np.flatnonzero(bad.to_numpy()):
+        for row in map(int, np.flatnonzero(bad.to_numpy())):
             cell = cells.iloc[row]
             if cell == "":
                 also = f"; it may be empty only {where}" if where else ""

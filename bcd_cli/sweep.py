@@ -324,7 +324,7 @@ def plot_curves_by_config(
 
 def comparison_title(folder: Path, table: pd.DataFrame) -> str:
     """What the compared runs trained: data and samples, network, and each trainer's own settings."""
-    head, settings = "", {}
+    head, settings = "", dict[str, str]()
     for job in table["job"]:
         try:
             cfg = yaml.safe_load((Path(folder) / job / ".hydra" / "config.yaml").read_text()) or {}

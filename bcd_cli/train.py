@@ -383,7 +383,7 @@ def resume_command(out_dir: Path, epochs: int) -> str:
     """
     words = ["bcd-train", f"resume={_hydra_quoted(str(out_dir))}"]
     try:
-        saved = OmegaConf.load(out_dir / ".hydra" / "config.yaml").get("epochs")
+        saved = OmegaConf.select(OmegaConf.load(out_dir / ".hydra" / "config.yaml"), "epochs")
     except Exception:
         saved = None
     if saved != epochs:
