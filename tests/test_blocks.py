@@ -1,6 +1,6 @@
 """Every block solver of ``bcd_cli.engine.blocks`` returns the minimiser of its subproblem.
 
-Each block objective is written out below from ``bcd-math.md`` (Algorithm 2) without
+Each block objective is written out below from Zeng et al. (2019) (Algorithm 2) without
 calling engine code, minimised independently (L-BFGS for the strongly convex blocks, a
 dense 1-D grid per element for the nonconvex ReLU U-block), and compared with the
 solver: the argmin must agree and the solver's objective value must be no larger than

@@ -14,7 +14,7 @@ and F_a(old) - F_a(new) >= mu/2 ||Delta||^2 when F_a is mu-strongly convex):
     U_i     alpha      none in general (ReLU)          alpha/2           (F_a(new) <= F_a(old) only)
 
 so L(P^(k-1)) - L(P^k) >= a D_k with a = min over the blocks = min(alpha, gamma)/2
-(rho > 0 makes (gamma + rho)/2 > gamma/2). This is the constant of ``bcd-math.md``. The two
+(rho > 0 makes (gamma + rho)/2 > gamma/2). This is the descent constant of Lemma 1. The two
 smallest block constants cannot be improved in general: gamma/2 is exact for a V_i block
 whose W_next is 0, and alpha/2 for a ReLU U_i element whose old value already minimises
 F_a while the solver returns another (tied) minimiser.

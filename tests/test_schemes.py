@@ -2,11 +2,11 @@
 
 Every (splitting x loss x activation) combination and every regularizer (on the weights and on
 the states) runs a few sweeps on a small random problem. The objective of each scheme is
-written out below from ``bcd-math.md`` ((2.3) two-splitting, (2.5) three-splitting, (3.4)
+written out below from Zeng et al. (2019) ((2.3) two-splitting, (2.5) three-splitting, (3.4)
 ResNet) without engine code; the catalogue entries are discovered from ``conf/`` and built
 as the CLI builds them, so a new YAML entry is covered without new test code.
 
-The descent constant a (``bcd-math.md``): every block of Algorithm 1 carries the proximal
+The descent constant a (Lemma 1): every block of Algorithm 1 carries the proximal
 term alpha/2 ||. - old||^2 and never raises its block objective, so a = alpha/2; Algorithms 2
 and 3 give a = min(alpha, gamma)/2 (the exact V_i solve is gamma-strongly convex; the blocks
 with an inexact solver carry a proximal term). A prox-linear V_N step lowers L by only

@@ -3,7 +3,7 @@
 Each activation is callable (the forward map), has ``derivative(u)`` (sigma'(u)) and
 ``prox(v, b, c, start=None)``, which returns
 ``argmin_u 1/2 (sigma(u) - v)^2 + c/2 (u - b)^2`` elementwise, with ``c > 0``: the
-U-block of three-splitting BCD after its quadratic terms are merged (``bcd-math.md``,
+U-block of three-splitting BCD after its quadratic terms are merged (Zeng et al. 2019,
 Algorithm 2 step 4). ``start`` is the block's old value: the returned point is never
 worse than it. The piecewise-linear entries solve the problem in closed form (the
 global minimiser, so ``start`` is not needed); the smooth ones (which also have

@@ -9,7 +9,7 @@ Every loss has ``grad(V, Y)``, ``lipschitz(n)`` (a Lipschitz constant of grad R 
 samples, None when there is no global one) and ``solver``, the V_N update the engine
 uses: ``'exact'`` calls ``prox(Y, center, weight)``, which returns
 ``argmin_V R(V; Y) + weight/2 ||V - center||_F^2`` (the V_N block once its quadratic
-terms are merged); ``'prox_linear'`` takes the prox-linear step of ``bcd-math.md``
+terms are merged); ``'prox_linear'`` takes the prox-linear step of Zeng et al. (2019)
 (3.2), which needs only ``grad`` and ``lipschitz``. All exact proxes are elementwise.
 """
 

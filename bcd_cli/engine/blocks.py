@@ -1,4 +1,4 @@
-"""Block solvers shared by the splitting schemes (``bcd-math.md``, Algorithms 1-3).
+"""Block solvers shared by the splitting schemes (Zeng et al. 2019, Algorithms 1-3).
 
 Each function returns the minimiser of one block subproblem with every other block
 fixed: exactly where a closed form exists (a linear system solved by Cholesky, an

@@ -1,5 +1,5 @@
-"""Monotone inner solvers for the blocks that have no closed form (``bcd-math.md``, "Why inexact inner
-solvers are allowed").
+"""Monotone inner solvers for the blocks that have no closed form (an inner solver
+never raises its block objective, so the descent of Lemma 1 still holds).
 
 Both start at the block's old value and accept a new iterate only when it lowers the
 block objective, so the block objective (with its proximal term) never increases and

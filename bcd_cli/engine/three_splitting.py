@@ -7,7 +7,7 @@ Objective (2.5), with layers l = 0..N-1 (the paper's i = l + 1):
                     + rho/2   sum_l ||U_l - W_l V_l - b_l 1^T||^2,      V_0 = X.
 
 One sweep visits the blocks from the output back to the input, each solved with the
-others fixed at their latest values (``bcd-math.md``):
+others fixed at their latest values (Zeng et al. 2019, Algorithm 2):
 
     V_N <- argmin R + s_N + gamma/2 ||V - U_N||^2 + alpha/2 ||V - V_N^old||^2   (exact, or prox-linear (3.2))
     U_N <- argmin gamma/2 ||V_N - U||^2 + rho/2 ||U - W_N V_{N-1} - b_N||^2

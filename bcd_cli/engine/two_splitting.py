@@ -5,7 +5,7 @@ Objective (2.3), with layers l = 0..N-1 (the paper's i = l + 1):
     L(W, b, V) = R(V_N; Y) + sum_l r(W_l) + sum_l s(V_{l+1})
                  + gamma/2 sum_l ||V_{l+1} - sigma_l(W_l V_l + b_l 1^T)||^2,      V_0 = X.
 
-One sweep (``bcd-math.md``), every block with the proximal term alpha/2 ||. - old||^2:
+One sweep (Zeng et al. 2019, Algorithm 1), every block with the proximal term alpha/2 ||. - old||^2:
 
     V_N <- argmin R + s_N + gamma/2 ||V - W_N V_{N-1} - b_N||^2 + alpha/2 ||V - V_N^old||^2  (exact, or prox-linear)
     W_N <- argmin r + gamma/2 ||V_N - W V_{N-1} - b||^2 + alpha/2 ||(W, b) - old||^2         (sigma_N = Id: Cholesky)
