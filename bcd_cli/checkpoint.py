@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bcd_cli.engine.parallel import gather_columns, local_columns
 from bcd_cli.errors import DataError
-from bcd_cli.folders import LOCK_FILE, run_lock  # noqa: F401  (the lock a run holds on its folder)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1

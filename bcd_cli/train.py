@@ -26,7 +26,6 @@ from bcd_cli.checkpoint import (
     read_checkpoint,
     restore,
     run_config,
-    run_lock,
     truncate_metrics,
     with_keys_added_since,
     write_checkpoint,
@@ -36,6 +35,7 @@ from bcd_cli.data import Dataset, load_data, shard
 from bcd_cli.engine.network import MLP
 from bcd_cli.engine.parallel import all_reduce_sum_, any_rank, rank
 from bcd_cli.errors import BCDError, ConfigError, DataError, Interrupted, NumericalError, ResourceError
+from bcd_cli.folders import run_lock
 from bcd_cli.report import (
     CURVES_FILE,
     METRIC_COLUMNS,

@@ -18,8 +18,9 @@ import torch
 from omegaconf import OmegaConf
 
 from bcd_cli import cli
-from bcd_cli.checkpoint import CHECKPOINT_FILE, read_checkpoint, run_lock, write_checkpoint
-from bcd_cli.errors import Interrupted, NumericalError  # noqa: F401
+from bcd_cli.checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
+from bcd_cli.errors import NumericalError
+from bcd_cli.folders import run_lock
 from bcd_cli.report import METRICS_FILE, SUMMARY_FILE
 from bcd_cli.train import run
 from tests.conftest import TINY, compose_config, run_cli
