@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from bcd_cli import folders
+from bcd_cli.app import CONFIG_NAME, VERSION_BASE, config_dir, quoted
 from bcd_cli.callbacks import SweepReport, report_sweep
 from bcd_cli.console import progress_display, summary_table
 from bcd_cli.engine.parallel import rank
@@ -35,16 +36,7 @@ from bcd_cli.train import run
 log = logging.getLogger(__name__)
 
 
-def config_dir() -> Path:
-    """The YAML config tree: inside the installed package, or ``conf/`` beside it in a source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise RuntimeError(f"bcd-cli's configs are missing: neither {here / 'conf'} nor {here.parent / 'conf'} exists")
-
-
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+@hydra.main(version_base=VERSION_BASE, config_path=str(config_dir()), config_name=CONFIG_NAME)
 def _train(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
@@ -134,7 +126,7 @@ def resume_arguments(argv: list[str]) -> list[str]:
         config = OmegaConf.load(saved)
     except Exception as exc:
         raise ConfigError("resume", value, f"a run folder with a readable {saved} ({yaml_problem(exc)})") from None
-    extra = [f"hydra.run.dir={_quoted(str(folder))}", "hydra.output_subdir=null"]
+    extra = [f"hydra.run.dir={quoted(str(folder))}", "hydra.output_subdir=null"]
     for key in RESUME_MAY_CHANGE:
         if not any(_override_key(a) == key for a in overrides) and OmegaConf.select(config, key) is not None:
             extra.append(f"{key}={OmegaConf.select(config, key)}")
@@ -147,12 +139,6 @@ def yaml_problem(exc: Exception) -> str:
     if problem and mark is not None:
         return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _quoted(value: str) -> str:
-    """``value`` as a quoted Hydra override value: paths may hold characters the override grammar reserves."""
-    escaped = value.replace("'", "\\'").replace("${", "\\${")
-    return f"'{escaped}'"
 
 
 def join_process_group(argv: list[str]) -> None:
@@ -198,8 +184,8 @@ def claimed_arguments(argv: list[str], launch: Launch | None) -> tuple[list[str]
         dist.broadcast_object_list(folder, src=0)
         if folder[0] is None:
             sys.exit(ConfigError.exit_code)  # rank 0 says why
-    argv = [a for a in argv if _override_key(a) != key] + [f"{key}={_quoted(str(folder[0]))}"]
-    argv += [f"{k}={_quoted(os.path.abspath(os.path.expanduser(v)))}" for k, v in launch.relative_paths.items()]
+    argv = [a for a in argv if _override_key(a) != key] + [f"{key}={quoted(str(folder[0]))}"]
+    argv += [f"{k}={quoted(os.path.abspath(os.path.expanduser(v)))}" for k, v in launch.relative_paths.items()]
     if rank() != 0:
         argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
     return argv, claim

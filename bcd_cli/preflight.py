@@ -41,10 +41,10 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
+from bcd_cli.app import CONFIG_NAME, VERSION_BASE, config_dir
 from bcd_cli.config import OPTIONAL_KEYS, PATH_KEYS, validate
 from bcd_cli.errors import ConfigError
 
-CONFIG_NAME = "train"  # the primary config of ``bcd_cli.cli._train``
 BASIC_SWEEPER = f"{BasicSweeper.__module__}.{BasicSweeper.__name__}"
 SLURM_COMMANDS = ("sbatch", "srun")  # what submitit's SLURM executor calls
 _UNRESOLVABLE = (InterpolationResolutionError, GrammarParseError)
@@ -95,8 +95,6 @@ def preflight(argv: list[str]) -> Launch | None:
     args = _parse_args(argv)
     if args is None or not _runs_jobs(args):
         return None
-    from bcd_cli.cli import config_dir  # bcd_cli.cli imports this module
-
     with _hydra(config_dir(), args.config_dir) as hydra:
         return _Preflight(hydra, args.config_name or CONFIG_NAME).check(list(args.overrides), multirun=args.multirun)
 
@@ -128,7 +126,7 @@ def _hydra(conf: Path, extra_dir: str | None) -> Iterator[Hydra]:
             raise ConfigError("--config-dir", extra_dir, "an existing folder of configs (it is not one)")
         search_path.prepend(provider="command-line", path=f"file://{path}", anchor=SearchPathQuery(provider="schema"))
     backup, hydra_cfg = get_gh_backup(), HydraConfig.instance().cfg
-    version.setbase("1.3")  # as @hydra.main(version_base="1.3") in bcd_cli.cli
+    version.setbase(VERSION_BASE)  # as @hydra.main in bcd_cli.cli
     try:
         yield Hydra.create_main_hydra2(task_name=CONFIG_NAME, config_search_path=search_path)
     finally:

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bcd_cli import memory
+from bcd_cli.app import quoted
 from bcd_cli.checkpoint import (
     CHECKPOINT_FILE,
     RESUMABLE,
@@ -381,7 +382,7 @@ def resume_command(out_dir: Path, epochs: int) -> str:
     ``epochs=N`` is added where it differs from the run folder's config (an extended run), without
     which the command would stop at the folder's own number of sweeps.
     """
-    words = ["bcd-train", f"resume={_hydra_quoted(str(out_dir))}"]
+    words = ["bcd-train", f"resume={quoted(str(out_dir))}"]
     try:
         saved = OmegaConf.select(OmegaConf.load(out_dir / ".hydra" / "config.yaml"), "epochs")
     except Exception:
@@ -389,16 +390,6 @@ def resume_command(out_dir: Path, epochs: int) -> str:
     if saved != epochs:
         words.append(f"epochs={epochs}")
     return shlex.join(words)
-
-
-def _hydra_quoted(value: str) -> str:
-    """``value`` as a Hydra override value: as it is when Hydra's parser reads it back unchanged, else quoted."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    with contextlib.suppress(Exception):
-        if OverridesParser.create().parse_overrides([f"resume={value}"])[0].value() == value:
-            return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _first_line(err: BaseException) -> str:

@@ -327,7 +327,7 @@ def case_data(case: Case):
     import torch
     from hydra import compose, initialize_config_dir
 
-    from bcd_cli.cli import config_dir
+    from bcd_cli.app import config_dir
     from bcd_cli.config import DTYPES, resolve_device, validate
     from bcd_cli.data import Dataset
 

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bcd_cli import cli
-from bcd_cli.cli import config_dir
+from bcd_cli.app import config_dir
 
 CONF = config_dir()
 # a run small enough for a unit test: 120 digits, one hidden layer of 16, two sweeps

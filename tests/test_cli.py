@@ -167,7 +167,7 @@ def test_installed_wheel_runs_from_any_directory(tmp_path: Path):
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
-    code = "import bcd_cli.cli as c, sys; print(c.config_dir()); sys.argv[1:] = sys.argv[1:]; c.main()"
+    code = "import bcd_cli.cli as c, bcd_cli.app as a; print(a.config_dir()); c.main()"
     proc = subprocess.run(
         [sys.executable, "-c", code, *TINY], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
     )
