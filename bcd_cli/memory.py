@@ -33,9 +33,8 @@ from typing import Any
 
 import torch
 
-from bcd_cli.engine.blocks import CPU_CHUNK_ELEMENTS
-from bcd_cli.engine.linalg import SOLVE_CHUNK_ELEMENTS
-from bcd_cli.engine.network import column_chunks
+from bcd_cli.engine.chunking import column_chunk_width, column_chunks, cpu_chunk_rows, wide_chunk_columns
+from bcd_cli.engine.linalg import woodbury_is_cheaper
 from bcd_cli.errors import ConfigError, ResourceError
 
 log = logging.getLogger(__name__)
@@ -287,14 +286,12 @@ class _Run:
         return _LINEAR if l == self.depth - 1 else self.act
 
     def chunk(self, rows: int, cols: int) -> int:
-        """Elements of one chunk of elementwise work on a rows x cols block (``blocks.cpu_row_chunks``)."""
-        if not self.cpu or rows * cols <= CPU_CHUNK_ELEMENTS:
-            return rows * cols
-        return min(rows, max(1, CPU_CHUNK_ELEMENTS // cols)) * cols
+        """Elements of one chunk of elementwise work on a rows x cols block (``chunking.cpu_row_chunks``)."""
+        return cpu_chunk_rows(rows, cols, cpu=self.cpu) * cols
 
     def solve_columns(self, rows: int, cols: int, G: int, wide: int) -> int:
-        """Columns of one chunk of right-hand sides cast to a wider dtype (``linalg._column_chunks``)."""
-        return cols if G == wide else min(cols, max(1, SOLVE_CHUNK_ELEMENTS // max(1, rows)))
+        """Columns of one chunk of right-hand sides cast to a wider dtype (``chunking.wide_column_chunks``)."""
+        return wide_chunk_columns(rows, cols, widened=G != wide)
 
     def wide_chunks(self, rows: int, cols: int, G: int, wide: int) -> int:
         """Bytes of the wide copies ``linalg._map_columns`` holds at once: two chunks (the next one is made
@@ -324,7 +321,7 @@ class _Run:
     def gram_solve(self, t: _Tally, m: int, p: int) -> None:
         """``linalg.shifted_gram_solve`` of a V block of width m behind a layer of width p, into G's memory."""
         e, er, n = self.e, self.er, self.n
-        if p * p + 2 * p * m >= m * m:  # the m x m system
+        if not woodbury_is_cheaper(p, m):  # the m x m system
             t.alloc(m * m * e, m * m * e)  # W^T W, its multiple
             t.free(m * m * e)
             self.spd_solve(t, m, n, G=e, rhs=er, overwrite=True)
@@ -611,7 +608,7 @@ class _Run:
         """``BCDScheme.objective`` over column chunks: the largest chunk's terms, and with the gradient norm
         what autograd keeps of them, the gradients of the state's chunk and of every W and b."""
         s, e, N = self.sizes, self.e, self.depth
-        w = column_chunks(self.n)[0].stop
+        w = column_chunk_width(self.n)
         differentiable = self.grad_norm and self.reg_w.quadratic and self.reg_v.quadratic
         c = s[-1]
         t.label = "the objective" + (" and its gradient" if differentiable else "")
@@ -662,7 +659,7 @@ class _Run:
         if cols < 1:
             return
         s, e, N = self.sizes, self.e, self.depth
-        w = column_chunks(cols)[0].stop
+        w = column_chunk_width(cols)
         c = s[-1]
         t.label = f"the forward pass on the {'training' if loss else 'test'} samples"
         chunk = max(

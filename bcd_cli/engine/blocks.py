@@ -14,6 +14,7 @@ import logging
 import torch
 from torch import Tensor
 
+from bcd_cli.engine.chunking import cpu_row_chunks
 from bcd_cli.engine.inner import (
     InnerSolver,
     fista,
@@ -27,7 +28,6 @@ from bcd_cli.engine.parallel import all_reduce_sum_, world_size
 log = logging.getLogger(__name__)
 
 ALPHA_CHECKS = ("warn", "raise")
-CPU_CHUNK_ELEMENTS = 2**18  # entries per chunk of elementwise work on the CPU (1 MiB in float32)
 
 
 def output_alpha(loss, n: int, *, gamma: float, alpha: float, check: str) -> float:
@@ -85,7 +85,7 @@ def update_preactivation(
     V_in + sigma(U)), else None. With b = (rho Z + alpha U_old)/(rho + alpha) and
     c = (rho + alpha)/gamma this is the activation's prox(V - V_in, b, c), which never returns
     a worse point than U_old. ``Z`` must be a fresh tensor: the result is written into it,
-    over the row chunks of ``cpu_row_chunks``, so the prox's temporaries are a chunk's.
+    over the row chunks of ``chunking.cpu_row_chunks``, so the prox's temporaries are a chunk's.
     """
     c = (rho + alpha) / gamma
     in_place = getattr(act, "prox_", None)  # the activation's in-place variant, when it has one
@@ -304,7 +304,7 @@ def squared_distance(A: Tensor, B: Tensor) -> Tensor:
 
     Under autograd by ``mse_loss``, whose backward keeps references to A and B only (sub and
     square would keep the difference, a block-sized tensor per term). Otherwise by sub, square
-    and sum over the row chunks of ``cpu_row_chunks``.
+    and sum over the row chunks of ``chunking.cpu_row_chunks``.
     """
     if torch.is_grad_enabled() and (A.requires_grad or B.requires_grad):
         return torch.nn.functional.mse_loss(A, B, reduction="sum")
@@ -313,14 +313,3 @@ def squared_distance(A: Tensor, B: Tensor) -> Tensor:
         return torch.sub(A, B).square_().sum()
     return torch.stack([torch.sub(A[rows], B[rows]).square_().sum() for rows in chunks]).sum()
 
-
-def cpu_row_chunks(A: Tensor) -> list[slice]:
-    """Row slices of A for elementwise work: on the CPU, chunks of about ``CPU_CHUNK_ELEMENTS`` entries,
-    so that temporaries stay in cache and no block-sized one is allocated (fresh memory costs a page
-    fault per 4 KiB there); the whole of A elsewhere (CUDA's caching allocator has no such cost) and
-    for vectors and small matrices."""
-    rows = A.shape[0]
-    if A.device.type != "cpu" or A.dim() != 2 or A.numel() <= CPU_CHUNK_ELEMENTS:
-        return [slice(0, rows)]
-    step = max(1, CPU_CHUNK_ELEMENTS // A.shape[1])
-    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from bcd_cli.engine.chunking import wide_column_chunks
 from bcd_cli.errors import NumericalError
 
 log = logging.getLogger(__name__)
@@ -16,8 +17,6 @@ log = logging.getLogger(__name__)
 # a float32 A A^T, A 50 x 10), so a PSD H can look indefinite: the retries shift the diagonal by these
 # multiples of eps(H.dtype) x mean|diag H|, and keep a solution only if the shift hardly changed it.
 JITTER_EPS_MULTIPLES = (10.0, 1e2, 1e3, 1e4)
-# entries of G solved at a time when the factor is wider than G (float64 for float32 states): 16 MiB in float64
-SOLVE_CHUNK_ELEMENTS = 2**21
 
 
 def _name(dtype: torch.dtype) -> str:
@@ -78,7 +77,7 @@ def shifted_gram_solve(
 ) -> Tensor:
     """Returns X with (shift I + scale W^T W) X = G, for W of shape m x d, G of shape d x n, shift > 0.
 
-    When the m x m form is cheaper (m^2 + 2 m d < d^2, e.g. W is the 10 x d output layer),
+    When the m x m form is cheaper (``woodbury_is_cheaper``, e.g. W is the 10 x d output layer),
     by the Woodbury identity (shift I + scale W^T W)^-1 = (I - scale W^T K^-1 W) / shift with
     K = shift I_m + scale W W^T: an m x m factorisation and two m-row products in place of the
     d x d factorisation and its 2 d^2 n triangular solves. K is factorised in ``solve_dtype``;
@@ -87,40 +86,39 @@ def shifted_gram_solve(
     ``spd_solve`` with these dtypes. Failures name ``block``.
     """
     m, d = W.shape
-    if m * m + 2 * m * d >= d * d:
+    if not woodbury_is_cheaper(m, d):
         H = add_to_diagonal(scale * (W.T @ W), shift)
         return spd_solve(H, G, solve_dtype=solve_dtype, rhs_dtype=rhs_dtype, block=block, overwrite=overwrite)
     dtype = rhs_dtype or solve_dtype or G.dtype
     W_wide = W.to(dtype)
     K = add_to_diagonal(scale * (W @ W.T), shift)
-    WG = torch.cat([W_wide @ G[:, columns].to(dtype) for columns in _column_chunks(G, dtype)], dim=1)
+    WG = torch.cat([W_wide @ G[:, columns].to(dtype) for columns in wide_column_chunks(G, dtype)], dim=1)
     R = spd_solve(K, WG, solve_dtype=solve_dtype, rhs_dtype=dtype, block=block, overwrite=True)
     return _map_columns(
         G, dtype, lambda x, columns: x.addmm_(W_wide.T, R[:, columns], alpha=-scale).div_(shift), overwrite=overwrite
     )
 
 
-def _column_chunks(G: Tensor, dtype: torch.dtype) -> list[slice]:
-    """The columns of G worked on at a time in ``dtype``: all of them in G's own dtype; in a wider one,
-    chunks of ``SOLVE_CHUNK_ELEMENTS`` entries, so that the wide copy never holds all of G."""
-    n = G.shape[1]
-    width = n if dtype == G.dtype else max(1, SOLVE_CHUNK_ELEMENTS // max(1, G.shape[0]))
-    return [slice(start, min(start + width, n)) for start in range(0, n, width)] or [slice(0, 0)]
+def woodbury_is_cheaper(m: int, d: int) -> bool:
+    """Whether ``shifted_gram_solve`` for W of shape m x d takes the m x m Woodbury form: when
+    m^2 + 2 m d < d^2, the work per right-hand side of the m x m triangular solves and the two m-row
+    products against the d^2 of the d x d triangular solves."""
+    return m * m + 2 * m * d < d * d
 
 
 def _map_columns(
     G: Tensor, dtype: torch.dtype, update: Callable[[Tensor, slice], object], *, overwrite: bool
 ) -> Tensor:
     """X in G's dtype and row-major layout with X[:, c] = update(G[:, c] in ``dtype``, c) for the chunks c of
-    ``_column_chunks``; ``update`` works in place on a row-major k x |c| tensor. ``overwrite``: X is G itself
-    (when G is contiguous)."""
+    ``chunking.wide_column_chunks``; ``update`` works in place on a row-major k x |c| tensor. ``overwrite``: X is
+    G itself (when G is contiguous)."""
     X = G if overwrite and G.is_contiguous() else torch.empty_like(G, memory_format=torch.contiguous_format)
     if G.dtype == dtype:  # one chunk, updated in X itself
         if X is not G:
             X.copy_(G)
         update(X, slice(0, G.shape[1]))
         return X
-    for columns in _column_chunks(G, dtype):
+    for columns in wide_column_chunks(G, dtype):
         wide = G[:, columns].to(dtype, memory_format=torch.contiguous_format)
         update(wide, columns)
         X[:, columns].copy_(wide)

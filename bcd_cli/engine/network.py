@@ -16,17 +16,7 @@ import torch
 from torch import Tensor
 
 from bcd_cli.catalogue.activations import Linear
-
-# evaluations over all samples run over this many column chunks, each at least this many samples wide
-EVALUATION_CHUNKS = 16
-EVALUATION_CHUNK_MIN_COLUMNS = 512
-
-
-def column_chunks(n: int) -> list[slice]:
-    """Slices of n samples into ``EVALUATION_CHUNKS`` contiguous chunks, each at least
-    ``EVALUATION_CHUNK_MIN_COLUMNS`` wide (one chunk for a small n)."""
-    width = max(EVALUATION_CHUNK_MIN_COLUMNS, -(-n // EVALUATION_CHUNKS))
-    return [slice(start, min(start + width, n)) for start in range(0, n, width)]
+from bcd_cli.engine.chunking import column_chunks
 
 
 @dataclass
@@ -110,8 +100,8 @@ class MLP:
     def __call__(self, X: Tensor) -> Tensor:
         """The network's output sigma_N(W_N ... sigma_1(W_1 X + b_1) ... + b_N), residual layers included.
 
-        Computed over the column chunks of ``column_chunks``: the hidden layers' outputs exist for
-        one chunk of samples at a time.
+        Computed over the column chunks of ``chunking.column_chunks``: the hidden layers' outputs exist
+        for one chunk of samples at a time.
         """
         chunks = column_chunks(X.shape[1])
         if len(chunks) > 1:

@@ -2,72 +2,138 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
 from bcd_cli.engine.blocks import ALPHA_CHECKS, feasible, output_alpha
 from bcd_cli.engine.inner import InnerSolver
 from bcd_cli.engine.network import MLP, column_chunks
-from bcd_cli.engine.parallel import all_reduce_sum_, world_size
+from bcd_cli.engine.parallel import all_reduce_sum_, gather_columns, local_columns, world_size
+from bcd_cli.engine.trainer import DTYPES, Trainer, check_shapes, own
+from bcd_cli.errors import ParameterError, require, require_number
 
 
-class BCDScheme:
-    """Hyperparameters and state of a BCD scheme; subclasses define ``sweep`` and ``objective_parts``.
+@dataclass(frozen=True)
+class BCDSettings:
+    """The hyperparameters of a BCD scheme, checked when made (``ParameterError`` naming the field).
 
     ``rho`` (the weight of ||U - W V||^2 in three-splitting) defaults to ``gamma``.
-    ``solve_dtype`` is the dtype of every Cholesky factorisation and of the W blocks' solves;
-    ``state_solve_dtype`` (default: ``solve_dtype``) that of the V blocks' triangular solves,
-    whose n right-hand sides (one per sample) make them the costly ones.
+    ``solve_dtype`` is the dtype of every Cholesky factorisation and of the W blocks' solves
+    (None: the data's); ``state_solve_dtype`` (default: ``solve_dtype``) that of the V blocks'
+    triangular solves, whose n right-hand sides (one per sample) make them the costly ones.
+    Both are given as torch dtypes or by name (float32, float64) and held as torch dtypes.
     ``inner_iters``/``inner_tol`` bound the monotone inner solvers of blocks without a
     closed form; ``alpha_check`` ('warn' or 'raise') is what happens when alpha fails
     Theorem 2 for a prox-linear loss (see ``blocks.output_alpha``).
-    The weights start inside the domain of ``reg_w`` (projected); ``net`` is updated in
-    place, so its forward pass always uses the current weights.
     """
 
-    name: ClassVar[str]
+    gamma: float
+    alpha: float
+    rho: float | None = None
+    solve_dtype: torch.dtype | str | None = None
+    state_solve_dtype: torch.dtype | str | None = None
+    inner_iters: int = 20
+    inner_tol: float = 1e-6
+    alpha_check: str = "warn"
+
+    TOP_LEVEL: ClassVar[tuple[str, ...]] = ("gamma", "rho", "alpha")  # run-config keys outside the trainer group
+
+    def __post_init__(self) -> None:
+        require_number("gamma", self.gamma, lambda x: x > 0, "a number > 0")
+        if self.rho is not None:
+            require_number("rho", self.rho, lambda x: x > 0, "a number > 0, or null for rho = gamma")
+        require_number("alpha", self.alpha, lambda x: x > 0, "a number > 0")
+        require_number("inner_iters", self.inner_iters, lambda x: x >= 1, "an integer >= 1 (inner solver steps)",
+                       integer=True)  # fmt: skip
+        require_number("inner_tol", self.inner_tol, lambda x: x >= 0, "a number >= 0 (relative step size)")
+        require(self.alpha_check in ALPHA_CHECKS, "alpha_check", self.alpha_check, f"one of {', '.join(ALPHA_CHECKS)}")
+        names = ", ".join(DTYPES)
+        for key, allowed in (("solve_dtype", f"one of {names}"), ("state_solve_dtype", f"one of {names}, or null")):
+            value = getattr(self, key)
+            if isinstance(value, str) or value is None:
+                require(value is None or value in DTYPES, key, value, allowed)
+                object.__setattr__(self, key, DTYPES[value] if value is not None else None)
+            else:
+                require(value in DTYPES.values(), key, value, allowed)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> BCDSettings:
+        """The settings of the run config ``cfg``: gamma, rho, alpha at its top level, the others in ``trainer``;
+        a refused value is reported under its config key (``trainer.inner_iters``).
+
+        A run always names its ``trainer.solve_dtype``; ``trainer.state_solve_dtype`` null is the run's dtype.
+        """
+        trainer = cfg.trainer
+        values = {key: cfg.get(key) for key in cls.TOP_LEVEL}
+        values |= {key: trainer.get(key) for key in ("solve_dtype", "inner_iters", "inner_tol", "alpha_check")}
+        values["state_solve_dtype"] = trainer.get("state_solve_dtype")
+        try:
+            require(values["solve_dtype"] is not None, "solve_dtype", None, f"one of {', '.join(DTYPES)}")
+            if values["state_solve_dtype"] is None:
+                require(
+                    cfg.get("dtype") in DTYPES, "state_solve_dtype", None, "null only with dtype float32 or float64"
+                )
+                values["state_solve_dtype"] = cfg.dtype
+            return cls(**values)
+        except ParameterError as err:
+            raise err.within(None if err.key in cls.TOP_LEVEL else "trainer") from None
+
+    def keywords(self) -> dict[str, Any]:
+        """The settings as the keyword arguments of a scheme's constructor."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+
+class BCDScheme(Trainer):
+    """Hyperparameters and state of a BCD scheme; subclasses define ``sweep`` and ``objective_parts``.
+
+    ``hyper`` are the fields of ``BCDSettings`` (gamma and alpha required), checked before
+    anything is built. The weights start inside the domain of ``reg_w`` (projected); ``net``
+    is updated in place, so its forward pass always uses the current weights.
+    """
+
+    name: str
     residual: ClassVar[bool] = False  # whether the scheme trains networks with residual layers
     layer_blocks: ClassVar[tuple[str, ...]]  # the blocks of layer i in the order ``sweep`` updates them ("W": W_i, b_i)
+    divergence_hint = "a larger alpha"
     V: list[Tensor]  # the states V_0 = X, V_1, ..., V_N (set by each scheme)
 
-    def __init__(
-        self,
-        net: MLP,
-        X: Tensor,
-        Y: Tensor,
-        *,
-        loss,
-        reg_w,
-        reg_v,
-        gamma: float,
-        alpha: float,
-        rho: float | None = None,
-        solve_dtype: torch.dtype | None = None,
-        state_solve_dtype: torch.dtype | None = None,
-        inner_iters: int = 20,
-        inner_tol: float = 1e-6,
-        alpha_check: str = "warn",
-    ) -> None:
+    def __init__(self, net: MLP, X: Tensor, Y: Tensor, *, loss: Any, reg_w: Any, reg_v: Any, **hyper: Any) -> None:
+        settings = BCDSettings(**hyper)
         if any(net.residual) != self.residual:
             raise ValueError(
                 f"splitting={self.name} trains {'residual' if self.residual else 'plain'} networks; "
                 f"this one {'has' if any(net.residual) else 'has no'} residual layers"
             )
-        if alpha_check not in ALPHA_CHECKS:
-            raise ValueError("alpha_check", alpha_check, " or ".join(ALPHA_CHECKS))
         self.net, self.X, self.Y = net, X, Y
         self.loss, self.reg_w, self.reg_v = loss, reg_w, reg_v
-        self.gamma, self.alpha = float(gamma), float(alpha)
-        self.rho = float(gamma if rho is None else rho)
-        self.solve_dtype = solve_dtype
-        self.state_solve_dtype = state_solve_dtype or solve_dtype
-        self.inner = InnerSolver(iters=int(inner_iters), tol=float(inner_tol))
-        self.alpha_out = output_alpha(loss, Y.shape[1], gamma=self.gamma, alpha=self.alpha, check=alpha_check)
+        self.gamma, self.alpha = float(settings.gamma), float(settings.alpha)
+        self.rho = float(settings.gamma if settings.rho is None else settings.rho)
+        self.solve_dtype = settings.solve_dtype
+        self.state_solve_dtype = settings.state_solve_dtype or settings.solve_dtype
+        self.inner = InnerSolver(iters=int(settings.inner_iters), tol=float(settings.inner_tol))
+        self.alpha_out = output_alpha(loss, Y.shape[1], gamma=self.gamma, alpha=self.alpha, check=settings.alpha_check)
         net.W[:] = [feasible(reg_w, w) for w in net.W]
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        BCDSettings.from_config(cfg)
+
+    @classmethod
+    def from_config(
+        cls, cfg: DictConfig, net: MLP, X: Tensor, Y: Tensor, *, loss: Any, reg_w: Any, reg_v: Any
+    ) -> BCDScheme:
+        return cls(net, X, Y, loss=loss, reg_w=reg_w, reg_v=reg_v, **BCDSettings.from_config(cfg).keywords())
+
+    def summary_fields(self) -> dict[str, Any]:
+        """The method and alpha of the output block V_N (raised above alpha when Theorem 2 needs it)."""
+        return {"method": self.name, "alpha_output_block": self.alpha_out}
 
     def sweep(self) -> float:
         """One sweep over all blocks; returns D_k = ||P^k - P^(k-1)||_F^2."""
@@ -91,16 +157,52 @@ class BCDScheme:
         """The terms of the scheme's objective as 0-dim tensors: loss, penalty_v, penalty_u, reg_w, reg_v."""
         raise NotImplementedError
 
+    def sample_blocks(self) -> dict[str, list[Tensor]]:
+        """The blocks with one column per sample, by kind: the states V_1..V_N (and U_1..U_N in three-splitting)."""
+        return {"V": self.V[1:]}
+
+    def _set_sample_blocks(self, blocks: dict[str, list[Tensor]]) -> None:
+        self.V[1:] = blocks["V"]
+
     def blocks(self) -> list[Tensor]:
-        """Every block of the state: W, b, then the V (and U) blocks."""
-        return [*self.net.W, *self.net.b, *self.V[1:], *getattr(self, "U", [])]
+        """Every block of the state: W, b, then the blocks of ``sample_blocks`` (V, then U)."""
+        return [*self.net.W, *self.net.b, *(t for kind in self.sample_blocks().values() for t in kind)]
 
     def _set_blocks(self, blocks: list[Tensor]) -> None:
+        """Puts the list of ``blocks()``'s layout back."""
         depth = self.net.depth
         self.net.W[:], self.net.b[:] = blocks[:depth], blocks[depth : 2 * depth]
-        self.V[1:] = blocks[2 * depth : 3 * depth]
-        if hasattr(self, "U"):
-            self.U[:] = blocks[3 * depth :]
+        rest = blocks[2 * depth :]
+        kinds = list(self.sample_blocks())
+        self._set_sample_blocks({kind: rest[i * depth : (i + 1) * depth] for i, kind in enumerate(kinds)})
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"W": [W_1..W_N], "b": [b_1..b_N], "V": [V_1..V_N], and "U": [U_1..U_N] in three-splitting}.
+
+        The tensors are the scheme's own (detached, not copied): save or copy them before the next
+        sweep. In a data-parallel run the V and U blocks are gathered from the ranks' shards.
+        """
+        n = _total_columns(self.X)
+        state: dict[str, Any] = {"W": [own(w) for w in self.net.W], "b": [own(b) for b in self.net.b]}
+        for kind, tensors in self.sample_blocks().items():
+            state[kind] = [own(gather_columns(t, n)) for t in tensors]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Puts a ``state_dict`` back (copied, on this scheme's device and dtype; in a data-parallel run each rank
+        takes its own columns of the V and U blocks)."""
+        current = {"W": list(self.net.W), "b": list(self.net.b), **self.sample_blocks()}
+        if set(state) != set(current):
+            raise ValueError(f"the saved state holds blocks {sorted(state)}, this scheme {sorted(current)}")
+        loaded = {}
+        for kind, tensors in current.items():
+            saved = state[kind] if kind in ("W", "b") else [local_columns(t) for t in state[kind]]
+            check_shapes(tensors, saved, kind)
+            loaded[kind] = [
+                s.to(device=c.device, dtype=c.dtype, copy=True) for c, s in zip(tensors, saved, strict=True)
+            ]
+        self.net.W[:], self.net.b[:] = loaded.pop("W"), loaded.pop("b")
+        self._set_sample_blocks(loaded)
 
     def gradient_norm(self) -> float:
         """||grad L(P^k)||_F over all blocks (see ``objective``)."""
@@ -165,6 +267,12 @@ class BCDScheme:
             all_reduce_sum_(g)
         weights = sum(g.double().square().sum() for g in weight_grads)
         return float(weights + all_reduce_sum_(state_squares))
+
+
+def _total_columns(X: Tensor) -> int:
+    """The number of samples over all ranks (a collective in a data-parallel run) of this rank's columns X."""
+    n = torch.tensor(X.shape[1], device=X.device)
+    return int(all_reduce_sum_(n).item())
 
 
 def first_nonfinite(blocks: list[tuple[str, list[Tensor]]]) -> str | None:
