@@ -1,7 +1,8 @@
 """The catalogue: losses, activations and regularizers, each with its block solver.
 
 Every entry is a small frozen dataclass built by Hydra from its YAML file
-(``conf/loss``, ``conf/act``, ``conf/reg``) through ``_target_``.
+(``conf/loss``, ``conf/act``, ``conf/reg``) through ``_target_``. docs/math.md §3 lists every
+entry with its value and the derivation of its solver.
 """
 
 from bcd_cli.catalogue._checks import require

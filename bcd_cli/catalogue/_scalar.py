@@ -2,7 +2,8 @@
 
 Each solver loops only over a fixed small number of grid points or iterations; every
 step is one elementwise operation on the whole tensor (or on the subset of elements
-that still needs work), in the dtype and on the device of its inputs.
+that still needs work), in the dtype and on the device of its inputs. docs/math.md §3.2
+describes the search of ``nonconvex_argmin``; §3.1 the losses that use ``increasing_root``.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def nonconvex_argmin(
     shrinks the bracket radius below ``SHRINK`` times its old value, the old grid was
     coarse there: those elements are scanned again on the new bracket (at most
     ``RESCANS`` times). The result is, elementwise, the best point evaluated; it is never
-    worse than b or ``start``.
+    worse than b or ``start``. See docs/math.md §3.2.
     """
     best_u, best_f = b, 0.5 * (act(b) - v).square()
     if start is not None:

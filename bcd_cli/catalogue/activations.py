@@ -12,7 +12,7 @@ controlled by their fields ``grid`` (points) and ``newton_steps``.
 
 An entry may also have ``prox_(v, b, c, start=None)``: the same minimiser written into b's
 memory (b is consumed), which the engine uses when present to save a temporary the size of
-the block.
+the block. See docs/math.md §2.3 (the U-block) and §3.2 (every activation's prox).
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class ReLU:
         values is (v + c b)^2 / (1 + c)) and t = -(c + sqrt(c (1 + c))) b for b < 0 (the
         larger root of v^2 + 2 c b v - c b^2), that is t = -c b - sqrt(c (1 + c)) min(b, 0);
         at the threshold both are minimisers. The global minimiser needs no ``start``.
+        See docs/math.md §2.3 for the derivation.
         """
         return self.prox_(v, b.clone(memory_format=torch.contiguous_format), c)
 
@@ -123,7 +124,7 @@ class LeakyReLU:
         over the piece by max((v + c b)/(1 + c), 0); on u <= 0 it is
         1/2 (slope u - v)^2 + c/2 (u - b)^2, minimised by min((slope v + c b)/(slope^2 + c), 0).
         The global minimiser is the better of the two (the u >= 0 one on a tie), so
-        ``start`` is not needed.
+        ``start`` is not needed. See docs/math.md §3.2.
         """
         a = self.slope
         right = torch.clamp((v + c * b) / (1 + c), min=0.0)

@@ -11,6 +11,7 @@ uses: ``'exact'`` calls ``prox(Y, center, weight)``, which returns
 ``argmin_V R(V; Y) + weight/2 ||V - center||_F^2`` (the V_N block once its quadratic
 terms are merged); ``'prox_linear'`` takes the prox-linear step of Zeng et al. (2019)
 (3.2), which needs only ``grad`` and ``lipschitz``. All exact proxes are elementwise.
+See docs/math.md §3.1 (the losses and their proxes) and §2.1 (the V_N block).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class Hinge:
         With z = t v, t = +-1 and tc = t center, each element minimises
         s max(0, 1 - z) + weight/2 (z - tc)^2: z = tc + s/weight when tc <= 1 - s/weight,
         z = 1 when 1 - s/weight < tc < 1, z = tc when tc >= 1; that is
-        z = max(tc, min(1, tc + s/weight)).
+        z = max(tc, min(1, tc + s/weight)). See docs/math.md §3.1.
         """
         s = _scale(self.reduction, Y.shape[1])
         T = 2 * Y - 1
@@ -146,7 +147,7 @@ class Logistic:
         s log(1 + e^-z) + weight/2 (z - tc)^2, whose minimiser z = tc + y solves
         g(y) = weight y - s sigmoid(-(tc + y)) = 0. g increases, g(0) < 0 and
         g(s/weight) > 0, so y lies in [0, s/weight]: found by Newton steps with a
-        bisection fallback whenever Newton leaves the shrinking bracket.
+        bisection fallback whenever Newton leaves the shrinking bracket. See docs/math.md §3.1.
         """
         s = _scale(self.reduction, Y.shape[1])
         T = 2 * Y - 1
@@ -203,7 +204,7 @@ class Exponential:
         h(log a - log log a) = log(1 - log log a / log a) < 0. h is increasing and
         concave, so Newton y <- y (1 + log a - log y)/(1 + y) from a left end rises
         monotonically to the root without overshooting; the iterate is also kept in
-        the bracket against rounding.
+        the bracket against rounding. See docs/math.md §3.1.
         """
         s = _scale(self.reduction, Y.shape[1])
         T = 2 * Y - 1
@@ -223,6 +224,7 @@ class CrossEntropy:
     """R(V; Y) = s sum_j -log softmax(V[:, j])[y_j], the softmax cross-entropy of each column.
 
     The V_N block uses the prox-linear step (grad R is s/2-Lipschitz); there is no exact prox.
+    See docs/math.md §3.1 (the constant) and §4.2 (the condition it sets on alpha).
     """
 
     reduction: str = "sum"

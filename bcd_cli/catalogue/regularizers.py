@@ -16,6 +16,8 @@ Each entry has
   for a convex elementwise-separable f given by its own prox
   ``prox_f(center, weight) = argmin_X f(X) + weight/2 ||X - center||^2`` (the V_N
   block with an exact loss prox and a state regularizer).
+
+docs/math.md §3.3 lists every entry's prox and derives ``prox_with``.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def _l1_prox_with(prox_f: ProxF, center: Tensor, weight: float, lam: float) -> T
     Per element, lam |x| + weight/2 (x - c)^2 equals weight/2 (x - (c -+ lam/weight))^2 up to a
     constant on x >= 0 (x <= 0), and lam |x| is above both of its linear pieces: so
     p = prox_f(c - lam/weight) is the minimiser when p > 0, m = prox_f(c + lam/weight)
-    when m < 0, and otherwise (p <= 0 <= m) 0 is optimal.
+    when m < 0, and otherwise (p <= 0 <= m) 0 is optimal. See docs/math.md §3.3.
     """
     p = prox_f(center - lam / weight, weight)
     m = prox_f(center + lam / weight, weight)

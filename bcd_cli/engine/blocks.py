@@ -4,7 +4,8 @@ Each function returns the minimiser of one block subproblem with every other blo
 fixed: exactly where a closed form exists (a linear system solved by Cholesky, an
 elementwise prox), otherwise by a monotone inner solver (``inner.py``) started at the
 block's old value. Matrices are d x n (one column per sample); biases are vectors
-broadcast over columns and are never regularized.
+broadcast over columns and are never regularized. docs/math.md §2 derives every update and the
+condition it needs; its table maps each block of each scheme to the function here.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def output_alpha(loss, n: int, *, gamma: float, alpha: float, check: str) -> flo
     L the Lipschitz constant of grad R, so Theorem 2 needs alpha > (L - gamma)/2. When
     that fails, ``check='warn'`` logs a warning and keeps alpha; ``check='raise'``
     uses (L - gamma)/2 + alpha for this block, which restores a decrease of alpha ||Delta||^2.
+    See docs/math.md §4.2.
     """
     if loss.solver != "prox_linear":
         return alpha
@@ -66,6 +68,7 @@ def update_output_state(loss, reg_v, Y: Tensor, target: Tensor, V_old: Tensor, *
     regularizer combines its prox with the loss's (both elementwise). Otherwise the
     prox-linear step (3.2) of Theorem 2 linearises R at V_old:
     V = prox_{s_N/(alpha + gamma)}((alpha V_old + gamma target - grad R(V_old)) / (alpha + gamma)).
+    See docs/math.md §2.1 (and §4.2 for the condition on alpha of the prox-linear step).
     """
     weight = gamma + alpha
     if loss.solver == "prox_linear":
@@ -86,6 +89,7 @@ def update_preactivation(
     c = (rho + alpha)/gamma this is the activation's prox(V - V_in, b, c), which never returns
     a worse point than U_old. ``Z`` must be a fresh tensor: the result is written into it,
     over the row chunks of ``chunking.cpu_row_chunks``, so the prox's temporaries are a chunk's.
+    See docs/math.md §2.3 (ReLU's threshold form there, the other activations in §3.2).
     """
     c = (rho + alpha) / gamma
     in_place = getattr(act, "prox_", None)  # the activation's in-place variant, when it has one
@@ -102,7 +106,7 @@ def update_preactivation(
 
 
 def _weights_system(U: Tensor, V_in: Tensor, W_old: Tensor, b_old: Tensor, *, rho: float, alpha: float, ridge: float):
-    """H and G of the normal equations Theta H = G in Theta = [W b] (see ``update_weights``)."""
+    """H and G of the normal equations Theta H = G in Theta = [W b] (see ``update_weights``, docs/math.md §2.4)."""
     d, n = V_in.shape
     H = V_in.new_empty(d + 1, d + 1)
     H[:d, :d] = V_in @ V_in.T
@@ -150,7 +154,7 @@ def update_weights(
     For r = ridge/2 ||W||^2 the minimiser solves Theta (H + ridge I_W) = G (Cholesky).
     Otherwise (l1, elastic net, box, nonnegativity) FISTA on Theta runs from [W_old b_old]
     or from the prox of the minimiser without r, whichever is better; each of its steps
-    costs one (d_out x (d+1)) x ((d+1) x (d+1)) product, independent of n.
+    costs one (d_out x (d+1)) x ((d+1) x (d+1)) product, independent of n. See docs/math.md §2.4.
     """
     d = V_in.shape[0]
     if reg_w.quadratic:
@@ -200,7 +204,8 @@ def update_hidden_state(
     otherwise FISTA runs from V_old or from the prox of the minimiser without
     s, whichever is better. H is factorised in ``solve_dtype``, the n right-hand sides are
     solved in ``rhs_dtype`` (default: ``solve_dtype``; see ``linalg.spd_solve``). With
-    ``overwrite_target`` G (and then V) takes the target's memory.
+    ``overwrite_target`` G (and then V) takes the target's memory. See docs/math.md §2.2 (the
+    targets of each scheme), §2.4 (the Woodbury form) and §2.7 (the dtypes).
     """
     if overwrite_target:
         G = target.addmm_(W_next.T, U_next, beta=weight, alpha=rho)
@@ -240,7 +245,7 @@ def update_hidden_state_nonlinear(
 
     The V_i block of Algorithm 1 (two-splitting) behind a nonlinear sigma_next, with its
     penalty and proximal terms merged into ``weight/2 ||V - target||^2``: nonconvex, so
-    proximal gradient with backtracking from V_old.
+    proximal gradient with backtracking from V_old. See docs/math.md §2.5.
     """
 
     def smooth(V: Tensor) -> tuple[Tensor, Tensor]:
@@ -272,6 +277,7 @@ def update_weights_nonlinear(
 
     The W_i block of Algorithm 1 behind a nonlinear sigma: a nonlinear least-squares
     problem, solved by proximal gradient with backtracking on Theta = [W b] from the old value.
+    See docs/math.md §2.5.
     """
     d = V_in.shape[0]
     Theta_old = torch.cat([W_old, b_old.unsqueeze(1)], dim=1)

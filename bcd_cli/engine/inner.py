@@ -3,7 +3,7 @@ never raises its block objective, so the descent of Lemma 1 still holds).
 
 Both start at the block's old value and accept a new iterate only when it lowers the
 block objective, so the block objective (with its proximal term) never increases and
-Lemma 1's sufficient descent carries over to the whole sweep.
+Lemma 1's sufficient descent carries over to the whole sweep (docs/math.md §2.6, §4.1).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def fista(
     ``penalty(X) = h(X)``. Monotone FISTA (Beck and Teboulle's MFISTA) with a momentum
     restart whenever a step would raise the objective. It starts from x0, or from
     ``candidate`` when that is better (e.g. the minimiser without h, mapped into the
-    domain of h); both must lie in the domain of h.
+    domain of h); both must lie in the domain of h. See docs/math.md §2.6.
     """
 
     def value_of(X: Tensor, HX: Tensor) -> Tensor:
@@ -106,7 +106,7 @@ def prox_gradient(
     ``prox`` and ``penalty`` are those of h. Proximal gradient with backtracking from
     ``step``: a trial point is accepted when it satisfies the descent-lemma test
     f(z) <= f(x) + <grad, z - x> + ||z - x||^2 / (2 step) and lowers f + h; the step
-    grows after each accepted iteration. x0 must lie in the domain of h.
+    grows after each accepted iteration. x0 must lie in the domain of h. See docs/math.md §2.6.
     """
     x = x0
     f_x, cache = smooth(x)

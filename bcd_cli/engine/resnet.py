@@ -1,4 +1,4 @@
-"""Algorithm 3 of Zeng et al. (ICML 2019): three-splitting BCD for a ResNet, backward order.
+"""Algorithm 3 of Zeng et al. (ICML 2019): three-splitting BCD for a ResNet, backward order (docs/math.md §1.3).
 
 Objective (3.4): as (2.5), but a residual layer i penalises
 gamma/2 ||V_i - V_{i-1} - sigma(U_i)||^2 (its output is its input plus sigma(U_i)).
@@ -12,6 +12,8 @@ The sweep is Algorithm 2's with two targets changed:
                                        + rho W^T (U_{i+1} - b_{i+1})   for s = 0;
     U_i <- the elementwise prox of Algorithm 2 with target V_i - V_{i-1} in place of V_i
            (``residual_input``).
+
+The two blocks are derived in docs/math.md §2.2 and §2.3.
 """
 
 from __future__ import annotations

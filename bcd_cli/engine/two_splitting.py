@@ -1,4 +1,4 @@
-"""Algorithm 1 of Zeng et al. (ICML 2019): two-splitting BCD, backward order.
+"""Algorithm 1 of Zeng et al. (ICML 2019): two-splitting BCD, backward order (docs/math.md §1.1, §2).
 
 Objective (2.3), with layers l = 0..N-1 (the paper's i = l + 1):
 
@@ -17,7 +17,7 @@ One sweep (Zeng et al. 2019, Algorithm 1), every block with the proximal term al
 V_i is quadratic when sigma_{i+1} is the identity (always for i = N-1) and W_i when
 sigma_i is; those blocks are solved exactly. The others are nonconvex and solved by
 proximal gradient with backtracking from the old value, which never raises the block
-objective; with the proximal terms this keeps Lemma 1's sufficient descent.
+objective; with the proximal terms this keeps Lemma 1's sufficient descent (docs/math.md §2.5, §4.1).
 """
 
 from __future__ import annotations
