@@ -1,4 +1,4 @@
-"""Algorithm 2 of Zeng et al. (ICML 2019): three-splitting BCD, backward order.
+"""Algorithm 2 of Zeng et al. (ICML 2019): three-splitting BCD, backward order (docs/math.md §1.2, §2).
 
 Objective (2.5), with layers l = 0..N-1 (the paper's i = l + 1):
 
@@ -19,7 +19,8 @@ others fixed at their latest values (Zeng et al. 2019, Algorithm 2):
 
 The V_i block needs no proximal term when s is quadratic (it is solved exactly); for a
 nonsmooth s (l1, box, ...) it is solved by a monotone inner solver, and the proximal term
-alpha/2 ||V - V_i^old||^2 is added so that Lemma 1's sufficient descent still holds.
+alpha/2 ||V - V_i^old||^2 is added so that Lemma 1's sufficient descent still holds
+(docs/math.md §2.2, §4.1).
 """
 
 from __future__ import annotations
