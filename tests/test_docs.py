@@ -90,3 +90,29 @@ def test_block_updates_are_documented() -> None:
     block_updates = math_section("2")
     missing = [name for name in updates if f"`{name}`" not in block_updates]
     assert not missing, f"block updates missing from docs/math.md §2: {missing}"
+
+
+def test_metric_columns_are_documented() -> None:
+    tree = ast.parse((ROOT / "bcd_cli" / "report.py").read_text(encoding="utf-8"))
+    columns = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "METRIC_COLUMNS" for t in node.targets)
+    )
+    assert columns
+    diagnostics = math_section("5")
+    missing = [column for column in columns if f"`{column}`" not in diagnostics]
+    assert not missing, f"metrics.csv columns missing from docs/math.md §5: {missing}"
+
+
+def test_readme_lists_every_config_option() -> None:
+    readme = README.read_text(encoding="utf-8")
+    groups = [path for path in sorted((ROOT / "conf").iterdir()) if path.is_dir() and path.name != "hydra"]
+    assert groups
+    missing = [
+        f"{group.name}={option.stem}"
+        for group in groups
+        for option in sorted(group.glob("*.yaml"))
+        if f"`{option.stem}`" not in readme
+    ]
+    assert not missing, f"config options missing from README.md's option table: {missing}"
