@@ -14,8 +14,9 @@ same proximal step after its own update (a common heuristic: the prox does not u
 Adam's per-coordinate step sizes). The torch.optim ``weight_decay`` option is separate,
 passed through to the optimizer, and applies to every parameter, biases included.
 
-The metrics follow the BCD schemes' protocol: ``sweep`` (one epoch), ``objective``
-(the parts of F, with zero penalties and no state regularizer) and ``gradient_norm``.
+A baseline is a ``Trainer`` (``bcd_cli.engine.trainer``) as the BCD schemes are: ``sweep`` is one
+epoch, ``objective`` gives the parts of F (zero penalties, no state regularizer), and the metrics
+rows, checkpoints and reports are the same.
 """
 
 from __future__ import annotations
@@ -23,53 +24,99 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
+from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 
 from bcd_cli.engine.blocks import feasible
 from bcd_cli.engine.network import MLP
 from bcd_cli.engine.scheme import first_nonfinite
+from bcd_cli.engine.trainer import Trainer, check_shapes, own
+from bcd_cli.errors import ParameterError, require, require_number
 
 OPTIMIZERS = ("sgd", "adam")
 
 
-class GradientBaseline:
+@dataclass(frozen=True)
+class BaselineSettings:
+    """The optimizer settings of a gradient baseline, checked when made (``ParameterError`` naming the field).
+
+    ``momentum`` and ``nesterov`` are SGD's, ``betas`` Adam's; ``weight_decay`` is torch.optim's.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    batch_size: int = 512
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: Sequence[float] = (0.9, 0.999)
+
+    CONFIG_KEYS: ClassVar[dict[str, str]] = {"optimizer": "name"}  # fields whose trainer-group key differs
+
+    def __post_init__(self) -> None:
+        require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, " or ".join(OPTIMIZERS))
+        require_number("lr", self.lr, lambda x: x > 0, "a number > 0 (step size)")
+        require_number("batch_size", self.batch_size, lambda x: x >= 1, "an integer >= 1 (samples per step)",
+                       integer=True)  # fmt: skip
+        require_number("weight_decay", self.weight_decay, lambda x: x >= 0, "a number >= 0")
+        require_number("momentum", self.momentum, lambda x: 0 <= x < 1, "a number in [0, 1)")
+        require(isinstance(self.nesterov, bool), "nesterov", self.nesterov, "true or false")
+        require(not self.nesterov or self.momentum > 0, "nesterov", self.nesterov,
+                "false when trainer.momentum=0 (Nesterov needs momentum > 0)")  # fmt: skip
+        betas = self.betas
+        require(
+            isinstance(betas, list | tuple) and len(betas) == 2 and all(
+                isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and 0 <= x < 1
+                for x in betas
+            ),
+            "betas", betas, "a list of two numbers in [0, 1)",
+        )  # fmt: skip
+        object.__setattr__(self, "betas", tuple(float(x) for x in betas))
+
+    @classmethod
+    def from_config(cls, trainer: DictConfig) -> BaselineSettings:
+        """The settings of the ``trainer`` config node (sgd or adam); a refused value is reported under its config
+        key (``trainer.lr``). SGD's keys are not read for Adam, nor Adam's for SGD."""
+        values: dict[str, Any] = {"optimizer": trainer.get("name")}
+        values |= {key: trainer.get(key) for key in ("lr", "batch_size", "weight_decay")}
+        if values["optimizer"] == "sgd":
+            values |= {key: trainer.get(key) for key in ("momentum", "nesterov")}
+        elif values["optimizer"] == "adam":
+            betas = trainer.get("betas")
+            values["betas"] = list(betas) if isinstance(betas, ListConfig) else betas
+        try:
+            return cls(**values)
+        except ParameterError as err:
+            raise ParameterError(cls.CONFIG_KEYS.get(err.key, err.key), err.value, err.allowed).within(
+                "trainer"
+            ) from None
+
+
+class GradientBaseline(Trainer):
     """Mini-batch training of ``net`` by torch.optim SGD or Adam, with a proximal step for ``reg_w``.
 
+    ``settings`` are the fields of ``BaselineSettings``, checked before anything is built.
     ``net.W`` and ``net.b`` always hold the current (detached) weights, so ``net(X)``
     and its accuracy use the trained network. The weights start inside the domain of
     ``reg_w`` (projected), as in the BCD schemes. ``seed`` seeds the generator of the
     epochs' sample permutations (drawn on the CPU), so runs are reproducible.
     """
 
+    divergence_hint = "a smaller trainer.lr"
+
     def __init__(
-        self,
-        net: MLP,
-        X: Tensor,
-        Y: Tensor,
-        *,
-        loss,
-        reg_w,
-        optimizer: str = "sgd",
-        lr: float = 1e-3,
-        batch_size: int = 512,
-        momentum: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
-        betas: Sequence[float] = (0.9, 0.999),
-        seed: int = 0,
+        self, net: MLP, X: Tensor, Y: Tensor, *, loss: Any, reg_w: Any, seed: int = 0, **settings: Any
     ) -> None:
-        if optimizer not in OPTIMIZERS:
-            raise ValueError("optimizer", optimizer, " or ".join(OPTIMIZERS))
-        if int(batch_size) < 1:
-            raise ValueError("batch_size", batch_size, "an integer >= 1")
-        self.name = optimizer
+        config = BaselineSettings(**settings)
+        self.name = config.optimizer
         self.net, self.X, self.Y = net, X, Y
         self.loss, self.reg_w = loss, reg_w
         self.batch_loss = dataclasses.replace(loss, reduction="mean")
-        self.lr, self.batch_size = float(lr), int(batch_size)
+        self.lr, self.batch_size = float(config.lr), int(config.batch_size)
         # the prox step of r for one optimizer step: the epoch minimises F/n (sum over samples) or F (mean)
         self.prox_step = self.lr / X.shape[1] if loss.reduction == "sum" else self.lr
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -77,25 +124,56 @@ class GradientBaseline:
         self.b = [b.detach().clone().requires_grad_(True) for b in net.b]
         params = [*self.W, *self.b]
         self.optimizer: torch.optim.Optimizer
-        if optimizer == "sgd":
+        if config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(
-                params, lr=self.lr, momentum=float(momentum), nesterov=bool(nesterov), weight_decay=float(weight_decay)
-            )
+                params, lr=self.lr, momentum=float(config.momentum), nesterov=config.nesterov,
+                weight_decay=float(config.weight_decay),
+            )  # fmt: skip
         else:
-            beta1, beta2 = (float(beta) for beta in betas)
+            beta1, beta2 = config.betas
             self.optimizer = torch.optim.Adam(
-                params, lr=self.lr, betas=(beta1, beta2), weight_decay=float(weight_decay)
+                params, lr=self.lr, betas=(beta1, beta2), weight_decay=config.weight_decay
             )
         self._publish()
 
     @classmethod
-    def from_trainer(cls, trainer: Any, net: MLP, X: Tensor, Y: Tensor, *, loss, reg_w, seed: int) -> GradientBaseline:
-        """The baseline that the ``trainer`` config group (sgd or adam) describes."""
-        return cls(
-            net, X, Y, loss=loss, reg_w=reg_w, optimizer=trainer.name, lr=trainer.lr, batch_size=trainer.batch_size,
-            momentum=trainer.get("momentum", 0.0), nesterov=trainer.get("nesterov", False),
-            weight_decay=trainer.get("weight_decay", 0.0), betas=tuple(trainer.get("betas", (0.9, 0.999))), seed=seed,
-        )  # fmt: skip
+    def check_config(cls, cfg: DictConfig) -> None:
+        BaselineSettings.from_config(cfg.trainer)
+
+    @classmethod
+    def from_config(
+        cls, cfg: DictConfig, net: MLP, X: Tensor, Y: Tensor, *, loss: Any, reg_w: Any, reg_v: Any
+    ) -> GradientBaseline:
+        """The baseline of the ``trainer`` config group (sgd or adam); the state regularizer ``reg_v`` has no
+        part in it (no state variables)."""
+        settings = dataclasses.asdict(BaselineSettings.from_config(cfg.trainer))
+        return cls(net, X, Y, loss=loss, reg_w=reg_w, seed=cfg.seed, **settings)
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"W": [...], "b": [...], "optimizer": the torch.optim state, "generator": the shuffling generator's state}.
+
+        The tensors are the live parameters and optimizer state (not copies): save or copy them
+        before the next sweep.
+        """
+        return {
+            "W": [own(w) for w in self.W], "b": [own(b) for b in self.b],
+            "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Puts a ``state_dict`` back: the weights copied into the parameters, the optimizer state and the
+        generator restored."""
+        if set(state) != {"W", "b", "optimizer", "generator"}:
+            raise ValueError(
+                f"the saved state holds {sorted(state)}, not a gradient baseline's W, b, optimizer, generator"
+            )
+        for kind, params in (("W", self.W), ("b", self.b)):
+            check_shapes(params, state[kind], kind)
+            with torch.no_grad():
+                for p, saved in zip(params, state[kind], strict=True):
+                    p.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
 
     def _publish(self) -> None:
         """Points ``net`` at detached views of the trained parameters (they follow every in-place update)."""

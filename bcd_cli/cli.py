@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 
 from bcd_cli import folders
@@ -29,6 +29,7 @@ from bcd_cli.errors import BCDError, ConfigError, DataError, Interrupted
 from bcd_cli.folders import LOCK_FILE, Claim, run_lock
 from bcd_cli.preflight import Launch, preflight
 from bcd_cli.report import SUMMARY_FILE, write_summary
+from bcd_cli.resume import override_key, resume_arguments
 from bcd_cli.stopping import EXIT_STATUSES, exit_status, signal_name, stop_signals, stopped_by
 from bcd_cli.sweep import SWEEP_SUMMARY_FILE, sweep_table
 from bcd_cli.train import run
@@ -84,63 +85,6 @@ def _job_failed(out_dir: Path, err: Exception, job: int) -> float:
     return math.nan
 
 
-RESUME_MAY_CHANGE = ("epochs", "checkpoint.every")
-
-
-def _override_key(arg: str) -> str:
-    return arg.partition("=")[0].lstrip("+~")
-
-
-def resume_arguments(argv: list[str]) -> list[str]:
-    """The command line of ``bcd-train resume=DIR [epochs=N] [checkpoint.every=N]``, made to continue in DIR.
-
-    Hydra then writes into DIR itself (no new run folder, no new .hydra/), and the run keeps
-    DIR's sweeps and checkpoint cadence unless given anew; any other override is refused,
-    since a resumed run continues with the config it was started with.
-    """
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    given = [a for a in overrides if _override_key(a) == "resume"]
-    value = given[-1].partition("=")[2].strip().strip("'\"") if given else ""
-    if value in ("", "null"):
-        return argv
-    if any(a in ("-m", "--multirun") for a in argv):
-        raise ConfigError(
-            "resume", value, "a single run folder, without --multirun; resume a multirun's jobs one by one "
-            "(resume=SWEEP_DIR/N), then regenerate its report with bcd-report SWEEP_DIR",
-        )  # fmt: skip
-    folder = Path(value).expanduser()
-    saved = folder / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        state = "has no .hydra/config.yaml" if folder.is_dir() else "is a file" if folder.exists() else "does not exist"
-        raise ConfigError("resume", value, f"a bcd-train run folder; {folder} {state}")
-    others = [
-        a for a in overrides
-        if _override_key(a) not in ("resume", *RESUME_MAY_CHANGE) and not _override_key(a).startswith("hydra.")
-    ]  # fmt: skip
-    if others:
-        raise ConfigError(
-            "resume", value, f"alone or with {', '.join(k + '=N' for k in RESUME_MAY_CHANGE)}: the run continues "
-            f"with the config it was started with ({saved}); got {' '.join(others)}",
-        )  # fmt: skip
-    try:
-        config = OmegaConf.load(saved)
-    except Exception as exc:
-        raise ConfigError("resume", value, f"a run folder with a readable {saved} ({yaml_problem(exc)})") from None
-    extra = [f"hydra.run.dir={quoted(str(folder))}", "hydra.output_subdir=null"]
-    for key in RESUME_MAY_CHANGE:
-        if not any(_override_key(a) == key for a in overrides) and OmegaConf.select(config, key) is not None:
-            extra.append(f"{key}={OmegaConf.select(config, key)}")
-    return [*argv, *extra]
-
-
-def yaml_problem(exc: Exception) -> str:
-    """A YAML error in one line: what is wrong and where (line, column), without the file's name twice."""
-    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
-    if problem and mark is not None:
-        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def join_process_group(argv: list[str]) -> None:
     """Under torchrun (WORLD_SIZE > 1) joins the process group: gloo for CPU tensors, NCCL for CUDA tensors."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -167,10 +111,10 @@ def claimed_arguments(argv: list[str], launch: Launch | None) -> tuple[list[str]
         return argv, None
     key = "hydra.sweep.dir" if launch.multirun else "hydra.run.dir"
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    if "hydra.output_subdir=null" in argv and any(_override_key(a) == "resume" for a in overrides):
+    if "hydra.output_subdir=null" in argv and any(override_key(a) == "resume" for a in overrides):
         mode = "resume"  # resume_arguments pinned the folder
     else:
-        mode = "exclusive" if any(_override_key(a) == key for a in overrides) else "fresh"
+        mode = "exclusive" if any(override_key(a) == key for a in overrides) else "fresh"
     claim = None
     if rank() == 0:
         try:
@@ -184,7 +128,7 @@ def claimed_arguments(argv: list[str], launch: Launch | None) -> tuple[list[str]
         dist.broadcast_object_list(folder, src=0)
         if folder[0] is None:
             sys.exit(ConfigError.exit_code)  # rank 0 says why
-    argv = [a for a in argv if _override_key(a) != key] + [f"{key}={quoted(str(folder[0]))}"]
+    argv = [a for a in argv if override_key(a) != key] + [f"{key}={quoted(str(folder[0]))}"]
     argv += [f"{k}={quoted(os.path.abspath(os.path.expanduser(v)))}" for k, v in launch.relative_paths.items()]
     if rank() != 0:
         argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]

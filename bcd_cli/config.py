@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,11 +12,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from bcd_cli.engine.blocks import ALPHA_CHECKS
+from bcd_cli.baselines import OPTIMIZERS, GradientBaseline
 from bcd_cli.engine.parallel import world_size
-from bcd_cli.errors import ConfigError
+from bcd_cli.engine.trainer import DTYPES, Trainer
+from bcd_cli.errors import ConfigError, ParameterError, require_number
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+__all__ = ["DTYPES", "architecture", "build", "matmul_precision", "resolve_device", "trainer_class", "validate"]
+TRAINERS = ("bcd", *OPTIMIZERS)
 # keys bcd-train reads that no config file sets: the only ones `+key=value` may add
 OPTIONAL_KEYS = ("device.index",)  # the CUDA device of device=auto (device=cuda has it)
 # keys holding file-system paths: a relative one given on the command line is recorded absolute in the run folder
@@ -30,22 +31,15 @@ CATALOGUE = ("loss", "act", "reg_w", "reg_v")
 
 
 def _number(cfg: DictConfig, key: str, ok: Callable[[float], bool], allowed: str, *, integer: bool = False) -> None:
-    value = OmegaConf.select(cfg, key)
-    kind = int if integer else (int, float)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(key, value, f"a finite value: {allowed}")
-    if integer and isinstance(value, float) and value.is_integer():  # 1e9 is read as a float
-        raise ConfigError(key, value, f"{allowed}, written as an integer: {key}={int(value)}")
-    if isinstance(value, bool) or not isinstance(value, kind) or not ok(value):
-        raise ConfigError(key, value, allowed)
+    require_number(key, OmegaConf.select(cfg, key), ok, allowed, integer=integer)
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raises ConfigError naming the first invalid key, its value and what is allowed."""
-    _number(cfg, "gamma", lambda x: x > 0, "a number > 0")
-    if cfg.get("rho") is not None:
-        _number(cfg, "rho", lambda x: x > 0, "a number > 0, or null for rho = gamma")
-    _number(cfg, "alpha", lambda x: x > 0, "a number > 0")
+    """Raises ConfigError naming the first invalid key, its value and what is allowed.
+
+    The trainer's settings (gamma, rho, alpha and the trainer group) are checked by the trainer
+    itself (``Trainer.check_config``), without data or a network.
+    """
     _number(cfg, "epochs", lambda x: x >= 1, "an integer >= 1 (BCD sweeps)", integer=True)
     _number(cfg, "seed", lambda x: x >= 0, "an integer >= 0", integer=True)
     _number(
@@ -57,21 +51,14 @@ def validate(cfg: DictConfig) -> None:
     resume = OmegaConf.select(cfg, "resume")
     if resume is not None and (not isinstance(resume, str) or not resume.strip()):
         raise ConfigError("resume", resume, "the path of a run folder to continue, or null")
-    bcd = OmegaConf.select(cfg, "trainer.name") == "bcd"
-    for key in ("dtype", "trainer.solve_dtype") if bcd else ("dtype",):
-        if OmegaConf.select(cfg, key) not in DTYPES:
-            raise ConfigError(key, OmegaConf.select(cfg, key), f"one of {', '.join(DTYPES)}")
-    if bcd and OmegaConf.select(cfg, "trainer.state_solve_dtype") not in (None, *DTYPES):
-        raise ConfigError(
-            "trainer.state_solve_dtype", OmegaConf.select(cfg, "trainer.state_solve_dtype"),
-            f"one of {', '.join(DTYPES)}, or null for the run's dtype",
-        )  # fmt: skip
+    if OmegaConf.select(cfg, "dtype") not in DTYPES:
+        raise ConfigError("dtype", OmegaConf.select(cfg, "dtype"), f"one of {', '.join(DTYPES)}")
 
     _validate_model(cfg)
     _number(cfg, "model.init_std", lambda x: x >= 0, "a number >= 0")
     _number(cfg, "model.init_bias", lambda x: True, "a finite number")
 
-    _validate_trainer(cfg)
+    trainer_class(cfg).check_config(cfg)
     for group in CATALOGUE:  # small objects: building them checks their parameters before any data is read
         build(cfg, group)
 
@@ -131,11 +118,8 @@ def _validate_model(cfg: DictConfig) -> None:
 
     if OmegaConf.select(cfg, "trainer.name") != "bcd":
         return  # the gradient baselines train the network itself, whatever the splitting
+    scheme = trainer_class(cfg)
     target = OmegaConf.select(cfg, "splitting._target_")
-    try:
-        scheme = get_class(target)
-    except Exception:
-        raise ConfigError("splitting", target, "splitting=two, three or resnet") from None
     if getattr(scheme, "residual", False) and model != "resnet":
         raise ConfigError("splitting", "resnet", "splitting=resnet (Algorithm 3) trains model=resnet only")
     if not getattr(scheme, "residual", False) and model == "resnet":
@@ -146,42 +130,21 @@ def _validate_model(cfg: DictConfig) -> None:
         )  # fmt: skip
 
 
-def _validate_trainer(cfg: DictConfig) -> None:
-    """The inner solver's budget and the Theorem 2 policy of the BCD trainer; the optimizer settings of sgd/adam."""
-    trainers = ("bcd", "sgd", "adam")
+def trainer_class(cfg: DictConfig) -> type[Trainer]:
+    """The class that trains the run ``cfg``: the splitting scheme for ``trainer=bcd``, else the gradient baseline."""
     name = OmegaConf.select(cfg, "trainer.name")
-    if name not in trainers:
-        raise ConfigError("trainer.name", name, f"one of {', '.join(trainers)}")
+    if name not in TRAINERS:
+        raise ConfigError("trainer.name", name, f"one of {', '.join(TRAINERS)}")
     if name != "bcd":
-        _number(cfg, "trainer.lr", lambda x: x > 0, "a number > 0 (step size)")
-        _number(cfg, "trainer.batch_size", lambda x: x >= 1, "an integer >= 1 (samples per step)", integer=True)
-        _number(cfg, "trainer.weight_decay", lambda x: x >= 0, "a number >= 0")
-        if name == "sgd":
-            _number(cfg, "trainer.momentum", lambda x: 0 <= x < 1, "a number in [0, 1)")
-            nesterov = OmegaConf.select(cfg, "trainer.nesterov")
-            if not isinstance(nesterov, bool):
-                raise ConfigError("trainer.nesterov", nesterov, "true or false")
-            if nesterov and cfg.trainer.momentum == 0:
-                raise ConfigError(
-                    "trainer.nesterov", nesterov, "false when trainer.momentum=0 (Nesterov needs momentum > 0)"
-                )
-        else:
-            betas = OmegaConf.select(cfg, "trainer.betas")
-            if not (
-                isinstance(betas, ListConfig)
-                and len(betas) == 2
-                and all(
-                    isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and 0 <= x < 1
-                    for x in betas
-                )
-            ):
-                raise ConfigError("trainer.betas", _plain(betas), "a list of two numbers in [0, 1)")
-        return
-    _number(cfg, "trainer.inner_iters", lambda x: x >= 1, "an integer >= 1 (inner solver steps)", integer=True)
-    _number(cfg, "trainer.inner_tol", lambda x: x >= 0, "a number >= 0 (relative step size)")
-    check = OmegaConf.select(cfg, "trainer.alpha_check")
-    if check not in ALPHA_CHECKS:
-        raise ConfigError("trainer.alpha_check", check, f"one of {', '.join(ALPHA_CHECKS)}")
+        return GradientBaseline
+    target = OmegaConf.select(cfg, "splitting._target_")
+    try:
+        scheme = get_class(target)
+    except Exception:
+        raise ConfigError("splitting", target, "splitting=two, three or resnet") from None
+    if not (isinstance(scheme, type) and issubclass(scheme, Trainer)):
+        raise ConfigError("splitting", target, "splitting=two, three or resnet")
+    return scheme
 
 
 def architecture(model: DictConfig, n_features: int, n_classes: int) -> tuple[list[int], list[bool]]:
@@ -222,19 +185,17 @@ def resolve_device(cfg: DictConfig) -> torch.device:
 
 
 def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
-    """Instantiates the catalogue entry or scheme of config group ``group``.
+    """Instantiates the catalogue entry of config group ``group``.
 
-    An entry refuses a bad parameter with ``ValueError(field, value, allowed)``
-    (see ``bcd_cli.catalogue.require``); this becomes a ConfigError naming the
-    full key ``group.field``.
+    An entry refuses a bad parameter with ``ParameterError`` (see ``bcd_cli.catalogue.require``);
+    it is raised again naming the full key ``group.field``.
     """
     try:
         return instantiate(cfg[group], **kwargs)
     except InstantiationException as err:
         cause = err.__cause__
-        if isinstance(cause, ValueError) and len(cause.args) == 3:
-            field, value, allowed = cause.args
-            raise ConfigError(f"{group}.{field}", value, allowed) from None
+        if isinstance(cause, ParameterError):
+            raise cause.within(group) from None
         if isinstance(cause, TypeError):  # a parameter the entry does not take
             params = {k: v for k, v in cfg[group].items() if not str(k).startswith("_")}
             raise ConfigError(group, params, str(cause)) from None

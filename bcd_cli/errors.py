@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 
 class BCDError(Exception):
     """Base class: its message is printed as is and the run exits non-zero."""
@@ -17,6 +20,53 @@ class ConfigError(BCDError):
     def __init__(self, key: str, value: object, allowed: str) -> None:
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}={value!r} is invalid: {allowed}")
+
+
+class ParameterError(ConfigError, ValueError):
+    """A parameter refused by the object it configures (a catalogue entry, a trainer's settings).
+
+    ``key`` names the parameter as that object knows it (``lr``, ``margin``); the code that builds
+    the object from the run's config prefixes the config group with ``within`` (``trainer.lr``),
+    so the user reads the key to change. It is a ValueError too, so that code building these
+    objects directly (not from a config) can catch the usual exception type; ``args`` is
+    ``(key, value, allowed)``.
+    """
+
+    def __init__(self, key: str, value: object, allowed: str, *, written: object = None) -> None:
+        super().__init__(key, value, allowed)
+        self.args = (key, value, allowed)
+        self.written = written  # how to write the value instead (a whole float given for an integer), if any
+
+    def __str__(self) -> str:
+        how = f": {self.key}={self.written}" if self.written is not None else ""
+        return f"{self.key}={self.value!r} is invalid: {self.allowed}{how}"
+
+    def within(self, group: str | None) -> ParameterError:
+        """The same refusal with ``group.`` before the key (the key itself for None: a top-level key)."""
+        key = f"{group}.{self.key}" if group else self.key
+        return ParameterError(key, self.value, self.allowed, written=self.written)
+
+
+def require(ok: bool, key: str, value: object, allowed: str) -> None:
+    """Raises ParameterError(key, value, allowed) unless ``ok``."""
+    if not ok:
+        raise ParameterError(key, value, allowed)
+
+
+def require_number(
+    key: str, value: object, ok: Callable[[float], bool], allowed: str, *, integer: bool = False
+) -> None:
+    """Raises ParameterError unless ``value`` is a finite number (an int when ``integer``; never a bool) with ``ok``.
+
+    A whole float given for an integer (``1e9`` is read as a float) is refused with the integer to write.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParameterError(key, value, f"a finite value: {allowed}")
+    if integer and isinstance(value, float) and value.is_integer():
+        raise ParameterError(key, value, f"{allowed}, written as an integer", written=int(value))
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not ok(value):
+        raise ParameterError(key, value, allowed)
 
 
 class DataError(BCDError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,26 @@ def write_json(path: Path, obj: Any) -> None:
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
     """Writes summary.json atomically (temporary file, then rename), as strict JSON: a NaN field is null."""
     write_json(path, summary)
+
+
+def run_title(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """The title of a run's figures, from its config and summary, each part where known: the data set, the
+    layer sizes, then the method with its main settings (gamma and alpha for BCD, the step size and batch
+    size for SGD/Adam). Empty when nothing is known."""
+    data, trainer = config.get("data"), config.get("trainer")
+    data = data if isinstance(data, Mapping) else {}
+    trainer = trainer if isinstance(trainer, Mapping) else {}
+    parts = [str(data["name"])] if "name" in data else []
+    if isinstance(summary.get("sizes"), list):
+        parts.append("-".join(map(str, summary["sizes"])))
+    method = summary.get("method")
+    if trainer.get("name", "bcd") == "bcd":
+        parts += [f"splitting={method}"] if method is not None else []
+        parts += [f"{key}={config[key]}" for key in ("gamma", "alpha") if key in config]
+    else:
+        parts.append(f"trainer={method if method is not None else trainer['name']}")
+        parts += [f"{label}={trainer[key]}" for key, label in (("lr", "lr"), ("batch_size", "batch")) if key in trainer]
+    return ", ".join(parts)
 
 
 def plot_curves(metrics: pd.DataFrame, path: Path, title: str = "") -> None:

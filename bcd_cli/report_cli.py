@@ -6,11 +6,11 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from bcd_cli.errors import ConfigError
 from bcd_cli.folders import is_locked
 from bcd_cli.report import (
     CONVERGENCE_FILE,
@@ -21,8 +21,10 @@ from bcd_cli.report import (
     plot_convergence,
     plot_curves,
     read_metrics,
+    run_title,
     summarize,
 )
+from bcd_cli.resume import saved_config
 from bcd_cli.sweep import check_sweep, job_folders, write_sweep_report
 
 
@@ -66,23 +68,13 @@ def regenerate_run(folder: Path) -> list[Path]:
 
 
 def _title(folder: Path, summary: dict[str, Any]) -> str:
-    """The title bcd-train gives the run's plots, from .hydra/config.yaml and summary.json where present."""
+    """The title bcd-train gives the run's plots (``report.run_title``), from the folder's saved config where it is
+    readable and summary.json; the folder's name when neither says anything."""
     try:
-        cfg = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        cfg = {}
-    if not isinstance(cfg, dict):
-        cfg = {}
-    parts = []
-    data = cfg.get("data")
-    if isinstance(data, dict) and "name" in data:
-        parts.append(str(data["name"]))
-    if summary.get("method") is not None:
-        parts.append(f"splitting={summary['method']}")
-    if isinstance(summary.get("sizes"), list):
-        parts.append("-".join(map(str, summary["sizes"])))
-    parts += [f"{key}={cfg[key]}" for key in ("gamma", "alpha") if key in cfg]
-    return ", ".join(parts) or folder.name
+        config: Mapping[str, Any] = saved_config(folder)
+    except ConfigError:
+        config = {}
+    return run_title(config, summary) or folder.name
 
 
 def report(folder: Path, keys: list[str] | None = None) -> list[Path]:

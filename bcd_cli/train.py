@@ -5,48 +5,40 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shlex
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bcd_cli import memory
-from bcd_cli.app import quoted
-from bcd_cli.checkpoint import (
-    CHECKPOINT_FILE,
-    RESUMABLE,
-    Checkpoint,
-    capture,
-    read_checkpoint,
-    restore,
-    run_config,
-    truncate_metrics,
-    with_keys_added_since,
-    write_checkpoint,
-)
-from bcd_cli.config import DTYPES, architecture, build, matmul_precision, resolve_device, validate
+from bcd_cli.checkpoint import Checkpoint, rng_state, write_checkpoint
+from bcd_cli.config import DTYPES, architecture, build, matmul_precision, resolve_device, trainer_class, validate
 from bcd_cli.data import Dataset, load_data, shard
 from bcd_cli.engine.network import MLP
-from bcd_cli.engine.parallel import all_reduce_sum_, any_rank, rank
-from bcd_cli.errors import BCDError, ConfigError, DataError, Interrupted, NumericalError, ResourceError
+from bcd_cli.engine.parallel import any_rank, rank
+from bcd_cli.engine.trainer import Trainer
+from bcd_cli.errors import BCDError, ConfigError, Interrupted, NumericalError, ResourceError
 from bcd_cli.folders import run_lock
 from bcd_cli.report import (
+    CONVERGENCE_FILE,
     CURVES_FILE,
     METRIC_COLUMNS,
     METRICS_FILE,
     SUMMARY_FILE,
     MetricsWriter,
+    plot_convergence,
     plot_curves,
+    run_title,
     summarize,
     write_summary,
 )
+from bcd_cli.resume import resume_checkpoint, resume_command, resumed_config, run_config
 from bcd_cli.stopping import GracefulStop, stopped_by
 
 log = logging.getLogger(__name__)
@@ -64,7 +56,7 @@ class RunResult:
     metrics: pd.DataFrame
     summary: dict[str, Any]
     net: MLP
-    algorithm: Any
+    algorithm: Trainer
     data: Dataset
 
 
@@ -73,51 +65,19 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _evaluate(algorithm: Any, loss: Any, data: Dataset, *, grad_norm: bool = True) -> dict[str, float]:
-    """Objective parts (and with ``grad_norm`` the gradient norm) at the current point, and the network's own
-    loss and accuracies; without ``grad_norm`` the row's grad_norm is NaN."""
-    net = algorithm.net
-    row = algorithm.objective(with_gradient=grad_norm)
-    row.setdefault("grad_norm", math.nan)
-    output = net(data.X_train)
-    sums = torch.stack([
-        loss(output, data.Y_train).double(),
-        (output.argmax(dim=0) == data.y_train).double().sum(),
-        (net(data.X_test).argmax(dim=0) == data.y_test).double().sum(),
-    ])  # fmt: skip
-    train_loss, train_correct, test_correct = all_reduce_sum_(sums).tolist()  # over the ranks' shards
-    row["train_loss"] = train_loss
-    row["train_acc"] = train_correct / data.n_train
-    row["test_acc"] = test_correct / data.n_test
-    return row
-
-
-def build_algorithm(cfg: DictConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    """The network of ``cfg`` initialised as in Remark 1, wrapped in its BCD scheme; returns (algorithm, loss)."""
+def build_algorithm(cfg: DictConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> tuple[Trainer, Any]:
+    """The network of ``cfg`` initialised as in Remark 1, wrapped in the trainer ``cfg`` names (a BCD scheme, or
+    SGD/Adam); returns (trainer, loss)."""
     loss, act = build(cfg, "loss"), build(cfg, "act")
-    reg_w, reg_v = build(cfg, "reg_w"), build(cfg, "reg_v")
     sizes, residual = architecture(cfg.model, data.n_features, data.n_classes)
     net = MLP.init(
         sizes, act,
         init_std=cfg.model.init_std, init_bias=cfg.model.init_bias, seed=cfg.seed, dtype=dtype, device=device,
         residual=residual,
     )  # fmt: skip
-    trainer = cfg.trainer
-    from bcd_cli.baselines import OPTIMIZERS, GradientBaseline
-
-    if trainer.name in OPTIMIZERS:  # the same network trained by torch.optim; the splitting group is not used
-        algorithm: Any = GradientBaseline.from_trainer(
-            trainer, net, data.X_train, data.Y_train, loss=loss, reg_w=reg_w, seed=cfg.seed
-        )
-    else:
-        algorithm = build(cfg, "splitting")(
-            net, data.X_train, data.Y_train,
-            loss=loss, reg_w=reg_w, reg_v=reg_v, gamma=cfg.gamma, rho=cfg.rho, alpha=cfg.alpha,
-            solve_dtype=DTYPES[trainer.solve_dtype],
-            state_solve_dtype=DTYPES[trainer.state_solve_dtype] if trainer.state_solve_dtype else dtype,  # null: dtype
-            inner_iters=trainer.inner_iters, inner_tol=trainer.inner_tol,
-            alpha_check=trainer.alpha_check,
-        )  # fmt: skip
+    trainer = trainer_class(cfg).from_config(
+        cfg, net, data.X_train, data.Y_train, loss=loss, reg_w=build(cfg, "reg_w"), reg_v=build(cfg, "reg_v")
+    )
     log.info(
         "network %s, %d parameters, on %s (%s)",
         "-".join(map(str, sizes)),
@@ -125,12 +85,11 @@ def build_algorithm(cfg: DictConfig, data: Dataset, device: torch.device, dtype:
         device,
         str(dtype).removeprefix("torch."),
     )
-    return algorithm, loss
+    return trainer, loss
 
 
 def sweeps(
-    algorithm: Any,
-    loss: Any,
+    trainer: Trainer,
     data: Dataset,
     epochs: int,
     *,
@@ -151,9 +110,9 @@ def sweeps(
     device = data.X_train.device
     if previous is None:
         previous = {"sweep": 0, "seconds": 0.0, "D": math.nan, "descent_ratio": math.nan}
-        previous |= _evaluate(algorithm, loss, data, grad_norm=grad_norm)
+        previous |= trainer.evaluate(data, grad_norm=grad_norm)
         if not math.isfinite(previous["objective"]):
-            block = algorithm.nonfinite_block()
+            block = trainer.nonfinite_block()
             where = f"block {block} is non-finite" if block else "the objective overflows"
             raise NumericalError(
                 f"non-finite objective at the initial point (sweep 0): {where}; "
@@ -164,56 +123,34 @@ def sweeps(
         _synchronize(device)
         started = time.perf_counter()
         try:
-            D = algorithm.sweep()
+            D = trainer.sweep()
         except NumericalError as err:  # a factorisation met a non-finite matrix or failed even in float64
-            origin = algorithm.nonfinite_block()
+            origin = trainer.nonfinite_block()
             first = f"; block {origin} went non-finite first" if origin else ""
             raise NumericalError(f"sweep {k}: {err}{first}") from err
         _synchronize(device)
         row = {"sweep": k, "seconds": time.perf_counter() - started, "D": D}
-        row |= _evaluate(algorithm, loss, data, grad_norm=grad_norm)
+        row |= trainer.evaluate(data, grad_norm=grad_norm)
         row["descent_ratio"] = (previous["objective"] - row["objective"]) / D if D > 0 else math.nan
         if not (math.isfinite(row["objective"]) and math.isfinite(D)):
-            block = algorithm.nonfinite_block()
+            block = trainer.nonfinite_block()
             where = f"block {block} went non-finite first" if block else "the objective overflowed (every block finite)"
-            remedy = "a smaller trainer.lr" if hasattr(algorithm, "optimizer") else "a larger alpha"
-            raise NumericalError(f"sweep {k} diverged: {where}; try {remedy} or dtype=float64")
+            raise NumericalError(f"sweep {k} diverged: {where}; try {trainer.divergence_hint} or dtype=float64")
         log.debug("sweep %d: %s", k, ", ".join(f"{key}={value:.6g}" for key, value in row.items()))
         yield row
         previous = row
 
 
-@dataclass
-class _Start:
-    """Where a run starts: its config, and for a resumed run its checkpoint (None: from sweep 0)."""
-
-    cfg: DictConfig
-    checkpoint: Checkpoint | None = None
-    resumed: bool = False
-
-
-def _resolve_start(cfg: DictConfig, out_dir: Path) -> _Start:
-    """A fresh run starts from ``cfg``; ``resume=DIR`` continues DIR with the config it was started with."""
+def _config_of(cfg: DictConfig, out_dir: Path) -> DictConfig:
+    """A fresh run's config is ``cfg``; ``resume=DIR`` continues DIR with the config it was started with."""
     if cfg.get("resume") is None:
         if (out_dir / METRICS_FILE).exists():
             raise ConfigError(
                 "hydra.run.dir", str(out_dir),
                 f"a new or empty folder: it holds a run; continue it with resume={out_dir}, or choose a new folder",
             )  # fmt: skip
-        return _Start(cfg)
-    folder = Path(str(cfg.resume))
-    saved_path = folder / ".hydra" / "config.yaml"
-    try:
-        saved = OmegaConf.load(saved_path)
-    except FileNotFoundError:
-        raise DataError(f"resume={folder}: not a bcd-train run folder (no {saved_path})") from None
-    except Exception as exc:
-        raise DataError(f"{saved_path}: unreadable ({type(exc).__name__}: {exc})") from exc
-    assert isinstance(saved, DictConfig)
-    with_keys_added_since(saved)
-    for key in RESUMABLE:  # the sweeps, the checkpoint cadence and the folder may change on resume
-        saved[key] = cfg[key]
-    return _Start(saved, resumed=True)
+        return cfg
+    return resumed_config(cfg)
 
 
 def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> RunResult:
@@ -226,8 +163,8 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
     numerical error or Ctrl-C, summary.json (status ``failed`` or ``interrupted``) and the
     figures of the sweeps done are still written before the error propagates.
     """
-    start = _resolve_start(cfg, out_dir)
-    cfg = start.cfg
+    resumed = cfg.get("resume") is not None
+    cfg = _config_of(cfg, out_dir)
     validate(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = run_lock(out_dir) if rank() == 0 else contextlib.nullcontext()  # rank 0 alone writes
@@ -238,158 +175,152 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
         if precision != "highest":
             log.info("float32 matrix products at precision %s (torch.set_float32_matmul_precision)", precision)
         try:
-            algorithm, loss = build_algorithm(cfg, data, device, dtype)
+            trainer, _ = build_algorithm(cfg, data, device, dtype)
         except torch.OutOfMemoryError as err:
             raise ResourceError(f"out of memory while building the network on {device}: {_first_line(err)}") from None
         with GracefulStop() as stop:
-            rows: list[dict[str, Any]] = []
-            elapsed = 0.0
-            if start.resumed:
-                start.checkpoint = _resume_state(cfg, out_dir, algorithm, data)
-                if start.checkpoint is not None:
-                    rows, elapsed = list(start.checkpoint.rows), start.checkpoint.elapsed
-            return _train(cfg, out_dir, algorithm, loss, data, start.checkpoint, rows, elapsed, stop, progress)
-
-
-def _resume_state(cfg: DictConfig, out_dir: Path, algorithm: Any, data: Dataset) -> Checkpoint | None:
-    """Loads out_dir's checkpoint into ``algorithm`` and cuts metrics.csv back to it; None: restart at sweep 0."""
-    checkpoint = read_checkpoint(out_dir)
-    metrics = out_dir / METRICS_FILE
-    if checkpoint is None:
-        log.warning("resuming %s: no checkpoint yet, so the run starts again from sweep 0", out_dir)
-        if rank() == 0:
-            metrics.unlink(missing_ok=True)
-        return None
-    config, saved = run_config(cfg), run_config(with_keys_added_since(OmegaConf.create(checkpoint.config)))
-    if saved != config:
-        changed = sorted(k for k in {*saved, *config} if saved.get(k) != config.get(k))
-        raise DataError(
-            f"{out_dir / CHECKPOINT_FILE}: written by a different config than {out_dir}/.hydra/config.yaml "
-            f"(keys {', '.join(changed)} differ)"
-        )
-    if checkpoint.data_shape != _data_shape(data):
-        raise DataError(
-            f"{out_dir / CHECKPOINT_FILE}: written for data of shape {checkpoint.data_shape}, "
-            f"but {cfg.data.name} now loads as {_data_shape(data)}"
-        )
-    if checkpoint.sweep > cfg.epochs:
-        raise ConfigError("epochs", cfg.epochs, f"at least {checkpoint.sweep}, the sweeps {out_dir} already holds")
-    if rank() == 0:
-        truncate_metrics(metrics, checkpoint.metrics_bytes)
-    restore(algorithm, checkpoint.state)
-    log.info("resuming %s at sweep %d of %d", out_dir, checkpoint.sweep, cfg.epochs)
-    return checkpoint
+            checkpoint = None
+            if resumed:
+                checkpoint = resume_checkpoint(cfg, out_dir, trainer, _data_shape(data), writer=rank() == 0)
+            return _train(_Record.begin(cfg, out_dir, trainer, data, checkpoint), stop, progress)
 
 
 def _data_shape(data: Dataset) -> list[int]:
     return [data.n_features, data.n_train, data.n_test, data.n_classes]
 
 
-def _train(
-    cfg: DictConfig,
-    out_dir: Path,
-    algorithm: Any,
-    loss: Any,
-    data: Dataset,
-    checkpoint: Checkpoint | None,
-    rows: list[dict[str, Any]],
-    elapsed: float,
-    stop: GracefulStop,
-    progress: Progress | None,
-) -> RunResult:
-    """The sweep loop of ``run``: metrics row, checkpoint and Ctrl-C check after every sweep."""
-    writer = MetricsWriter(out_dir / METRICS_FILE)
-    main, device = rank() == 0, data.X_train.device  # rank 0 alone writes files in a data-parallel run
-    started = time.perf_counter() - elapsed
-    every, epochs = int(cfg.checkpoint.every), int(cfg.epochs)
-    saved_sweep = checkpoint.sweep if checkpoint is not None else None
-    config = run_config(cfg)
-    if progress is not None:
-        progress.start(epochs)
-        for row in rows[-1:]:
+@dataclass
+class _Record:
+    """What a run has recorded: its metrics rows (on disk in metrics.csv), its last checkpoint, its reports."""
+
+    cfg: DictConfig
+    out_dir: Path
+    trainer: Trainer
+    data: Dataset
+    writer: MetricsWriter
+    started: float  # time.perf_counter() at the run's start, less the time of the sweeps a resumed run did before
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    saved_sweep: int | None = None  # the sweep of the last checkpoint
+    main: bool = True  # rank 0, which alone writes files in a data-parallel run
+
+    @classmethod
+    def begin(cls, cfg: DictConfig, out_dir: Path, trainer: Trainer, data: Dataset, checkpoint: Checkpoint | None):
+        """The record of a run starting at sweep 0 or at ``checkpoint``; summary.json says ``running``, so a
+        killed run, or a killed extension of a finished one, never claims to be completed."""
+        elapsed = checkpoint.elapsed if checkpoint is not None else 0.0
+        record = cls(
+            cfg, out_dir, trainer, data, MetricsWriter(out_dir / METRICS_FILE), time.perf_counter() - elapsed,
+            rows=list(checkpoint.rows) if checkpoint is not None else [],
+            saved_sweep=checkpoint.sweep if checkpoint is not None else None, main=rank() == 0,
+        )  # fmt: skip
+        if record.main:
+            write_summary(out_dir / SUMMARY_FILE, {"status": "running", "sweeps": record.sweep, "epochs": cfg.epochs})
+        return record
+
+    @property
+    def sweep(self) -> int:
+        """The last sweep recorded (0 before any row)."""
+        return int(self.rows[-1]["sweep"]) if self.rows else 0
+
+    def add(self, row: dict[str, Any], progress: Progress | None) -> None:
+        self.rows.append(row)
+        if self.main:
+            self.writer.append(row)
+        if progress is not None:
             progress.update(row)
 
-    def checkpoint_now(row: dict[str, Any]) -> None:
-        nonlocal saved_sweep
-        state = Checkpoint(
-            sweep=int(row["sweep"]), config=config, state=capture(algorithm, data.n_train), rows=rows,
-            metrics_bytes=writer.size, elapsed=time.perf_counter() - started, data_shape=_data_shape(data),
+    def due(self, k: int) -> bool:
+        """Whether sweep k is one that ``checkpoint.every`` checkpoints (the last and a stop are checkpointed too)."""
+        every = int(self.cfg.checkpoint.every)
+        return bool(every) and k > 0 and k % every == 0
+
+    def save(self, row: dict[str, Any]) -> None:
+        """The checkpoint of the sweep of ``row`` (every rank gathers its part; rank 0 writes it)."""
+        checkpoint = Checkpoint(
+            sweep=int(row["sweep"]), config=run_config(self.cfg), trainer=self.trainer.state_dict(), rng=rng_state(),
+            rows=self.rows, metrics_bytes=self.writer.size, elapsed=time.perf_counter() - self.started,
+            data_shape=_data_shape(self.data),
         )  # fmt: skip
-        if main:
-            write_checkpoint(out_dir, state)
-        saved_sweep = state.sweep
-        log.debug("checkpoint of sweep %d written", state.sweep)
+        if self.main:
+            write_checkpoint(self.out_dir, checkpoint)
+        self.saved_sweep = checkpoint.sweep
+        log.debug("checkpoint of sweep %d written", checkpoint.sweep)
 
-    def kept() -> str:
-        if not rows:
+    def kept(self) -> str:
+        """What a run that stops now leaves in its folder, for its last message."""
+        if not self.rows:
             return "nothing was recorded"
-        saved = f"the checkpoint of sweep {saved_sweep}" if saved_sweep is not None else "no checkpoint yet"
-        last = rows[-1]["sweep"]
-        return f"metrics of sweep{f's 0..{last}' if last else ' 0'} and {saved} are kept in {out_dir}"
+        saved = f"the checkpoint of sweep {self.saved_sweep}" if self.saved_sweep is not None else "no checkpoint yet"
+        last = self.sweep
+        return f"metrics of sweep{f's 0..{last}' if last else ' 0'} and {saved} are kept in {self.out_dir}"
 
-    def reports(status: str, error: str | None = None) -> None:
-        """summary.json and the figures of the sweeps recorded, when a run stops early; never raises."""
-        if not rows:
+    def reports(self, status: str, error: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """summary.json, curves.png and convergence.png of the rows recorded so far (rank 0 writes them)."""
+        metrics = pd.DataFrame(self.rows, columns=METRIC_COLUMNS)
+        net, data = self.trainer.net, self.data
+        summary = summarize(
+            metrics, status=status, **({"error": error} if error else {}),
+            wall_seconds=time.perf_counter() - self.started, device=str(data.X_train.device),
+            dtype=self.cfg.dtype, parameters=net.n_parameters(),
+            sizes=net.sizes, n_train=data.n_train, n_test=data.n_test, **self.trainer.summary_fields(),
+        )  # fmt: skip
+        if self.main:
+            write_summary(self.out_dir / SUMMARY_FILE, summary)
+            title = run_title(self.cfg, summary)
+            plot_curves(metrics, self.out_dir / CURVES_FILE, title=title)
+            plot_convergence(metrics, self.out_dir / CONVERGENCE_FILE, title=title)
+        return metrics, summary
+
+    def reports_of_a_stop(self, status: str, error: str | None = None) -> None:
+        """``reports`` of a run that stops early, when it recorded anything; never raises."""
+        if not self.rows:
             return
         try:
-            _write_reports(cfg, rows, algorithm, data, out_dir, status=status, error=error, started=started)
+            self.reports(status, error)
         except Exception as exc:  # a full disk: the metrics and checkpoint already written stay
-            log.warning("reports of %s not written: %s", out_dir, _first_line(exc))
+            log.warning("reports of %s not written: %s", self.out_dir, _first_line(exc))
 
-    previous = checkpoint.rows[-1] if checkpoint is not None else None
-    start = checkpoint.sweep if checkpoint is not None else 0
-    if main:  # a killed run, or a killed extension of a finished one, never claims to be completed
-        write_summary(out_dir / SUMMARY_FILE, {"status": "running", "sweeps": start, "epochs": epochs})
-    k = start
+
+def _train(record: _Record, stop: GracefulStop, progress: Progress | None) -> RunResult:
+    """The sweep loop of ``run``: metrics row, checkpoint and stop check after every sweep; a run that stops
+    early writes the reports of the sweeps done and raises an error saying what its folder keeps."""
+    cfg, trainer, data, out_dir = record.cfg, record.trainer, record.data, record.out_dir
+    epochs, start = int(cfg.epochs), record.sweep
+    if progress is not None:
+        progress.start(epochs)
+        for row in record.rows[-1:]:
+            progress.update(row)
+    previous = record.rows[-1] if record.rows else None
     try:
-        for row in sweeps(algorithm, loss, data, epochs, start=start, previous=previous, grad_norm=cfg.grad_norm):
-            rows.append(row)
-            if main:
-                writer.append(row)
-            if progress is not None:
-                progress.update(row)
+        for row in sweeps(trainer, data, epochs, start=start, previous=previous, grad_norm=cfg.grad_norm):
+            record.add(row, progress)
             k = row["sweep"]
-            stopping = any_rank(stop.requested, device)  # every rank stops after the same sweep
-            if k == epochs or stopping or (every and k % every == 0 and k > 0):
-                checkpoint_now(row)
+            stopping = any_rank(stop.requested, data.X_train.device)  # every rank stops after the same sweep
+            if k == epochs or stopping or record.due(k):
+                record.save(row)
             if stopping and k < epochs:
                 raise Interrupted(
-                    f"stopped after sweep {k}; {kept()}; resume with: {resume_command(out_dir, epochs)}", stop.signum
+                    f"stopped after sweep {k}; {record.kept()}; resume with: {resume_command(out_dir, epochs)}",
+                    stop.signum,
                 )
     except NumericalError as err:
-        reports("failed", str(err))
-        raise NumericalError(f"{err}; {kept()}") from err
+        record.reports_of_a_stop("failed", str(err))
+        raise NumericalError(f"{err}; {record.kept()}") from err
     except (torch.OutOfMemoryError, MemoryError, OSError) as err:
-        sweep = k + 1 if rows else 0
+        sweep = record.sweep + 1 if record.rows else 0
         what = _out_of_memory(err, sweep) if not isinstance(err, OSError) else _unwritable(err, out_dir)
-        reports("failed", what)
-        raise BCDError(f"{what}; {kept()}") from None  # exit status 1: the run failed, it was not refused
+        record.reports_of_a_stop("failed", what)
+        raise BCDError(f"{what}; {record.kept()}") from None  # exit status 1: the run failed, it was not refused
     except (Interrupted, KeyboardInterrupt) as err:
-        signum = err.signum if isinstance(err, Interrupted) else stopped_by(err)
-        reports("interrupted")
+        record.reports_of_a_stop("interrupted")
         if isinstance(err, Interrupted):
             raise
         raise Interrupted(
-            f"stopped during sweep {k + 1}; {kept()}; resume with: {resume_command(out_dir, epochs)}", signum
+            f"stopped during sweep {record.sweep + 1}; {record.kept()}; resume with: {resume_command(out_dir, epochs)}",
+            stopped_by(err),
         ) from None
-    metrics, summary = _write_reports(cfg, rows, algorithm, data, out_dir, status="completed", started=started)
-    return RunResult(metrics, summary, algorithm.net, algorithm, data)
-
-
-def resume_command(out_dir: Path, epochs: int) -> str:
-    """The shell command that continues the run in ``out_dir`` to ``epochs`` sweeps, quoted as printed.
-
-    ``epochs=N`` is added where it differs from the run folder's config (an extended run), without
-    which the command would stop at the folder's own number of sweeps.
-    """
-    words = ["bcd-train", f"resume={quoted(str(out_dir))}"]
-    try:
-        saved = OmegaConf.select(OmegaConf.load(out_dir / ".hydra" / "config.yaml"), "epochs")
-    except Exception:
-        saved = None
-    if saved != epochs:
-        words.append(f"epochs={epochs}")
-    return shlex.join(words)
+    metrics, summary = record.reports("completed")
+    return RunResult(metrics, summary, trainer.net, trainer, data)
 
 
 def _first_line(err: BaseException) -> str:
@@ -420,39 +351,3 @@ def _out_of_memory(err: BaseException, sweep: int) -> str:
 
 def _unwritable(err: OSError, out_dir: Path) -> str:
     return f"cannot write {err.filename or out_dir}: {err.strerror or _first_line(err)}"
-
-
-def _write_reports(
-    cfg: DictConfig,
-    rows: list[dict[str, Any]],
-    algorithm: Any,
-    data: Dataset,
-    out_dir: Path,
-    *,
-    status: str,
-    started: float,
-    error: str | None = None,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """summary.json and curves.png of the rows recorded so far."""
-    metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
-    net = algorithm.net
-    summary = summarize(
-        metrics, status=status, **({"error": error} if error else {}),
-        wall_seconds=time.perf_counter() - started, device=str(data.X_train.device),
-        dtype=cfg.dtype, parameters=net.n_parameters(),
-        sizes=net.sizes, n_train=data.n_train, n_test=data.n_test,
-        method=algorithm.name, alpha_output_block=getattr(algorithm, "alpha_out", None),
-    )  # fmt: skip
-    if rank() != 0:  # rank 0 alone writes the reports of a data-parallel run
-        return metrics, summary
-    write_summary(out_dir / SUMMARY_FILE, summary)
-    if cfg.trainer.name == "bcd":
-        settings = f"splitting={algorithm.name}, gamma={cfg.gamma}, alpha={cfg.alpha}"
-    else:
-        settings = f"trainer={algorithm.name}, lr={cfg.trainer.lr}, batch={cfg.trainer.batch_size}"
-    title = f"{cfg.data.name}, {'-'.join(map(str, net.sizes))}, {settings}"
-    plot_curves(metrics, out_dir / CURVES_FILE, title=title)
-    from bcd_cli.report import CONVERGENCE_FILE, plot_convergence
-
-    plot_convergence(metrics, out_dir / CONVERGENCE_FILE, title=title)
-    return metrics, summary

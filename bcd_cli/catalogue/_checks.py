@@ -1,9 +1,7 @@
-"""Parameter checks shared by catalogue entries."""
+"""Parameter checks shared by catalogue entries: ``require`` raises ``bcd_cli.errors.ParameterError``."""
 
 from __future__ import annotations
 
+from bcd_cli.errors import require
 
-def require(ok: bool, field: str, value: object, allowed: str) -> None:
-    """Raises ValueError(field, value, allowed) unless ``ok``; the CLI reports it as ``group.field``."""
-    if not ok:
-        raise ValueError(field, value, allowed)
+__all__ = ["require"]

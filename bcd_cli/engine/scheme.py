@@ -85,6 +85,12 @@ class BCDSettings:
         except ParameterError as err:
             raise err.within(None if err.key in cls.TOP_LEVEL else "trainer") from None
 
+    def dtypes(self) -> tuple[torch.dtype | None, torch.dtype | None]:
+        """(solve_dtype, state_solve_dtype) as torch dtypes, the second defaulting to the first."""
+        solve, state = self.solve_dtype, self.state_solve_dtype or self.solve_dtype
+        assert not isinstance(solve, str) and not isinstance(state, str)  # __post_init__ turned names into dtypes
+        return solve, state
+
     def keywords(self) -> dict[str, Any]:
         """The settings as the keyword arguments of a scheme's constructor."""
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
@@ -115,8 +121,7 @@ class BCDScheme(Trainer):
         self.loss, self.reg_w, self.reg_v = loss, reg_w, reg_v
         self.gamma, self.alpha = float(settings.gamma), float(settings.alpha)
         self.rho = float(settings.gamma if settings.rho is None else settings.rho)
-        self.solve_dtype = settings.solve_dtype
-        self.state_solve_dtype = settings.state_solve_dtype or settings.solve_dtype
+        self.solve_dtype, self.state_solve_dtype = settings.dtypes()
         self.inner = InnerSolver(iters=int(settings.inner_iters), tol=float(settings.inner_tol))
         self.alpha_out = output_alpha(loss, Y.shape[1], gamma=self.gamma, alpha=self.alpha, check=settings.alpha_check)
         net.W[:] = [feasible(reg_w, w) for w in net.W]

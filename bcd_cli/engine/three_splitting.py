@@ -53,6 +53,12 @@ class ThreeSplittingBCD(BCDScheme):
     def block_tensors(self, kind: str, l: int) -> list[Tensor]:
         return [self.U[l]] if kind == "U" else super().block_tensors(kind, l)
 
+    def sample_blocks(self) -> dict[str, list[Tensor]]:
+        return {"V": self.V[1:], "U": list(self.U)}
+
+    def _set_sample_blocks(self, blocks: dict[str, list[Tensor]]) -> None:
+        self.V[1:], self.U[:] = blocks["V"], blocks["U"]
+
     def __init__(self, net, X, Y, **hyper) -> None:
         super().__init__(net, X, Y, **hyper)
         self.U, self.V = net.forward_states(X)
