@@ -104,7 +104,8 @@ def test_replayed_sweep_is_the_sweep_that_runs_next():
     replayed = replayed_ops(trainer, trainer.sweep)
     before = copy.deepcopy(trainer.state_dict())
     again = replayed_ops(trainer, trainer.sweep)
-    assert all(torch.equal(a, b) for kind in before for a, b in zip(before[kind], trainer.state_dict()[kind]))
+    after = trainer.state_dict()
+    assert all(torch.equal(a, b) for kind in before for a, b in zip(before[kind], after[kind], strict=True))
     ran = record_matrix_ops(trainer.sweep)
     assert replayed == again == ran
     smooth_parts = sum(op.kind == PRODUCT and (op.m, op.k, op.n) == (9, 12, N) for op in ran)  # W1 V0 + b1
