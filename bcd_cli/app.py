@@ -2,17 +2,20 @@
 the up-front checks, the tests and the benchmarks.
 
 ``compose(*overrides)`` composes the config exactly as ``bcd-train`` does, through Hydra's public
-Compose API, and restores Hydra's global state afterwards.
+Compose API, and restores Hydra's global state afterwards; ``initialized()`` holds Hydra initialized over the
+config tree for several compositions (the up-front checks of bcd_cli.preflight compose each job of a sweep).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from hydra import compose as _hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
@@ -29,10 +32,23 @@ def config_dir() -> Path:
     raise RuntimeError(f"bcd-cli's configs are missing: neither {here / 'conf'} nor {here.parent / 'conf'} exists")
 
 
+@contextlib.contextmanager
+def initialized() -> Iterator[None]:
+    """Hydra initialized over ``config_dir()`` with bcd-train's version base, for ``hydra.compose`` and
+    ``GlobalHydra``; on leaving, Hydra's global state is as it was, the config that ``HydraConfig`` holds
+    (which resolves ``${hydra:...}``) included."""
+    saved = HydraConfig.instance().cfg
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=VERSION_BASE, job_name=CONFIG_NAME):
+            yield
+    finally:
+        HydraConfig.instance().cfg = saved
+
+
 def compose(*overrides: str, hydra_config: bool = False) -> DictConfig:
     """``conf/train.yaml`` composed with ``overrides`` as a run of ``bcd-train`` composes it (with the
     ``hydra`` node when ``hydra_config``)."""
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=VERSION_BASE):
+    with initialized():
         return _hydra_compose(CONFIG_NAME, overrides=list(overrides), return_hydra_config=hydra_config)
 
 

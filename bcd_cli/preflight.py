@@ -2,9 +2,15 @@
 
 Hydra reports a composition error (an unknown key or group option, bad override syntax, an unresolvable
 interpolation) in several lines and exits with status 1, after creating the sweep folder of a multirun; and
-a multirun validates its jobs one at a time, as each starts. ``preflight`` composes each job as Hydra would
-and turns the first problem into a one-line ``ConfigError`` (exit status 2). ``HYDRA_FULL_ERROR=1`` re-raises
-Hydra's or OmegaConf's own exception instead.
+a multirun validates its jobs one at a time, as each starts. ``preflight`` composes each job as Hydra would,
+through Hydra's public Compose API, and turns the first problem into a one-line ``ConfigError`` (exit status
+2). ``HYDRA_FULL_ERROR=1`` re-raises Hydra's or OmegaConf's own exception instead.
+
+A multirun is expanded here as Hydra's basic sweeper expands it: the sweeps of ``hydra.sweeper.params`` in the
+config, then the overrides of the command line, one job per element of their cartesian product (the last key
+varies fastest). An error is explained from what the exception carries (the missing config, the key OmegaConf
+names, the type it expected); where it carries nothing, the override at fault is found by composing growing
+prefixes of the overrides, and compared with the config composed without it.
 """
 
 from __future__ import annotations
@@ -12,25 +18,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import enum
 import io
+import itertools
 import os
-import re
 import shutil
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from hydra import version
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra._internal.hydra import Hydra
-from hydra._internal.utils import create_config_search_path, get_args_parser
-from hydra.core.config_search_path import SearchPathQuery
+from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import Override, ValueType
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import (
@@ -39,16 +43,19 @@ from omegaconf.errors import (
     GrammarParseError,
     InterpolationResolutionError,
     OmegaConfBaseException,
+    ValidationError,
 )
 
-from bcd_cli.app import CONFIG_NAME, VERSION_BASE, config_dir
+from bcd_cli.app import CONFIG_NAME, initialized, quoted
 from bcd_cli.config import OPTIONAL_KEYS, PATH_KEYS, validate
 from bcd_cli.errors import ConfigError
 
-BASIC_SWEEPER = f"{BasicSweeper.__module__}.{BasicSweeper.__name__}"
 SLURM_COMMANDS = ("sbatch", "srun")  # what submitit's SLURM executor calls
+BASIC_SWEEPER = "basic"  # hydra/sweeper option of Hydra's own sweeper, whose expansion preflight repeats
+MULTIRUN = "hydra.mode=MULTIRUN"  # what Hydra adds to the overrides of a multirun
 _UNRESOLVABLE = (InterpolationResolutionError, GrammarParseError)
 _ABSENT = object()
+_TYPE_NAMES = {bool: "a bool (true or false)", int: "an integer", float: "a number", str: "a string"}
 
 
 class CompositionError(ConfigError):
@@ -78,60 +85,61 @@ class JobError(ConfigError):
 class Launch:
     """What a command line launches: a run or a multirun, the folder it writes into (absolute, resolved as
     Hydra resolves it) and the relative paths of its config (key -> value) that the run folder should
-    record as absolute paths."""
+    record as absolute paths; ``jobs`` holds the overrides of each job in job order, as its
+    ``.hydra/overrides.yaml`` will (empty for a sweeper other than Hydra's basic one)."""
 
     multirun: bool
     folder: Path
     relative_paths: dict[str, str]
+    jobs: list[list[str]] = field(default_factory=list)
 
 
 def preflight(argv: list[str]) -> Launch | None:
     """Composes and validates every job ``bcd-train argv`` would run; raises ConfigError for the first bad one.
 
     Does nothing when ``argv`` runs no job (``--help``, ``--hydra-help``, ``--cfg``, ``--info``,
-    ``--shell-completion``, ``--version``), when argparse refuses it (Hydra reports that) and with
-    ``--config-path``, whose search path Hydra derives from the module that calls it.
+    ``--shell-completion``, ``--version``), when it is not a command line Hydra accepts (Hydra reports that)
+    and with ``--config-path``, whose search path Hydra derives from the module that calls it.
     """
     args = _parse_args(argv)
     if args is None or not _runs_jobs(args):
         return None
-    with _hydra(config_dir(), args.config_dir) as hydra:
-        return _Preflight(hydra, args.config_name or CONFIG_NAME).check(list(args.overrides), multirun=args.multirun)
+    with initialized():
+        checks = _Preflight(args.config_name or CONFIG_NAME, args.config_dir)
+        return checks.check(list(args.overrides), multirun=args.multirun)
+
+
+def _arguments() -> argparse.ArgumentParser:
+    """The command-line flags of ``@hydra.main`` (see ``bcd-train --hydra-help``), each read, none acted on."""
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("overrides", nargs="*")
+    for flags in "--help -h|--hydra-help|--version|--resolve|--run -r|--multirun -m|--shell-completion -sc".split("|"):
+        parser.add_argument(*flags.split(), action="store_true")
+    for flags in "--cfg -c|--package -p|--config-path -cp|--config-name -cn|--config-dir -cd".split("|"):
+        parser.add_argument(*flags.split())
+    parser.add_argument("--experimental-rerun")
+    parser.add_argument("--info", "-i", nargs="?", const="all")
+    return parser
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace | None:
-    """``argv`` parsed by Hydra's own parser, silently; None where argparse exits (an error, ``--version``)."""
+    """``argv`` parsed as Hydra parses it, silently; None where Hydra would refuse it (it says why)."""
+    parser = _arguments()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         try:
-            return get_args_parser().parse_args(argv)
-        except SystemExit:
+            args, unknown = parser.parse_known_args(argv)
+        except (SystemExit, argparse.ArgumentError):
             return None
+    return None if unknown else args
 
 
 def _runs_jobs(args: argparse.Namespace) -> bool:
-    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.resolve:
+    shows = args.help or args.hydra_help or args.version or args.resolve or args.shell_completion
+    if shows or args.cfg is not None or args.info is not None:
         return False
     if args.experimental_rerun is not None or (args.run and args.multirun):
         return False  # Hydra reruns a pickled job, or refuses --run with --multirun, itself
     return args.config_path is None
-
-
-@contextlib.contextmanager
-def _hydra(conf: Path, extra_dir: str | None) -> Iterator[Hydra]:
-    """Hydra over ``conf`` (and ``--config-dir``), built as ``@hydra.main`` builds it; global state restored after."""
-    search_path = create_config_search_path(str(conf))
-    if extra_dir is not None:
-        path = os.path.abspath(extra_dir)
-        if not os.path.isdir(path):
-            raise ConfigError("--config-dir", extra_dir, "an existing folder of configs (it is not one)")
-        search_path.prepend(provider="command-line", path=f"file://{path}", anchor=SearchPathQuery(provider="schema"))
-    backup, hydra_cfg = get_gh_backup(), HydraConfig.instance().cfg
-    version.setbase(VERSION_BASE)  # as @hydra.main in bcd_cli.cli
-    try:
-        yield Hydra.create_main_hydra2(task_name=CONFIG_NAME, config_search_path=search_path)
-    finally:
-        restore_gh_from_backup(backup)
-        HydraConfig.instance().cfg = hydra_cfg
 
 
 def _full_error() -> bool:
@@ -139,42 +147,80 @@ def _full_error() -> bool:
 
 
 class _Preflight:
-    """The checks of one command line, against one Hydra instance."""
+    """The checks of one command line, with Hydra initialized over bcd-train's configs (and ``--config-dir``)."""
 
-    def __init__(self, hydra: Hydra, config_name: str) -> None:
-        self.hydra, self.config_name = hydra, config_name
+    def __init__(self, config_name: str, extra_dir: str | None) -> None:
+        self.config_name = config_name
+        self.loader = GlobalHydra.instance().config_loader()
+        self.searchpath: list[str] = []  # the override that adds --config-dir to the config search path
+        if extra_dir is not None:
+            path = os.path.abspath(extra_dir)
+            if not os.path.isdir(path):
+                raise ConfigError("--config-dir", extra_dir, "an existing folder of configs (it is not one)")
+            self.searchpath = [self._searchpath_override(path)]
+
+    def _searchpath_override(self, path: str) -> str:
+        """``hydra.searchpath`` with ``path`` first, then the folders the primary config lists itself."""
+        listed: Any = []
+        with contextlib.suppress(Exception):
+            listed = OmegaConf.to_container(self.compose([]).hydra.searchpath) or []
+        entries = [f"file://{path}", *(str(entry) for entry in listed)]
+        return f"hydra.searchpath=[{','.join(quoted(entry) for entry in entries)}]"
+
+    def compose(self, overrides: list[str]) -> DictConfig:
+        """The config, ``hydra`` node included, composed with ``overrides`` as ``hydra.compose`` composes it."""
+        return compose(self.config_name, [*self.searchpath, *overrides], return_hydra_config=True)
 
     def check(self, overrides: list[str], *, multirun: bool) -> Launch:
-        """A run: its config, folder and values. A multirun: its sweep config, then each job as BasicSweeper runs it."""
-        self._check_added_keys(overrides)
+        """A run: its config, folder and values. A multirun: its sweep config, then each job."""
+        parsed = self._parse(overrides)
+        self._check_added_keys(parsed)
         if not multirun:
-            try:
-                cfg = self.hydra.compose_config(self.config_name, overrides, run_mode=RunMode.RUN, from_shell=True)
-            except Exception as err:
-                if self.hydra.get_mode(config_name=self.config_name, overrides=overrides) != RunMode.MULTIRUN:
-                    self._refuse(err, overrides)
-            else:
-                if cfg.hydra.mode != RunMode.MULTIRUN:  # a config may set hydra.mode=MULTIRUN: Hydra then sweeps
-                    folder, task = self._check_job(cfg, "hydra.run.dir")
-                    return Launch(False, folder, _relative_paths(task, overrides))
-        return self._check_multirun(overrides)
+            launch = self._check_run(parsed)
+            if launch is not None:
+                return launch
+        return self._check_multirun(parsed)
 
-    def _check_added_keys(self, overrides: list[str]) -> None:
+    def _parse(self, overrides: list[str]) -> list[Override]:
+        try:
+            return OverridesParser.create(config_loader=self.loader).parse_overrides(overrides)
+        except OverrideParseException as err:
+            if _full_error():
+                raise
+            raise _syntax(err.override, err.message) from None
+
+    def _check_run(self, parsed: list[Override]) -> Launch | None:
+        """A single run; None where the config itself sets ``hydra.mode=MULTIRUN`` (Hydra then sweeps)."""
+        fixed = [o.input_line or "" for o in parsed if not o.is_sweep_override()]
+        error: Exception | None = None
+        try:
+            cfg = self.compose(fixed)
+        except Exception as err:
+            error = err
+        if error is None and cfg.hydra.mode == RunMode.MULTIRUN:
+            return None
+        for o in parsed:
+            if o.is_sweep_override():
+                raise _sweep_in_a_run(o)
+        if error is not None:
+            self._refuse(error, fixed)
+        folder, task = self._check_job(cfg, "hydra.run.dir")
+        return Launch(False, folder, _relative_paths(task, parsed), [[o.input_line or "" for o in _task(parsed)]])
+
+    def _check_added_keys(self, parsed: list[Override]) -> None:
         """``+key=value`` and ``++key=value`` that add a key no part of bcd-train reads are refused: the run
         would otherwise ignore them without a word. Config groups and Hydra's own settings are Hydra's."""
         added = [
-            o for o in _parse_each(overrides)
+            o for o in parsed
             if (o.is_add() or o.is_force_add()) and not o.key_or_group.startswith("hydra.")
             and o.package is None and not self._is_group(o.key_or_group)
         ]  # fmt: skip
         if not added:
             return
         keys = {o.key_or_group for o in added}
-        base_overrides = [a for a in overrides if _parse_each([a]) and _parse_each([a])[0].key_or_group not in keys]
+        others = [o.input_line or "" for o in parsed if o.key_or_group not in keys and not o.is_sweep_override()]
         try:
-            base = self.hydra.compose_config(
-                self.config_name, base_overrides, run_mode=RunMode.RUN, validate_sweep_overrides=False
-            )
+            base = self.compose(others)
         except Exception:
             return  # the composition itself fails: that error is reported next
         for o in added:
@@ -190,62 +236,82 @@ class _Preflight:
             elif isinstance(parent, DictConfig):
                 allowed += f" ({_key_list(parent, parent_key)})"
             optional = ", ".join(f"+{k}" for k in OPTIONAL_KEYS)
-            raise ConfigError(
-                f"{o.input_line.partition('=')[0] if o.input_line else key}",
-                o.value(),
-                f"{allowed}; the keys that may be added with + are {optional}",
-            )
+            allowed += f"; the keys that may be added with + are {optional}"
+            raise ConfigError((o.input_line or key).partition("=")[0], o.value(), allowed)
 
-    def _check_multirun(self, overrides: list[str]) -> Launch:
-        sweep_overrides = [*overrides, "hydra.mode=MULTIRUN"]
-        try:
-            master = self.hydra.compose_config(
-                self.config_name, sweep_overrides, run_mode=RunMode.MULTIRUN, from_shell=True
-            )
-        except Exception as err:
-            self._refuse(err, sweep_overrides)
+    def _check_multirun(self, parsed: list[Override]) -> Launch:
+        """The sweep config (its folder, launcher and sweeper), then each job of the sweep as Hydra runs it."""
+        for o in parsed:
+            if o.is_hydra_override() and o.is_sweep_override():
+                key, value = o.get_key_element(), _as_text(o)
+                raise ConfigError(key, value, "one value: Hydra's own settings (hydra.*) cannot be swept")
+        master = self._master(parsed)
+        HydraConfig.instance().set_config(master)
         sweep_dir = Path(os.path.abspath(str(_resolve(master, "hydra.sweep.dir"))))
         _check_launcher(master)
-        if OmegaConf.select(master, "hydra.sweeper._target_") != BASIC_SWEEPER:
+        if master.hydra.runtime.choices.get("hydra/sweeper") != BASIC_SWEEPER:
             return Launch(True, sweep_dir, {})  # another sweeper plugin expands the sweep its own way
-        params = OmegaConf.to_container(master.hydra.sweeper.params or OmegaConf.create())
-        task = OmegaConf.to_container(master.hydra.overrides.task)
-        assert isinstance(params, dict) and isinstance(task, list)
-        arguments = [*(f"{k!s}={v}" for k, v in params.items()), *map(str, task)]
-        try:
-            parsed = OverridesParser.create(config_loader=self.hydra.config_loader).parse_overrides(arguments)
-            jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-        except Exception as err:
-            self._refuse(err, arguments)
-        swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+        jobs, swept = self._expand(master, parsed)
+        hydra_overrides = [*(o.input_line or "" for o in parsed if o.is_hydra_override()), MULTIRUN]
         relative: dict[str, str] = {}
-        hydra_overrides = OmegaConf.to_container(master.hydra.overrides.hydra)  # unresolved, as load_sweep_config
-        assert isinstance(hydra_overrides, list)
         for num, job in enumerate(jobs):
             label = [o for o in job if o.split("=", 1)[0] in swept]
             try:
-                try:
-                    cfg = self.hydra.config_loader.load_sweep_config(master, list(job))
-                except Exception as err:
-                    self._refuse(err, [*map(str, hydra_overrides), *job])
-                with open_dict(cfg):  # as BasicLauncher.launch
+                cfg = self._compose_or_refuse([*hydra_overrides, *job])
+                OmegaConf.copy_cache(from_config=master, to_config=cfg)  # the same ${now:} as the sweep's
+                with open_dict(cfg):  # as Hydra's basic launcher
                     cfg.hydra.job.id = num
                     cfg.hydra.job.num = num
                 _, task = self._check_job(cfg, "hydra.sweep.dir", "hydra.sweep.subdir")
             except ConfigError as err:
                 raise JobError(num, label, err) from None
-            relative |= {k: v for k, v in _relative_paths(task, overrides).items() if k not in swept}
-        return Launch(True, sweep_dir, relative)
+            relative |= {k: v for k, v in _relative_paths(task, parsed).items() if k not in swept}
+        return Launch(True, sweep_dir, relative, jobs)
+
+    def _master(self, parsed: list[Override]) -> DictConfig:
+        """The sweep's own config: composed without the sweeps, or, where a swept group has no default,
+        with the first value of each."""
+        fixed = [o.input_line or "" for o in parsed if not o.is_sweep_override()] + [MULTIRUN]
+        values = [(o.get_key_element(), next(iter(o.sweep_string_iterator()), None)) for o in parsed
+                  if o.is_sweep_override() and o.is_discrete_sweep()]  # fmt: skip
+        first = [f"{key}={value}" for key, value in values if value is not None]
+        try:
+            return self.compose(fixed)
+        except Exception as err:
+            if not first:
+                self._refuse(err, fixed)
+        return self._compose_or_refuse([*fixed, *first])
+
+    def _expand(self, master: DictConfig, parsed: list[Override]) -> tuple[list[list[str]], set[str]]:
+        """The overrides of each job, in the order of Hydra's basic sweeper: ``hydra.sweeper.params`` of the
+        config, then the command line's; a key given twice takes the later value at the earlier place."""
+        params = OmegaConf.to_container(master.hydra.sweeper.params or OmegaConf.create())
+        assert isinstance(params, dict)
+        arguments = [*(f"{k!s}={v}" for k, v in params.items()), *(o.input_line or "" for o in _task(parsed))]
+        choices: dict[str, list[str]] = {}
+        swept: set[str] = set()
+        for o in self._parse(arguments):
+            key = o.get_key_element()
+            if not o.is_sweep_override():
+                choices[key] = [f"{key}={o.get_value_element_as_str()}"]
+                swept.discard(key)
+            elif o.is_discrete_sweep():
+                choices[key] = [f"{key}={value}" for value in o.sweep_string_iterator()]
+                swept.add(key)
+            else:
+                allowed = "a list (a,b,c), choice(...), range(...) or glob(...) to sweep over"
+                raise ConfigError(key, _as_text(o), allowed)
+        return [list(job) for job in itertools.product(*choices.values())], swept
 
     def _check_job(self, cfg: DictConfig, *dir_keys: str) -> tuple[Path, DictConfig]:
-        """Resolves what ``hydra.core.utils.run_job`` resolves (the job's folder, then its config) and validates it;
+        """Resolves what Hydra resolves before it runs a job (its folder, then its config) and validates it;
         returns the folder (absolute) and the job's config without ``hydra``."""
         HydraConfig.instance().set_config(cfg)
         folder = os.path.join(*(str(_resolve(cfg, key)) for key in dir_keys))
         with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
             cfg.hydra.runtime.output_dir = os.path.abspath(folder)
         HydraConfig.instance().set_config(cfg)
-        task = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])  # as run_job's, without hydra
+        task = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
         OmegaConf.set_struct(task, True)
         try:
             OmegaConf.to_container(task, resolve=True)
@@ -256,151 +322,193 @@ class _Preflight:
         validate(task)
         return Path(cfg.hydra.runtime.output_dir), task
 
+    def _compose_or_refuse(self, overrides: list[str]) -> DictConfig:
+        try:
+            return self.compose(overrides)
+        except Exception as err:
+            self._refuse(err, overrides)
+
     def _refuse(self, err: Exception, overrides: list[str]) -> NoReturn:
         """Raises the one-line ConfigError for ``err``; ``err`` itself under HYDRA_FULL_ERROR=1, or if it is a bug."""
-        refusal = self._refusal(err, overrides)
-        if refusal is err:
-            raise err
-        raise refusal from None
-
-    def _refusal(self, err: Exception, overrides: list[str]) -> Exception:
         if _full_error() or not isinstance(err, HydraException | OmegaConfBaseException | ValueError | KeyError):
-            return err
-        parsed = _parse_each(overrides)
-        if isinstance(err, KeyError) and not isinstance(err, OmegaConfBaseException):
-            found = _find(parsed, "hydra.job.env_copy")  # Hydra copies these variables while composing
-            if found is None:
-                return err
-            return ConfigError(found.key_or_group, found.value(), f"names of set environment variables ({err} is not)")
-        if isinstance(err, OverrideParseException):
-            return _syntax(err.override, err.message)
-        if isinstance(err, MissingConfigException):
-            return self._missing_option(err, parsed)
-        cause = err.__cause__
-        if isinstance(cause, ConfigKeyError | ConfigAttributeError) and isinstance(cause.full_key, str):
-            return _unknown_key(cause.full_key, cause.parent_node, parsed)
-        if isinstance(cause, OmegaConfBaseException) and isinstance(cause.full_key, str) and cause.full_key:
-            found = _find(parsed, cause.full_key)
-            return ConfigError(cause.full_key, found.value() if found else cause.value, _allowed(_first_line(cause)))
-        if isinstance(err, ValueError):
-            return self._group_value(err, parsed)
-        return self._known_message(str(err), parsed, overrides)
+            raise err
+        parsed = OverridesParser.create(config_loader=self.loader).parse_overrides(overrides)
+        for exc in (err, err.__cause__):
+            for kind, explain in _EXPLAINED:
+                if isinstance(exc, kind) and (refusal := explain(self, exc, parsed)) is not None:
+                    raise refusal from None
+        raise self._by_override(err, parsed) from None
 
-    def _missing_option(self, err: MissingConfigException, parsed: list[Override]) -> ConfigError:
+    def _missing_option(self, err: MissingConfigException, parsed: list[Override]) -> ConfigError | None:
+        """A config that is not there: the primary config (``--config-name``) or an option of a group."""
         group, _, option = (err.missing_cfg_file or "").rpartition("/")
-        loader = self.hydra.config_loader
         if not group:
-            primaries = [o for o in loader.get_group_options("") if not o.startswith("_")]
-            return ConfigError("--config-name", option, f"one of {', '.join(primaries)}")
-        options = list(err.options or loader.get_group_options(group))
+            primaries = self.loader.get_group_options("", config_name=None, overrides=self.searchpath)
+            return ConfigError("--config-name", option, f"one of {', '.join(p for p in primaries if p[0] != '_')}")
+        options = list(err.options or self._options(group))
         allowed = f"one of {', '.join(options)}" if options else f"no config in {group} (the group is empty)"
         for o in parsed:
             if o.key_or_group == group and not o.is_delete() and option in _names(o.value()):
                 return ConfigError(o.get_key_element(), o.value(), allowed)
-        origin = re.match(r"In '([^']+)'", str(err))
-        if origin and origin.group(1) != self.config_name:
-            allowed += f" (asked for by {origin.group(1)})"
-        return ConfigError(group, option, allowed)
+        culprit = self._culprit(parsed)
+        asker = culprit[0].input_line if culprit else f"the defaults list of {self.config_name}"
+        return ConfigError(group, option, f"{allowed} (asked for by {asker})")
 
-    def _group_value(self, err: ValueError, parsed: list[Override]) -> Exception:
-        """A config group given a value that is not a config name (``data=null``, ``=1``)."""
-        if not str(err).startswith("Config group override"):
-            return err
-        for o in parsed:
-            value = o.value()
-            if o.is_delete() or isinstance(value, str | list) or not self._is_group(o.key_or_group):
-                continue
-            if not o.key_or_group:
-                return _syntax(o.input_line or "", "no key before '='")
-            options = self.hydra.config_loader.get_group_options(o.key_or_group)
-            allowed = f"one of {', '.join(options)} (a config name; ~{o.key_or_group} removes the group)"
-            return ConfigError(o.get_key_element(), value, allowed)
-        return err
+    def _unknown_key(self, err: ConfigKeyError | ConfigAttributeError, parsed: list[Override]) -> ConfigError | None:
+        """An override of a key the config does not have: the closest key, the keys there."""
+        if not isinstance(err.full_key, str) or not err.full_key:
+            return None
+        parent_key, _, leaf = err.full_key.rpartition(".")
+        parent = err.parent_node
+        keys = [str(k) for k in parent] if isinstance(parent, DictConfig) else []
+        allowed = "no such key"
+        if match := difflib.get_close_matches(leaf, keys, n=1):
+            allowed += f"; did you mean {parent_key + '.' if parent_key else ''}{match[0]}?"
+        if keys:
+            where = _key_list(parent, parent_key)
+        else:
+            where = f"{parent_key} has no keys below it" if parent_key else "the config is empty"
+        return ConfigError(err.full_key, _value_of(parsed, err.full_key, None), f"{allowed} ({where})")
+
+    def _invalid_value(self, err: ValidationError, parsed: list[Override]) -> ConfigError | None:
+        """A value of the wrong type for a typed key (Hydra's own settings): the type the key holds."""
+        if not isinstance(err.full_key, str) or not err.full_key:
+            return None
+        return ConfigError(err.full_key, _value_of(parsed, err.full_key, err.value), _expected_type(err))
+
+    def _unresolvable_in_composition(self, err: OmegaConfBaseException, parsed: list[Override]) -> ConfigError | None:
+        if not isinstance(err.full_key, str) or not err.full_key:
+            return None
+        value = _value_of(parsed, err.full_key, err.value)
+        return ConfigError(err.full_key, value, f"an interpolation that resolves ({_first_line(err)})")
+
+    def _unset_variable(self, err: KeyError, parsed: list[Override]) -> ConfigError | None:
+        """``hydra.job.env_copy`` names a variable the environment does not have: Hydra copies it while composing."""
+        name = err.args[0] if err.args else None
+        if isinstance(err, OmegaConfBaseException) or not isinstance(name, str) or name in os.environ:
+            return None
+        value = _value_of(parsed, "hydra.job.env_copy", [name])
+        return ConfigError("hydra.job.env_copy", value, f"names of set environment variables ({name} is not set)")
+
+    def _by_override(self, err: Exception, parsed: list[Override]) -> ConfigError:
+        """An error that names nothing: the override at fault, judged against the config composed without it."""
+        found = self._culprit(parsed)
+        if found is None:
+            return self._missing_choice(err, parsed)
+        o, base = found
+        reason = _first_line(err)
+        if not o.key_or_group:
+            return _syntax(o.input_line or "", "no key before '='")
+        if self._is_group(o.key_or_group):
+            return self._group_override(o, base, reason)
+        return _key_override(o, base, reason)
+
+    def _culprit(self, parsed: list[Override]) -> tuple[Override, DictConfig] | None:
+        """The first override whose addition makes the composition fail, and the config composed before it."""
+        base = None
+        for end in range(len(parsed) + 1):
+            try:
+                cfg = self.compose([o.input_line or "" for o in parsed[:end]])
+            except Exception:
+                return (parsed[end - 1], base) if base is not None else None
+            base = cfg
+        return None
+
+    def _missing_choice(self, err: Exception, parsed: list[Override]) -> ConfigError:
+        """A config group without a default (``???``) that the command line does not choose; else Hydra's reason."""
+        overrides = [*self.searchpath, *(o.input_line or "" for o in parsed)]
+        with contextlib.suppress(Exception):  # a multirun's composition leaves such a group out
+            cfg = self.loader.load_configuration(
+                self.config_name, overrides, run_mode=RunMode.MULTIRUN, validate_sweep_overrides=False
+            )
+            choices = cfg.hydra.runtime.choices
+            for group in choices:
+                if OmegaConf.is_missing(choices, group):
+                    options = self._options(str(group).split("@")[0])
+                    return ConfigError(str(group), "???", f"one of {', '.join(options)} (it has no default)")
+        reason = _first_line(err)
+        line = " ".join(o.input_line or "" for o in parsed)
+        return CompositionError("overrides", line, reason, text=f"invalid command line: {reason}")
+
+    def _group_override(self, o: Override, base: DictConfig, reason: str) -> ConfigError:
+        """An override of config group ``o.key_or_group`` that Hydra refused, against the choices of ``base``."""
+        group, typed, element = o.key_or_group, _as_text(o), o.get_key_element()
+        choice = group if o.package is None else f"{group}@{o.package}"
+        choices = base.hydra.runtime.choices
+        chosen = choice in choices
+        if o.is_force_add():
+            return ConfigError(element, o.value(), f"a config group: choose an option with {choice}={typed}, not ++")
+        if o.is_delete():
+            allowed = reason if not typed else f"{choice} is {choices[choice]}; delete it with ~{choice}"
+            allowed = allowed if chosen else "no such entry in the defaults list"
+            return CompositionError(element, typed or None, allowed, text=f"{o.input_line} is invalid: {allowed}")
+        if not isinstance(o.value(), str | list):
+            options = ", ".join(self._options(group))
+            return ConfigError(element, o.value(), f"one of {options} (a config name; ~{choice} removes the group)")
+        if o.is_add() and chosen:
+            allowed = f"{choice} is already in the defaults list; choose it without the +: {choice}={typed}"
+            return ConfigError(element, o.value(), allowed)
+        if not chosen:
+            near = [str(k) for k in choices if str(k).split("@")[0] == group]
+            allowed = f"{choice} is not in the defaults list"
+            allowed += f"; did you mean {' or '.join(sorted(near))}?" if near else ""
+            return ConfigError(element, o.value(), f"{allowed} (add it with +{choice}={typed})")
+        return ConfigError(element, o.value(), reason)
 
     def _is_group(self, name: str) -> bool:
-        parent, _, leaf = name.rpartition("/")
-        return not name or leaf in self.hydra.config_loader.list_groups(parent)
+        return not name or bool(self.loader.get_group_options(name, results_filter=None, overrides=self.searchpath))
 
-    def _known_message(self, text: str, parsed: list[Override], overrides: list[str]) -> ConfigError:
-        """Hydra's own wording, for the composition errors it raises without an OmegaConf cause."""
-        if m := re.search(r"An item is already at '([^']+)'", text):
-            key, found = m.group(1), _find(parsed, m.group(1))
-            value = found.value() if found else None
-            return ConfigError(f"+{key}", value, f"{key} already exists; set it without the +: {key}={_as_text(found)}")
-        if m := re.search(r"Could not delete from config\. '([^']+)' does not exist", text):
-            key = m.group(1)
-            near = self._keys_near(key, overrides)
-            return CompositionError(f"~{key}", None, near, text=f"~{key} is invalid: no such key to delete ({near})")
-        if m := re.search(r"Could not delete from config\. The value of '([^']+)' is (.*) and not (.*)\.$", text):
-            key, value, given = m.groups()
-            allowed = f"{key} is {value}; delete it with ~{key} (or ~{key}={value})"
-            return CompositionError(f"~{key}", given, allowed, text=f"~{key}={given} is invalid: {allowed}")
-        if m := re.search(r"Could not override '([^']+)'\.(?:\nDid you mean to override (?:one of )?([^?]+)\?)?", text):
-            key, choices = m.groups()
-            found = _find(parsed, key)
-            allowed = f"{key} is not in the defaults list"
-            allowed += f"; did you mean {' or '.join(choices.split(', '))}?" if choices else ""
-            allowed += f" (add it with +{key}={_as_text(found)})" if found else ""
-            return ConfigError(key, found.value() if found else None, allowed)
-        if m := re.search(r"Could not delete '([^']+)'\. No match in the defaults list", text):
-            return CompositionError(
-                f"~{m.group(1)}", None, "", text=f"~{m.group(1)} is invalid: no such entry in the defaults list"
-            )
-        if m := re.search(r"Ambiguous value for argument '([^']+)'", text):
-            key, _, value = m.group(1).partition("=")
-            allowed = (
-                f"one value per run; for a list write {key}=[{value}], for a text quote it ({key}='{value}'), "
-                "to run one job per value add -m (--multirun)"
-            )
-            return ConfigError(key, value, allowed)
-        if m := re.search(r"Sweep parameters '([^']+)' requires --multirun", text):
-            key, _, value = m.group(1).partition("=")
-            return ConfigError(key, value, "a sweep: add -m (--multirun) to run one job per value")
-        if m := re.search(r"Sweeping over Hydra's configuration is not supported : '([^']+)'", text):
-            key, _, value = m.group(1).partition("=")
-            return ConfigError(key, value, "one value: Hydra's own settings (hydra.*) cannot be swept")
-        if m := re.search(r"Multiple values for (\S+)\. To override a value use", text):
-            key = m.group(1)
-            found = next((o for o in parsed if o.is_add() and o.key_or_group == key), None)
-            return ConfigError(
-                f"+{key}", found.value() if found else None,
-                f"{key} is already in the defaults list; choose it without the +: {key}={_as_text(found)}",
-            )  # fmt: skip
-        if m := re.search(r"force-add of config groups is not supported: '([^']+)'", text):
-            key, _, value = m.group(1).partition("=")
-            return ConfigError(key, value, f"a config group: choose an option with {key[2:]}={value}, not ++")
-        if m := re.search(r"You must specify '([^']+)'", text):
-            options = self.hydra.config_loader.get_group_options(m.group(1).split("@")[0])
-            return ConfigError(m.group(1), "???", f"one of {', '.join(options)} (it has no default)")
-        if m := re.search(r"hydra\.searchpath must be a list of strings\. Got: (.*)", text):
-            return ConfigError("hydra.searchpath", m.group(1), "a list of strings (config folders)")
-        if m := re.search(r"does not support sweep type : (\w+)", text):
-            found = next((o for o in parsed if o.is_sweep_override() and not o.is_discrete_sweep()), None)
-            line = found.input_line if found and found.input_line else ""
-            key, _, value = line.partition("=")
-            return ConfigError(key, value, "a list (a,b,c), choice(...), range(...) or glob(...) to sweep over")
-        reason = _one_line(text)
-        return CompositionError("overrides", " ".join(overrides), reason, text=f"invalid command line: {reason}")
+    def _options(self, group: str) -> list[str]:
+        return self.loader.get_group_options(group, overrides=self.searchpath)
 
-    def _keys_near(self, key: str, overrides: list[str]) -> str:
-        """The keys next to ``key`` in the config composed without the override that names it."""
+
+_Explain = Callable[[_Preflight, Any, list[Override]], ConfigError | None]
+# What each kind of exception, or the OmegaConf exception that caused it, carries to name the key and what is
+# allowed; the first kind that explains the error gives its line. Those no kind explains: _Preflight._by_override.
+_EXPLAINED: list[tuple[type[BaseException] | tuple[type[BaseException], ...], _Explain]] = [
+    (MissingConfigException, _Preflight._missing_option),
+    ((ConfigKeyError, ConfigAttributeError), _Preflight._unknown_key),
+    (ValidationError, _Preflight._invalid_value),
+    (_UNRESOLVABLE, _Preflight._unresolvable_in_composition),
+    (KeyError, _Preflight._unset_variable),
+]
+
+
+def _key_override(o: Override, base: DictConfig, reason: str) -> ConfigError:
+    """An override of config key ``o.key_or_group`` that Hydra refused, against its value in ``base``."""
+    key, typed = o.key_or_group, _as_text(o)
+    present = OmegaConf.select(base, key, default=_ABSENT, throw_on_missing=False)
+    if o.is_add() and present is not _ABSENT:
+        return ConfigError(f"+{key}", o.value(), f"{key} already exists; set it without the +: {key}={typed}")
+    if o.is_delete() and present is _ABSENT:
         parent_key = key.rpartition(".")[0]
-        others = [o for o in overrides if not o.lstrip("~+").startswith(f"{key}=") and o.lstrip("~+") != key]
-        for attempt in (others, []):
-            try:
-                cfg = self.hydra.compose_config(
-                    self.config_name, attempt, run_mode=RunMode.RUN, validate_sweep_overrides=False
-                )
-            except Exception:
-                continue
-            parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-            return _key_list(parent, parent_key)
-        return "the config could not be composed"
+        near = _key_list(OmegaConf.select(base, parent_key) if parent_key else base, parent_key)
+        return CompositionError(f"~{key}", None, near, text=f"~{key} is invalid: no such key to delete ({near})")
+    if o.is_delete() and typed:
+        allowed = f"{key} is {present}; delete it with ~{key} (or ~{key}={present})"
+        return CompositionError(f"~{key}", typed, allowed, text=f"~{key}={typed} is invalid: {allowed}")
+    return CompositionError(key, typed, reason, text=f"{o.input_line} is invalid: {reason}")
 
 
-def _relative_paths(task: DictConfig, overrides: list[str]) -> dict[str, str]:
+def _task(parsed: list[Override]) -> list[Override]:
+    """The overrides of the job's own config (not Hydra's): what ``.hydra/overrides.yaml`` records."""
+    return [o for o in parsed if not o.is_hydra_override()]
+
+
+def _sweep_in_a_run(o: Override) -> ConfigError:
+    key, typed = o.get_key_element(), _as_text(o)
+    if o.value_type == ValueType.SIMPLE_CHOICE_SWEEP:
+        allowed = (
+            f"one value per run; for a list write {key}=[{typed}], for a text quote it ({key}='{typed}'), "
+            "to run one job per value add -m (--multirun)"
+        )
+        return ConfigError(key, typed, allowed)
+    return ConfigError(key, typed, "a sweep: add -m (--multirun) to run one job per value")
+
+
+def _relative_paths(task: DictConfig, parsed: list[Override]) -> dict[str, str]:
     """The path keys of ``task`` given on the command line as relative paths: key -> value as typed."""
-    given = {o.key_or_group for o in _parse_each(overrides) if not o.is_delete()}
+    given = {o.key_or_group for o in parsed if not o.is_delete()}
     found = {}
     for key in PATH_KEYS:
         value = OmegaConf.select(task, key, default=None)
@@ -415,7 +523,7 @@ def _check_launcher(master: DictConfig) -> None:
         return
     missing = [command for command in SLURM_COMMANDS if shutil.which(command) is None]
     if missing:
-        choice = OmegaConf.select(master, "hydra.runtime.choices").get("hydra/launcher")
+        choice = master.hydra.runtime.choices.get("hydra/launcher")
         raise ConfigError(
             "hydra/launcher", choice, f"a launcher that runs here: SLURM's {' and '.join(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} not on PATH (submit from a SLURM login node); "
@@ -423,59 +531,43 @@ def _check_launcher(master: DictConfig) -> None:
         )  # fmt: skip
 
 
-def _parse_each(overrides: list[str]) -> list[Override]:
-    parser = OverridesParser.create()
-    parsed = []
-    for line in overrides:
-        with contextlib.suppress(Exception):
-            parsed.extend(parser.parse_overrides([line]))
-    return parsed
-
-
-def _find(parsed: list[Override], key: str) -> Override | None:
-    return next((o for o in parsed if o.key_or_group == key and not o.is_delete()), None)
+def _value_of(parsed: list[Override], key: str, default: Any) -> Any:
+    """The value the command line gives ``key``, else ``default``."""
+    found = next((o for o in parsed if o.key_or_group == key and not o.is_delete()), None)
+    return found.value() if found is not None else default
 
 
 def _names(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
-def _as_text(found: Override | None) -> str:
-    """The value of ``found`` as it was typed."""
-    if found is None or found.input_line is None:
-        return "..."
-    return found.input_line.partition("=")[2]
+def _as_text(o: Override) -> str:
+    """The value of ``o`` as it was typed."""
+    return (o.input_line or "").partition("=")[2]
 
 
 def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    """The first line of an exception's message that says something."""
+    text = str(getattr(err, "msg", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
-def _one_line(text: str) -> str:
-    """Hydra's message up to its config search path, on one line."""
-    lines = []
-    for line in text.splitlines():
-        if line.startswith(("Config search path:", "Search path:")):
-            break
-        if line.strip() and not line.startswith("See https://"):
-            lines.append(line.strip())
-    return "; ".join(lines)
-
-
-def _allowed(reason: str) -> str:
-    """OmegaConf's validation message turned into what is allowed."""
-    if m := re.search(r"is not a valid (\w+)", reason):
-        return f"a {m.group(1)}"
-    if m := re.search(r"could not be converted to (\w+)", reason):
-        return f"a value of type {m.group(1)}"
-    if m := re.search(r"expected one of \[([^\]]*)\]", reason):
-        return f"one of {m.group(1)}"
-    return reason
+def _expected_type(err: ValidationError) -> str:
+    """What a typed key of a structured config accepts, from its annotation; else OmegaConf's reason."""
+    owner = OmegaConf.get_type(err.parent_node) if err.parent_node is not None else None
+    hint = typing.get_type_hints(owner).get(str(err.key)) if isinstance(owner, type) and is_dataclass(owner) else None
+    kinds = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
+    if len(kinds) == 1 and isinstance(kinds[0], type) and issubclass(kinds[0], enum.Enum):
+        return f"one of {', '.join(member.name for member in kinds[0])}"
+    if len(kinds) == 1 and kinds[0] in _TYPE_NAMES:
+        return _TYPE_NAMES[kinds[0]]
+    return _first_line(err)
 
 
 def _syntax(line: str, message: str) -> CompositionError:
-    lines = [x for x in message.splitlines() if x.strip()]
-    reason = next((x for x in lines if not x.startswith(("Error parsing override", "See https://"))), message)
+    """Bad override syntax: the parser's reason, its lines that quote the override or give a link left out."""
+    lines = [x.strip() for x in message.splitlines() if x.strip()]
+    reason = next((x for x in lines if f"'{line}'" not in x and "://" not in x), message.strip())
     key = line.lstrip("~+").partition("=")[0]
     return CompositionError(key, line, reason, text=f"override {line!r} is not valid override syntax: {reason}")
 
@@ -485,21 +577,6 @@ def _key_list(parent: Any, parent_key: str) -> str:
         return f"{parent_key} holds a value, not keys"
     keys = sorted(str(k) for k in parent if not (k == "hydra" and not parent_key))
     return f"{'keys of ' + parent_key if parent_key else 'top-level keys'}: {', '.join(keys) or 'none'}"
-
-
-def _unknown_key(full_key: str, parent: Any, parsed: list[Override]) -> ConfigError:
-    """An override of a key the config does not have: the closest key, the keys there, and how to add one."""
-    parent_key, _, leaf = full_key.rpartition(".")
-    found = _find(parsed, full_key)
-    keys = [str(k) for k in parent] if isinstance(parent, DictConfig) else []
-    allowed = "no such key"
-    if match := difflib.get_close_matches(leaf, keys, n=1):
-        allowed += f"; did you mean {parent_key + '.' if parent_key else ''}{match[0]}?"
-    if keys:
-        where = _key_list(parent, parent_key)
-    else:
-        where = f"{parent_key} has no keys below it" if parent_key else "the config is empty"
-    return ConfigError(full_key, found.value() if found else None, f"{allowed} ({where})")
 
 
 def _resolve(cfg: DictConfig, key: str) -> Any:
