@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 CONFIG_NAME = "train"  # the primary config: conf/train.yaml
 VERSION_BASE = "1.3"  # Hydra's defaults of version 1.3 (no working-directory change, ...)
+BASIC_SWEEPER = "basic"  # the hydra/sweeper option of Hydra's own sweeper, which bcd-cli expands itself
 
 
 def config_dir() -> Path:

@@ -46,12 +46,11 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from bcd_cli.app import CONFIG_NAME, initialized, quoted
+from bcd_cli.app import BASIC_SWEEPER, CONFIG_NAME, initialized, quoted
 from bcd_cli.config import OPTIONAL_KEYS, PATH_KEYS, validate
 from bcd_cli.errors import ConfigError
 
 SLURM_COMMANDS = ("sbatch", "srun")  # what submitit's SLURM executor calls
-BASIC_SWEEPER = "basic"  # hydra/sweeper option of Hydra's own sweeper, whose expansion preflight repeats
 MULTIRUN = "hydra.mode=MULTIRUN"  # what Hydra adds to the overrides of a multirun
 _UNRESOLVABLE = (InterpolationResolutionError, GrammarParseError)
 _ABSENT = object()

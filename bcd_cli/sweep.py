@@ -22,12 +22,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from bcd_cli.app import BASIC_SWEEPER
 from bcd_cli.folders import is_locked
 from bcd_cli.report import METRICS_FILE, SUMMARY_FILE, read_metrics
 
 SWEEP_SUMMARY_FILE = "sweep_summary.csv"
 MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a multirun's config, in its sweep folder
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 HEATMAP_FILE = "heatmap.png"
 AGGREGATE_FILE = "sweep_aggregate.csv"
 CURVES_BY_CONFIG_FILE = "curves_by_config.png"
@@ -81,7 +81,10 @@ def planned_jobs(folder: Path) -> list[dict[str, str]] | None:
     try:
         saved = yaml.safe_load((Path(folder) / MULTIRUN_FILE).read_text())
         hydra = saved["hydra"]
-        if hydra["sweeper"]["_target_"] != BASIC_SWEEPER or hydra["sweep"]["subdir"] != "${hydra.job.num}":
+        if (
+            hydra["runtime"]["choices"].get("hydra/sweeper") != BASIC_SWEEPER
+            or hydra["sweep"]["subdir"] != "${hydra.job.num}"
+        ):
             return None
         params = hydra["sweeper"].get("params") or {}
         arguments = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in hydra["overrides"]["task"]]
