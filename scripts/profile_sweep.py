@@ -4,9 +4,10 @@
     python scripts/profile_sweep.py --sizes 784,600,600,600,10 --n 8000 --trace outputs/bench/trace.json
     python scripts/profile_sweep.py --memory                           # (5) only: memory per block solver
 
-Builds the case as ``bench_sweep.py`` does, runs a warm-up sweep, then profiles one sweep with
-``torch.profiler`` (shapes and memory recorded), each block solver of ``three_splitting`` wrapped
-in a ``record_function`` range (instrumentation only; restored after). Prints (1) the inclusive
+Builds the case as ``bench_sweep.py`` does (``bcd_cli.bench.build_case``), runs a warm-up sweep,
+then profiles one sweep with ``torch.profiler`` (shapes and memory recorded), each block solver of
+``three_splitting`` wrapped in a ``record_function`` range (instrumentation only; restored after).
+Prints (1) the inclusive
 time of every block solver, (2) the aten ops by self time with their input shapes, (3) the ops
 that allocate the most, (4) micro-measurements of the alternatives for the largest causes,
 on the case's own shapes: the float64 triangular solves against float32 ones and
@@ -30,16 +31,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from bench_sweep import Case, _cpu_seconds, _reset_high_water_mark, _status_mb, build_case, size_label
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from bcd_cli.bench import Case, build_case, cpu_seconds, reset_high_water_mark, size_label, status_mb
 from bcd_cli.engine import blocks, linalg, three_splitting
-from bcd_cli.train import _evaluate
 
 WRAPPED = {  # module -> the names its sweep looks up at call time
     three_splitting: ["update_output_state", "update_hidden_state", "update_preactivation", "update_weights",
                       "squared_distance"],
-    blocks: ["spd_solve", "_weights_system"],
+    blocks: ["spd_solve"],
 }  # fmt: skip
 
 
@@ -84,7 +84,7 @@ def labelled_blocks() -> Iterator[None]:
             setattr(module, name, fn)
 
 
-def transient_memory(algorithm, loss, data) -> list[tuple[str, int, float]]:
+def transient_memory(algorithm, data) -> list[tuple[str, int, float]]:
     """(function, calls, MiB) of the most memory each block solver of one sweep (and the evaluation) needs
     above what is resident when it starts (the high-water mark reset at entry); run with glibc's mmap
     threshold fixed (``--memory``), so that the resident set follows the live tensors."""
@@ -94,10 +94,10 @@ def transient_memory(algorithm, loss, data) -> list[tuple[str, int, float]]:
     def wrap(name: str, fn: Callable) -> Callable:
         @functools.wraps(fn)
         def measured(*args, **kwargs):
-            entry = _status_mb("VmRSS")
-            _reset_high_water_mark()
+            entry = status_mb("VmRSS")
+            reset_high_water_mark()
             result = fn(*args, **kwargs)
-            peaks[name].append(_status_mb("VmHWM") - entry)
+            peaks[name].append(status_mb("VmHWM") - entry)
             return result
 
         return measured
@@ -110,11 +110,11 @@ def transient_memory(algorithm, loss, data) -> list[tuple[str, int, float]]:
     finally:
         for name, fn in saved.items():
             setattr(three_splitting, name, fn)
-    entry = _status_mb("VmRSS")
-    _reset_high_water_mark()
-    _evaluate(algorithm, loss, data)
+    entry = status_mb("VmRSS")
+    reset_high_water_mark()
+    algorithm.evaluate(data)
     rows = [(name, len(p), max(p)) for name, p in peaks.items() if p]
-    return [*rows, ("evaluation (train._evaluate)", 1, _status_mb("VmHWM") - entry)]
+    return [*rows, ("evaluation (trainer.evaluate)", 1, status_mb("VmHWM") - entry)]
 
 
 def median_ms(fn: Callable[[], object], repeats: int = 7) -> float:
@@ -128,7 +128,7 @@ def median_ms(fn: Callable[[], object], repeats: int = 7) -> float:
     return 1e3 * statistics.median(times)
 
 
-def what_ifs(algorithm, loss, data) -> list[tuple[str, float]]:
+def what_ifs(algorithm, data) -> list[tuple[str, float]]:
     """(description, milliseconds) of the alternatives to the costliest pieces of the sweep, on its shapes."""
     net, U, V = algorithm.net, algorithm.U, algorithm.V
     l = next(l for l in range(net.depth - 1) if V[l + 1].shape[0] == max(v.shape[0] for v in V[1:-1]))
@@ -166,11 +166,11 @@ def what_ifs(algorithm, loss, data) -> list[tuple[str, float]]:
         ("  its upper block row pair only (3/4 of the work)",
          median_ms(lambda: (V_new[:half] @ V_new.T, V_new[half:] @ V_new[half:].T))),
         ("evaluation after the sweep (objective with gradient, forward passes)",
-         median_ms(lambda: _evaluate(algorithm, loss, data), repeats=3)),
+         median_ms(lambda: algorithm.evaluate(data), repeats=3)),
         ("  of which the objective with its gradient", median_ms(lambda: algorithm.objective(with_gradient=True), 3)),
         ("  the objective without gradient", median_ms(lambda: algorithm.objective(), 3)),
         ("  the evaluation with grad_norm=false",
-         median_ms(lambda: _evaluate(algorithm, loss, data, grad_norm=False), 3)),
+         median_ms(lambda: algorithm.evaluate(data, grad_norm=False), 3)),
     ]  # fmt: skip
 
 
@@ -186,16 +186,16 @@ def main() -> None:
     if args.memory and "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # glibc reads it at start-up: start again
         os.execve(sys.executable, [sys.executable, *sys.argv], os.environ | {"MALLOC_MMAP_THRESHOLD_": "131072"})
     case = Case(args.scheme, [int(s) for s in args.sizes.split(",")], args.n)
-    algorithm, loss, data, _ = build_case(case)
+    algorithm, data, _ = build_case(case)
     if args.memory:
         width = max(v.numel() for v in algorithm.V[1:]) * 4 / 2**20
         print(f"{case.name}, n={case.n}: (5) the most memory each piece of a sweep needs above what is resident "
               f"at its start (MiB; one hidden d x n float32 block: {width:.1f} MiB):")  # fmt: skip
-        for name, calls, mib in transient_memory(algorithm, loss, data):
+        for name, calls, mib in transient_memory(algorithm, data):
             print(f"  {name:30s} {calls:3d} calls  {mib:8.1f} MiB at most")
         return
     algorithm.sweep()  # warm-up
-    machine_busy, own_busy, started = *_cpu_seconds(), time.perf_counter()
+    machine_busy, own_busy, started = *cpu_seconds(), time.perf_counter()
     with labelled_blocks(), profile(activities=[ProfilerActivity.CPU], record_shapes=True, profile_memory=True) as p:
         start = time.perf_counter()
         algorithm.sweep()
@@ -218,9 +218,9 @@ def main() -> None:
         args.trace.parent.mkdir(parents=True, exist_ok=True)
         p.export_chrome_trace(str(args.trace))
     print(f"(4) alternatives on the shapes of {size_label(case.sizes)}, n={case.n} (median ms):")
-    for what, ms in what_ifs(algorithm, loss, data):
+    for what, ms in what_ifs(algorithm, data):
         print(f"  {ms:9.1f}  {what}")
-    machine_now, own_now = _cpu_seconds()
+    machine_now, own_now = cpu_seconds()
     others = (machine_now - machine_busy - (own_now - own_busy)) / ((time.perf_counter() - started) * os.cpu_count())
     print(f"other processes took {max(others, 0):.0%} of the machine's CPU meanwhile; (5): run again with --memory")
 
