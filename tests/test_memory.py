@@ -20,7 +20,7 @@ from bcd_cli import memory
 from bcd_cli.config import DTYPES
 from bcd_cli.data import load_data
 from bcd_cli.errors import ConfigError, ResourceError
-from bcd_cli.train import _evaluate, build_algorithm
+from bcd_cli.train import build_algorithm
 from tests.conftest import compose_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -98,14 +98,14 @@ def test_peak_estimate_bounds_the_measured_peak(name):
     run: dict = {}
 
     def build() -> None:
-        run["algorithm"], run["loss"] = build_algorithm(cfg, run["data"], CPU, dtype)
+        run["algorithm"], _ = build_algorithm(cfg, run["data"], CPU, dtype)
 
     phases = {
         "load": lambda: run.setdefault("data", load_data(cfg.data, dtype=dtype, device=CPU)),
         "build": build,
         "sweep": lambda: run["algorithm"].sweep(),
         "sweep again": lambda: run["algorithm"].sweep(),  # b is then a view of its solution (see memory)
-        "evaluation": lambda: _evaluate(run["algorithm"], run["loss"], run["data"], grad_norm=cfg.grad_norm),
+        "evaluation": lambda: run["algorithm"].evaluate(run["data"], grad_norm=cfg.grad_norm),
     }
     measured = memory.measured_peaks(phases)
     estimate = memory.estimate_for(cfg, run["data"])
