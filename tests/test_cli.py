@@ -131,8 +131,7 @@ def test_bad_input_gives_one_clear_error(overrides, expected, tmp_path: Path, ba
     def place(text: str) -> str:
         return text.replace("MISSING", str(tmp_path / "no-such-folder")).replace("BAD", str(bad_data))
 
-    tiny = [o for o in TINY[:-1] if not (o.startswith("model.widths") and "model=resnet" in overrides)]
-    code, stderr = bcd_train(*tiny, *map(place, overrides), cwd=tmp_path)
+    code, stderr = bcd_train(*TINY, *map(place, overrides), cwd=tmp_path)
     assert code == 2, stderr
     assert "Traceback" not in stderr
     [line] = [line for line in stderr.splitlines() if line.startswith("bcd-train:")]
@@ -193,6 +192,8 @@ def test_help_lists_groups_and_examples(tmp_path: Path):
         "act: leaky_relu, linear, polynomial, relu",
         "reg: box, elastic_net, l1, l2, none",
         "splitting: resnet, three, two",
+        "debug: fast",
+        "debug=fast shrinks any run to about a second",
         "gamma: 1.0",
         "bcd-train -m gamma=",
     ):
@@ -210,8 +211,8 @@ def test_figure1_shrunken_writes_the_comparison(idx_folder: Path, tmp_path: Path
     """The Figure 1 preset at toy scale: BCD and SGD from the same start, the comparison figure and table."""
     sweep = tmp_path / "figure1"
     proc = run_cli(
-        "-m", "experiment=figure1", "trainer=bcd,sgd", f"data.root={idx_folder}", "data.n_train=100",
-        "data.n_test=50", "model.widths=[16,16]", "epochs=2", "device=cpu", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+        "-m", "experiment=figure1", "trainer=bcd,sgd", *TINY, f"data.root={idx_folder}", "model.widths=[16,16]",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "BCD #0 sweep 2/2" in proc.stdout and "SGD #1 sweep 2/2" in proc.stdout

@@ -44,7 +44,7 @@ def joblib_sweep(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     root = tmp_path_factory.mktemp("joblib")
     sweep = root / "sweep"
     proc = run_cli(
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "gamma=0.1,1", "data.n_train=120,5000", *TINY[1:],
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "gamma=0.1,1", "data.n_train=120,5000", *TINY,
         f"hydra.sweep.dir={sweep}", cwd=root,
     )  # fmt: skip
     return proc, sweep

@@ -177,7 +177,7 @@ def test_a_relative_data_root_is_recorded_absolute_so_the_run_resumes_from_anywh
     work.mkdir()
     (work / "mnist").symlink_to(idx_folder)
     folder = tmp_path / "run"
-    code, stderr = bcd_train("data=mnist", "data.root=mnist", *TINY[2:], f"hydra.run.dir={folder}", cwd=work)
+    code, stderr = bcd_train(*TINY, "data=mnist", "data.root=mnist", f"hydra.run.dir={folder}", cwd=work)
     assert code == 0, stderr
     assert yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())["data"]["root"] == str(work / "mnist")
     elsewhere = tmp_path / "elsewhere"
