@@ -126,13 +126,16 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     plain.pop("hydra", None)
-    for key in MAY_CHANGE:
+    for key in MAY_CHANGE:  # a node left empty goes too: the checkpoint node holds only what may change
         *path, last = key.split(".")
-        node: Any = plain
+        parents: list[Any] = [plain]
         for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(last, None)
+            parents.append(parents[-1].get(part) if isinstance(parents[-1], dict) else None)
+        if isinstance(parents[-1], dict):
+            parents[-1].pop(last, None)
+        for parent, part in zip(reversed(parents[:-1]), reversed(path), strict=True):
+            if isinstance(parent, dict) and parent.get(part) == {}:
+                del parent[part]
     return {str(k): v for k, v in plain.items()}
 
 

@@ -28,8 +28,8 @@ def metrics_of(cfg) -> pd.DataFrame:
     validate(cfg)
     dtype = DTYPES[cfg.dtype]
     data = load_data(cfg.data, dtype=dtype, device=resolve_device(cfg))
-    algorithm, loss = build_algorithm(cfg, data, resolve_device(cfg), dtype)
-    return pd.DataFrame(list(sweeps(algorithm, loss, data, cfg.epochs)), columns=METRIC_COLUMNS)
+    trainer, _ = build_algorithm(cfg, data, resolve_device(cfg), dtype)
+    return pd.DataFrame(list(sweeps(trainer, data, cfg.epochs)), columns=METRIC_COLUMNS)
 
 
 @pytest.mark.parametrize(

@@ -18,10 +18,11 @@ import torch
 from omegaconf import OmegaConf
 
 from bcd_cli import cli
-from bcd_cli.checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
+from bcd_cli.checkpoint import CHECKPOINT_FILE
 from bcd_cli.errors import NumericalError
 from bcd_cli.folders import run_lock
 from bcd_cli.report import METRICS_FILE, SUMMARY_FILE
+from bcd_cli.resume import read_checkpoint
 from bcd_cli.train import run
 from tests.conftest import TINY, compose_config, run_cli
 
@@ -48,8 +49,13 @@ def assert_same_run(folder: Path, reference: Path) -> None:
     assert summary_without_timing(folder) == summary_without_timing(reference)
     final, want = read_checkpoint(folder), read_checkpoint(reference)
     assert final is not None and want is not None and final.sweep == want.sweep
-    for a, b in zip(final.state["blocks"], want.state["blocks"], strict=True):
+    for a, b in zip(blocks(final), blocks(want), strict=True):
         assert torch.equal(a, b)
+
+
+def blocks(checkpoint) -> list[torch.Tensor]:
+    """Every block tensor of a checkpoint's trainer state (W, b, V, U; the baselines' W, b)."""
+    return [t for kind in ("W", "b", "V", "U") for t in checkpoint.trainer.get(kind, [])]
 
 
 def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
@@ -262,7 +268,7 @@ def test_resume_can_extend_a_finished_run(tmp_path: Path, bcd_train):
 
 
 def test_a_run_folder_from_before_the_newer_keys_resumes_as_it_ran(tmp_path: Path, bcd_train):
-    """A folder whose saved config and checkpoint lack grad_norm, device.matmul_precision and
+    """A format-1 folder whose saved config and checkpoint lack grad_norm, device.matmul_precision and
     trainer.state_solve_dtype (written before those keys existed) resumes with the values it ran with:
     its V blocks solved in trainer.solve_dtype (float64), so it ends as a run with state_solve_dtype=float64."""
     as_before = "trainer.state_solve_dtype=float64"  # how the V blocks were solved before the key existed
@@ -272,14 +278,56 @@ def test_a_run_folder_from_before_the_newer_keys_resumes_as_it_ran(tmp_path: Pat
     config = OmegaConf.load(saved)
     del config["grad_norm"], config.device["matmul_precision"], config.trainer["state_solve_dtype"]
     OmegaConf.save(config, saved)
-    checkpoint = read_checkpoint(tmp_path / "old")
-    assert checkpoint is not None
-    del checkpoint.config["grad_norm"], checkpoint.config["device"]["matmul_precision"]
-    del checkpoint.config["trainer"]["state_solve_dtype"]
-    write_checkpoint(tmp_path / "old", checkpoint)
+    path = tmp_path / "old" / CHECKPOINT_FILE
+    raw = as_format_1(torch.load(path, weights_only=True))
+    del raw["config"]["grad_norm"], raw["config"]["device"]["matmul_precision"]
+    del raw["config"]["trainer"]["state_solve_dtype"]
+    torch.save(raw, path)
     code, stderr = bcd_train("resume=old", "epochs=5", cwd=tmp_path)
     assert code == 0, stderr
     assert_same_run(tmp_path / "old", tmp_path / "ref")
+
+
+def as_format_1(raw: dict) -> dict:
+    """A format-2 checkpoint of a BCD run laid out as format 1 wrote it: one flat list of blocks W, b, V, U and
+    the RNG states in the state."""
+    trainer, rng = raw.pop("trainer"), raw.pop("rng")
+    state = {"rng": rng["cpu"], "blocks": [t for kind in ("W", "b", "V", "U") for t in trainer.get(kind, [])]}
+    if "cuda" in rng:
+        state["cuda_rng"] = rng["cuda"]
+    return {**raw, "format": 1, "state": state}
+
+
+FORMAT_1 = Path(__file__).parent / "data" / "format1"
+
+
+@pytest.mark.parametrize("folder", ["bcd", "adam"])
+def test_a_format_1_run_folder_resumes_and_extends_as_a_fresh_run(tmp_path: Path, bcd_train, folder: str):
+    """Run folders written by format 1 (three-splitting and Adam on 120 digits, 2 sweeps, a checkpoint every
+    sweep), extended to 4 sweeps: they continue from sweep 2, and sweeps 3 and 4 are those of a fresh run of 4
+    sweeps, to the rounding of float32 sums (the fresh run's kernels may add in another order)."""
+    import shutil
+
+    from tests.tolerances import tol
+
+    run_dir = tmp_path / "old"
+    shutil.copytree(FORMAT_1 / folder, run_dir)
+    old = read_checkpoint(run_dir)
+    assert old is not None and old.sweep == 2 and set(old.trainer) >= {"W", "b"}
+    code, stderr = bcd_train(f"resume={run_dir}", "epochs=4", cwd=tmp_path)
+    assert code == 0, stderr
+    overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    fresh = [o for o in overrides if not o.startswith("epochs=")]
+    assert bcd_train(*fresh, "epochs=4", "hydra.run.dir=fresh", cwd=tmp_path)[0] == 0
+    resumed, reference = pd.read_csv(run_dir / METRICS_FILE), pd.read_csv(tmp_path / "fresh" / METRICS_FILE)
+    assert resumed["sweep"].tolist() == [0, 1, 2, 3, 4]
+    assert json.loads((run_dir / SUMMARY_FILE).read_text())["status"] == "completed"
+    columns = [c for c in resumed.columns if c not in ("sweep", "seconds")]
+    got, want = resumed[columns].iloc[3:].to_numpy(), reference[columns].iloc[3:].to_numpy()
+    # float32 values from sums over 120 samples and a few hundred weights, chained through 4 sweeps
+    bound = tol(torch.float32, n=120 * 4) * (1 + abs(want))
+    assert ((abs(got - want) <= bound) | (pd.isna(got) & pd.isna(want))).all(), (got, want)
+    assert read_checkpoint(run_dir).sweep == 4
 
 
 # ---------------------------------------------------------------------------- bad resumes: one line, exit 2
@@ -344,7 +392,7 @@ def test_a_poisoned_update_stops_the_run_naming_sweep_and_block(tmp_path: Path, 
     assert pd.read_csv(tmp_path / METRICS_FILE)["sweep"].tolist() == [0, 1, 2]
     checkpoint = read_checkpoint(tmp_path)
     assert checkpoint is not None and checkpoint.sweep == 2
-    assert all(torch.isfinite(t).all() for t in checkpoint.state["blocks"])
+    assert all(torch.isfinite(t).all() for t in blocks(checkpoint))
     summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
     assert summary["status"] == "failed" and "sweep 3" in summary["error"] and summary["sweeps"] == 2
 
