@@ -34,13 +34,14 @@ def config_dir() -> Path:
 
 
 @contextlib.contextmanager
-def initialized() -> Iterator[None]:
-    """Hydra initialized over ``config_dir()`` with bcd-train's version base, for ``hydra.compose`` and
-    ``GlobalHydra``; on leaving, Hydra's global state is as it was, the config that ``HydraConfig`` holds
-    (which resolves ``${hydra:...}``) included."""
+def initialized(directory: Path | None = None) -> Iterator[None]:
+    """Hydra initialized over ``directory`` (``config_dir()`` by default) with bcd-train's version base, for
+    ``hydra.compose`` and ``GlobalHydra``; on leaving, Hydra's global state is as it was, the config that
+    ``HydraConfig`` holds (which resolves ``${hydra:...}``) included."""
     saved = HydraConfig.instance().cfg
+    folder = str(directory or config_dir())
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base=VERSION_BASE, job_name=CONFIG_NAME):
+        with initialize_config_dir(config_dir=folder, version_base=VERSION_BASE, job_name=CONFIG_NAME):
             yield
     finally:
         HydraConfig.instance().cfg = saved

@@ -1,16 +1,11 @@
 """Composes and validates every job of a ``bcd-train`` command line before Hydra starts any of them.
 
-Hydra reports a composition error (an unknown key or group option, bad override syntax, an unresolvable
-interpolation) in several lines and exits with status 1, after creating the sweep folder of a multirun; and
-a multirun validates its jobs one at a time, as each starts. ``preflight`` composes each job as Hydra would,
-through Hydra's public Compose API, and turns the first problem into a one-line ``ConfigError`` (exit status
-2). ``HYDRA_FULL_ERROR=1`` re-raises Hydra's or OmegaConf's own exception instead.
-
-A multirun is expanded here as Hydra's basic sweeper expands it: the sweeps of ``hydra.sweeper.params`` in the
-config, then the overrides of the command line, one job per element of their cartesian product (the last key
-varies fastest). An error is explained from what the exception carries (the missing config, the key OmegaConf
-names, the type it expected); where it carries nothing, the override at fault is found by composing growing
-prefixes of the overrides, and compared with the config composed without it.
+Hydra reports a composition error in several lines and exits with status 1, after creating the sweep folder of
+a multirun, whose jobs it validates one at a time, as each starts. ``preflight`` composes each job through
+Hydra's public Compose API, expanding a multirun as Hydra's basic sweeper does, and turns the first problem
+into a one-line ``ConfigError`` (exit status 2): from what the exception carries (the missing config, the key
+OmegaConf names, the type it expected) or, where it carries nothing, from the override at fault, found by
+composing growing prefixes of the overrides. ``HYDRA_FULL_ERROR=1`` re-raises Hydra's own exception instead.
 """
 
 from __future__ import annotations
@@ -46,7 +41,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from bcd_cli.app import BASIC_SWEEPER, CONFIG_NAME, initialized, quoted
+from bcd_cli.app import BASIC_SWEEPER, CONFIG_NAME, config_dir, initialized, quoted
 from bcd_cli.config import OPTIONAL_KEYS, PATH_KEYS, validate
 from bcd_cli.errors import ConfigError
 
@@ -103,9 +98,15 @@ def preflight(argv: list[str]) -> Launch | None:
     args = _parse_args(argv)
     if args is None or not _runs_jobs(args):
         return None
-    with initialized():
-        checks = _Preflight(args.config_name or CONFIG_NAME, args.config_dir)
-        return checks.check(list(args.overrides), multirun=args.multirun)
+    name, main, extra = args.config_name or CONFIG_NAME, config_dir(), None
+    if args.config_dir is not None:
+        extra = Path(os.path.abspath(args.config_dir))
+        if not extra.is_dir():
+            raise ConfigError("--config-dir", args.config_dir, "an existing folder of configs (it is not one)")
+        if not (main / f"{name}.yaml").is_file() and (extra / f"{name}.yaml").is_file():
+            main, extra = extra, main  # Hydra finds a primary config in the main folder only
+    with initialized(main):
+        return _Preflight(name, extra).check(list(args.overrides), multirun=args.multirun)
 
 
 def _arguments() -> argparse.ArgumentParser:
@@ -148,15 +149,12 @@ def _full_error() -> bool:
 class _Preflight:
     """The checks of one command line, with Hydra initialized over bcd-train's configs (and ``--config-dir``)."""
 
-    def __init__(self, config_name: str, extra_dir: str | None) -> None:
+    def __init__(self, config_name: str, extra: Path | None) -> None:
         self.config_name = config_name
         self.loader = GlobalHydra.instance().config_loader()
         self.searchpath: list[str] = []  # the override that adds --config-dir to the config search path
-        if extra_dir is not None:
-            path = os.path.abspath(extra_dir)
-            if not os.path.isdir(path):
-                raise ConfigError("--config-dir", extra_dir, "an existing folder of configs (it is not one)")
-            self.searchpath = [self._searchpath_override(path)]
+        if extra is not None:
+            self.searchpath = [self._searchpath_override(str(extra))]
 
     def _searchpath_override(self, path: str) -> str:
         """``hydra.searchpath`` with ``path`` first, then the folders the primary config lists itself."""
@@ -200,6 +198,8 @@ class _Preflight:
             return None
         for o in parsed:
             if o.is_sweep_override():
+                if _full_error():
+                    self.compose([x.input_line or "" for x in parsed])  # raises Hydra's own exception
                 raise _sweep_in_a_run(o)
         if error is not None:
             self._refuse(error, fixed)
@@ -375,12 +375,6 @@ class _Preflight:
             return None
         return ConfigError(err.full_key, _value_of(parsed, err.full_key, err.value), _expected_type(err))
 
-    def _unresolvable_in_composition(self, err: OmegaConfBaseException, parsed: list[Override]) -> ConfigError | None:
-        if not isinstance(err.full_key, str) or not err.full_key:
-            return None
-        value = _value_of(parsed, err.full_key, err.value)
-        return ConfigError(err.full_key, value, f"an interpolation that resolves ({_first_line(err)})")
-
     def _unset_variable(self, err: KeyError, parsed: list[Override]) -> ConfigError | None:
         """``hydra.job.env_copy`` names a variable the environment does not have: Hydra copies it while composing."""
         name = err.args[0] if err.args else None
@@ -468,7 +462,6 @@ _EXPLAINED: list[tuple[type[BaseException] | tuple[type[BaseException], ...], _E
     (MissingConfigException, _Preflight._missing_option),
     ((ConfigKeyError, ConfigAttributeError), _Preflight._unknown_key),
     (ValidationError, _Preflight._invalid_value),
-    (_UNRESOLVABLE, _Preflight._unresolvable_in_composition),
     (KeyError, _Preflight._unset_variable),
 ]
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
@@ -64,6 +67,15 @@ BAD_RUNS = [
     (["gamma=0"], ["gamma=0 is invalid: a number > 0"]),  # bcd_cli.config.validate, as before
     (["gamma=inf"], ["gamma=inf is invalid: a finite value: a number > 0"]),
     (["epochs=1e9"], ["epochs=1000000000.0 is invalid: an integer >= 1 (BCD sweeps), written as an integer: epochs="]),
+    (["gamma=range(1,3)"], ["gamma='range(1,3)' is invalid: a sweep: add -m (--multirun)"]),
+    (["~loss=hinge"], ["~loss=hinge is invalid: loss is square; delete it with ~loss"]),
+    (["~reg@reg_x"], ["~reg@reg_x is invalid: no such entry in the defaults list"]),
+    (["hydra.searchpath=5"], ["hydra.searchpath=5 is invalid: hydra.searchpath must be a list of strings"]),
+    (["hydra.sweeper.max_batch_size=x"], ["hydra.sweeper.max_batch_size='x' is invalid: an integer"]),
+    (
+        ["hydra.job.env_copy=[BCD_NO_SUCH_VARIABLE]"],
+        ["hydra.job.env_copy=['BCD_NO_SUCH_VARIABLE'] is invalid: names of set environment variables"],
+    ),
 ]
 
 BAD_MULTIRUNS = [
@@ -236,3 +248,97 @@ def test_keys_that_are_read_may_be_set_or_added(tmp_path: Path):
     assert sweep is not None and sweep.multirun and sweep.folder == tmp_path / "s"
     assert sweep.relative_paths == {"data.root": "rel"}
     assert preflight(["--cfg", "job"]) is None  # prints the config: no folder
+
+
+def extra_configs(root: Path, files: dict[str, str]) -> Path:
+    """A folder for ``--config-dir`` holding ``files`` (path -> YAML text)."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+SWEEP_PARAMS = "# @package _global_\nhydra:\n  sweeper:\n    params:\n      alpha: 1,5\n"
+
+
+def test_the_jobs_are_hydras_jobs_in_hydras_order(tmp_path: Path):
+    """A real 2x2 multirun: each job folder's overrides are those preflight expanded, job by job, the sweep of
+    ``hydra.sweeper.params`` (alpha) first, then the command line's (gamma)."""
+    extra = extra_configs(tmp_path / "extra", {"experiment/grid.yaml": SWEEP_PARAMS})
+    tiny = [o for o in TINY if not o.startswith("epochs=")]
+    args = ["-m", "-cd", str(extra), "experiment=grid", "gamma=0.1,1", *tiny, "epochs=1"]
+    launch = preflight([*args, f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert launch is not None and launch.multirun and launch.folder == tmp_path / "sweep"
+    assert [job[:3] for job in launch.jobs] == [
+        ["alpha=1", "experiment=grid", "gamma=0.1"],
+        ["alpha=1", "experiment=grid", "gamma=1"],
+        ["alpha=5", "experiment=grid", "gamma=0.1"],
+        ["alpha=5", "experiment=grid", "gamma=1"],
+    ]
+    proc = run_cli(*args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ran = [yaml.safe_load((tmp_path / "sweep" / str(n) / ".hydra" / "overrides.yaml").read_text()) for n in range(4)]
+    assert ran == launch.jobs
+    assert not (tmp_path / "sweep" / "4").exists()
+
+
+def test_a_command_line_sweep_of_a_key_in_the_params_keeps_its_place(tmp_path: Path):
+    extra = extra_configs(tmp_path, {"experiment/grid.yaml": SWEEP_PARAMS})
+    launch = preflight(["-m", "-cd", str(extra), "experiment=grid", "gamma=0.1,1", "alpha=2", *TINY])
+    assert launch is not None
+    assert [job[:3] for job in launch.jobs] == [["alpha=2", "experiment=grid", f"gamma={g}"] for g in ("0.1", "1")]
+
+
+def test_the_folders_resolve_their_interpolations(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    year = time.strftime("%Y")
+    run = preflight([*TINY, "gamma=2", "hydra.run.dir=runs/${now:%Y}/${hydra.job.name}/${gamma}"])
+    assert run is not None and run.folder == tmp_path / "runs" / year / "train" / "2"
+    named = preflight(["gamma=2", "hydra.run.dir=${hydra.job.override_dirname}"])
+    assert named is not None and named.folder == tmp_path / "gamma=2"
+    sweep = preflight(["-m", *TINY, "gamma=1,2", "hydra.sweep.dir=sweeps/${now:%Y}", "hydra.sweep.subdir=${gamma}"])
+    assert sweep is not None and sweep.folder == tmp_path / "sweeps" / year
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_config_dir_adds_configs_that_are_checked(tmp_path: Path):
+    extra = extra_configs(
+        tmp_path,
+        {
+            "experiment/asks.yaml": "# @package _global_\ndefaults:\n  - override /loss: nope\n",
+            "choose.yaml": "defaults:\n  - train\n  - pick: ???\n  - _self_\n",
+            "pick/one.yaml": "seed: 1\n",
+            "pick/two.yaml": "seed: 2\n",
+        },
+    )
+    with pytest.raises(ConfigError, match=r"loss='nope' is invalid: one of .*square \(asked for by experiment=asks\)"):
+        preflight(["-cd", str(extra), "experiment=asks"])
+    with pytest.raises(ConfigError, match=r"pick='\?\?\?' is invalid: one of one, two \(it has no default\)"):
+        preflight(["-cd", str(extra), "-cn", "choose"])
+    launch = preflight(["-cd", str(extra), "-cn", "choose", "pick=two", *TINY])
+    assert launch is not None and launch.jobs == [["pick=two", *TINY]]
+    sweep = preflight(["-m", "-cd", str(extra), "-cn", "choose", "pick=one,two", *TINY])
+    assert sweep is not None and [job[0] for job in sweep.jobs] == ["pick=one", "pick=two"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--run", "-m", "gamma=1"],
+        ["--resolve", "gamma=1"],
+        ["-cp", "elsewhere", "gamma=1"],
+        ["-cn"],
+        ["a=1", "-m", "b=2"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_command_lines_hydra_refuses_are_left_to_hydra(args: list[str], capsys):
+    assert preflight(args) is None
+    assert capsys.readouterr() == ("", "")
+
+
+def test_hydra_full_error_gives_hydras_exception_for_a_sweep_in_a_run(monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ConfigCompositionException, match="Ambiguous value for argument 'gamma=1,2'"):
+        preflight(["gamma=1,2"])
+    assert os.environ["HYDRA_FULL_ERROR"] == "1"
