@@ -113,13 +113,36 @@ def _scan(
     else:
         first = -r
         step = 2.0 * r / (grid - 1)
+    minima, roots = _walk_grid(act, v, b, c, first, step, grid, like=best_f)
+    min1_f, min1_u, min2_f, min2_u = _with_roots(act, phi, v, step, minima, roots)
+    # best grid point (now min1 or min2, unless a better root in its basin displaced it) against the old best
+    better = min1_f < best_f
+    best_u = torch.where(better, min1_u, best_u)
+    best_f = torch.where(better, min1_f, best_f)
 
+    for u0, f0 in ((min1_u, min1_f), (min2_u, min2_f)):
+        u, f = _safeguarded_newton(act, phi, v, b, c, u0, f0, step, newton_steps)
+        better = f < best_f
+        best_u = torch.where(better, u, best_u)
+        best_f = torch.where(better, f, best_f)
+    return best_u, best_f
+
+
+_Two = tuple[Tensor, Tensor, Tensor, Tensor]  # the two best of something: value, place, second value, place
+
+
+def _walk_grid(
+    act: SmoothActivation, v: Tensor, b: Tensor, c: float, first: Tensor, step: Tensor, grid: int, *, like: Tensor
+) -> tuple[_Two, _Two]:
+    """The grid b + first + k step (k < grid) of ``_scan``, walked once: the two best discrete local minima
+    of phi (value and place; the best one is the best grid point), and the intervals (distance to b, left
+    end) of the two roots of sigma = v nearest to b. ``like`` gives the shape and dtype of the running state.
+    """
     # running state over the grid: the previous point (offset from b, sigma - v, phi), whether it is below
-    # its left neighbour, the two best discrete local minima (value and place; the best one is the best
-    # grid point), and the intervals of the two roots of sigma = v nearest to b
-    inf = torch.full_like(best_f, float("inf"))
+    # its left neighbour, the minima and the root intervals so far
+    inf = torch.full_like(like, float("inf"))
     min1_f, min1_u, min2_f, min2_u = inf, b, inf, b
-    prev_off, prev_gap, prev_f, prev_left = first, v, inf, torch.ones_like(best_f, dtype=torch.bool)
+    prev_off, prev_gap, prev_f, prev_left = first, v, inf, torch.ones_like(like, dtype=torch.bool)
     root1_d, root1_lo, root2_d, root2_lo = inf, b, inf, b
     for k in range(grid + 1):
         if k < grid:
@@ -142,8 +165,17 @@ def _scan(
         if k < grid:
             prev_left = f < prev_f
             prev_off, prev_gap, prev_f = off, gap, f
+    return (min1_f, min1_u, min2_f, min2_u), (root1_d, root1_lo, root2_d, root2_lo)
 
-    # the two roots compete with the discrete minima for the two Newton starts
+
+def _with_roots(
+    act: SmoothActivation, phi: Callable[[Tensor], Tensor], v: Tensor, step: Tensor, minima: _Two, roots: _Two
+) -> _Two:
+    """The two best of the grid's discrete ``minima`` and the roots of sigma = v in the intervals ``roots``
+    (one grid step wide, found by ``increasing_root``): they compete for the two Newton starts of ``_scan``."""
+    min1_f, min1_u, min2_f, min2_u = minima
+    root1_d, root1_lo, root2_d, root2_lo = roots
+    inf = torch.full_like(root1_d, float("inf"))
     for root_d, root_lo in ((root1_d, root1_lo), (root2_d, root2_lo)):
         sign = torch.where(act(root_lo) <= v, 1.0, -1.0).to(v.dtype)
 
@@ -154,17 +186,7 @@ def _scan(
         root_f = torch.where(root_d < inf, phi(root_u), inf)
         min1_f, min1_u, min2_f, min2_u = _keep_two_best(root_f < inf, root_f, root_u, min1_f, min1_u, min2_f, min2_u,
                                                         step)  # fmt: skip
-    # best grid point (now min1 or min2, unless a better root in its basin displaced it) against the old best
-    better = min1_f < best_f
-    best_u = torch.where(better, min1_u, best_u)
-    best_f = torch.where(better, min1_f, best_f)
-
-    for u0, f0 in ((min1_u, min1_f), (min2_u, min2_f)):
-        u, f = _safeguarded_newton(act, phi, v, b, c, u0, f0, step, newton_steps)
-        better = f < best_f
-        best_u = torch.where(better, u, best_u)
-        best_f = torch.where(better, f, best_f)
-    return best_u, best_f
+    return min1_f, min1_u, min2_f, min2_u
 
 
 def _keep_two_best(
