@@ -741,15 +741,21 @@ def estimate(
         batch_size=int(batch_size), momentum=bool(momentum), nesterov=bool(nesterov),
         weight_decay=bool(weight_decay),
     )  # fmt: skip
+    return _estimate_of(run, dtype=str(dtype).removeprefix("torch."), device=str(device))
+
+
+def _estimate_of(run: _Run, *, dtype: str, device: str) -> MemoryEstimate:
+    """The estimate of ``run``: its peaks, where the highest is reached, how much they grow per sample (the
+    peaks again at twice the samples) and the evaluation's peak without the gradient norm."""
     build, sweep, evaluation, where = _peaks(run)
     more = _peaks(_replace_n(run, 2 * run.n))
     per_sample = max(0.0, (max(more[:3]) - max(build, sweep, evaluation)) / run.n)
-    no_grad = _peaks(_replace_grad(run))[2] if grad_norm else evaluation
+    no_grad = _peaks(_replace_grad(run))[2] if run.grad_norm else evaluation
     phase = max(("sweep", sweep), ("evaluation", evaluation), ("build", build), key=lambda x: x[1])[0]
     return MemoryEstimate(
         state=run.state(), data=run.data(), sweep_peak=sweep, eval_peak=evaluation, build_peak=build,
-        n_train=run.n, per_sample=per_sample, dtype=str(dtype).removeprefix("torch."), device=str(device),
-        grad_norm=bool(grad_norm), eval_peak_without_grad_norm=no_grad, where=where[phase],
+        n_train=run.n, per_sample=per_sample, dtype=dtype, device=device,
+        grad_norm=run.grad_norm, eval_peak_without_grad_norm=no_grad, where=where[phase],
     )  # fmt: skip
 
 
