@@ -56,10 +56,12 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
 
 
 @pytest.fixture
-def bcd_train(monkeypatch, capsys) -> Callable[..., tuple[int, str]]:
-    """``bcd-train ARGS`` in this process (no interpreter start-up): returns (exit status, stderr)."""
+def bcd_train_output(monkeypatch, capsys) -> Callable[..., tuple[int, str, str]]:
+    """``bcd-train ARGS`` in this process (no interpreter start-up): returns (exit status, stdout, stderr).
 
-    def call(*args: str, cwd: Path) -> tuple[int, str]:
+    Its output is not a terminal, as in a subprocess with captured output: plain progress lines, no live bar."""
+
+    def call(*args: str, cwd: Path) -> tuple[int, str, str]:
         monkeypatch.chdir(cwd)
         monkeypatch.setattr(sys, "argv", ["bcd-train", *args])
         with logging_restored():
@@ -68,7 +70,19 @@ def bcd_train(monkeypatch, capsys) -> Callable[..., tuple[int, str]]:
                 code = 0
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
-        return code, capsys.readouterr().err
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return call
+
+
+@pytest.fixture
+def bcd_train(bcd_train_output) -> Callable[..., tuple[int, str]]:
+    """``bcd-train ARGS`` in this process (no interpreter start-up): returns (exit status, stderr)."""
+
+    def call(*args: str, cwd: Path) -> tuple[int, str]:
+        code, _, err = bcd_train_output(*args, cwd=cwd)
+        return code, err
 
     return call
 

@@ -41,12 +41,13 @@ def test_documented_command_runs_and_writes_the_run_folder(tmp_path: Path):
     assert "final test accuracy" in proc.stdout
 
 
-def test_multirun_gives_one_folder_per_job(tmp_path: Path):
-    proc = run_cli("-m", "gamma=0.1,1,10", "alpha=1,5", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+def test_multirun_gives_one_folder_per_job(tmp_path: Path, bcd_train_output):
+    sweep = f"hydra.sweep.dir={tmp_path / 'sweep'}"
+    code, stdout, stderr = bcd_train_output("-m", "gamma=0.1,1,10", "alpha=1,5", *TINY, sweep, cwd=tmp_path)
+    assert code == 0, stderr
     folders = run_folders(tmp_path / "sweep")
     assert len(folders) == 6
-    assert all(f"BCD #{job} sweep 2/2" in proc.stdout for job in range(6))  # plain lines, one job after another
+    assert all(f"BCD #{job} sweep 2/2" in stdout for job in range(6))  # plain lines, one job after another
     seen = set()
     for folder in folders:
         overrides = (folder / ".hydra" / "overrides.yaml").read_text()
@@ -140,12 +141,12 @@ def test_bad_input_gives_one_clear_error(overrides, expected, tmp_path: Path, ba
     assert not [p for p in tmp_path.glob("outputs/**/*") if p.is_file()], "a refused run leaves no run folder"
 
 
-def test_data_root_without_the_files_names_the_missing_file(tmp_path: Path):
+def test_data_root_without_the_files_names_the_missing_file(tmp_path: Path, bcd_train):
     (tmp_path / "idx").mkdir()
-    proc = run_cli(*TINY, "data=fashion_mnist", f"data.root={tmp_path / 'idx'}", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert "train-images-idx3-ubyte" in proc.stderr and str(tmp_path / "idx") in proc.stderr
+    code, stderr = bcd_train(*TINY, "data=fashion_mnist", f"data.root={tmp_path / 'idx'}", cwd=tmp_path)
+    assert code == 2
+    assert "Traceback" not in stderr
+    assert "train-images-idx3-ubyte" in stderr and str(tmp_path / "idx") in stderr
 
 
 def test_installed_wheel_runs_from_any_directory(tmp_path: Path):
@@ -175,19 +176,19 @@ def test_installed_wheel_runs_from_any_directory(tmp_path: Path):
     assert len(run_folders(workdir / "outputs")) == 1
 
 
-def test_bad_input_keeps_a_chosen_folder_and_its_files(tmp_path: Path):
+def test_bad_input_keeps_a_chosen_folder_and_its_files(tmp_path: Path, bcd_train):
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")
-    proc = run_cli(*TINY, "gamma=0", f"hydra.run.dir={folder}", cwd=tmp_path)
-    assert proc.returncode == 2
+    code, _ = bcd_train(*TINY, "gamma=0", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert code == 2
     assert (folder / "notes.txt").read_text() == "keep me"
     assert not (folder / ".hydra").exists()
 
 
-def test_help_lists_groups_and_examples(tmp_path: Path):
-    proc = run_cli("--help", cwd=tmp_path)
-    assert proc.returncode == 0
+def test_help_lists_groups_and_examples(tmp_path: Path, bcd_train_output):
+    code, stdout, _ = bcd_train_output("--help", cwd=tmp_path)
+    assert code == 0
     for text in (
         "act: leaky_relu, linear, polynomial, relu",
         "reg: box, elastic_net, l1, l2, none",
@@ -197,25 +198,25 @@ def test_help_lists_groups_and_examples(tmp_path: Path):
         "gamma: 1.0",
         "bcd-train -m gamma=",
     ):
-        assert text in proc.stdout
+        assert text in stdout
 
 
-def test_non_finite_start_is_a_clear_error(tmp_path: Path):
-    proc = run_cli(*TINY, "model.init_std=1e30", cwd=tmp_path)
-    assert proc.returncode == 3
-    assert "Traceback" not in proc.stderr
-    assert "non-finite objective at the initial point" in proc.stderr and "model.init_std" in proc.stderr
+def test_non_finite_start_is_a_clear_error(tmp_path: Path, bcd_train):
+    code, stderr = bcd_train(*TINY, "model.init_std=1e30", cwd=tmp_path)
+    assert code == 3
+    assert "Traceback" not in stderr
+    assert "non-finite objective at the initial point" in stderr and "model.init_std" in stderr
 
 
-def test_figure1_shrunken_writes_the_comparison(idx_folder: Path, tmp_path: Path):
+def test_figure1_shrunken_writes_the_comparison(idx_folder: Path, tmp_path: Path, bcd_train_output):
     """The Figure 1 preset at toy scale: BCD and SGD from the same start, the comparison figure and table."""
     sweep = tmp_path / "figure1"
-    proc = run_cli(
+    code, stdout, stderr = bcd_train_output(
         "-m", "experiment=figure1", "trainer=bcd,sgd", *TINY, f"data.root={idx_folder}", "model.widths=[16,16]",
         f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert "BCD #0 sweep 2/2" in proc.stdout and "SGD #1 sweep 2/2" in proc.stdout
+    assert code == 0, stderr
+    assert "BCD #0 sweep 2/2" in stdout and "SGD #1 sweep 2/2" in stdout
     table = pd.read_csv(sweep / "comparison.csv")
     assert sorted(table["trainer"]) == ["bcd", "sgd"]
     assert "| bcd" in (sweep / "comparison.md").read_text() and "| sgd" in (sweep / "comparison.md").read_text()
