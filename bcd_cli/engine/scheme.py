@@ -13,8 +13,9 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from bcd_cli.engine.blocks import ALPHA_CHECKS, feasible, output_alpha
+from bcd_cli.engine.chunking import column_chunks
 from bcd_cli.engine.inner import InnerSolver
-from bcd_cli.engine.network import MLP, column_chunks
+from bcd_cli.engine.network import MLP
 from bcd_cli.engine.parallel import all_reduce_sum_, gather_columns, local_columns, world_size
 from bcd_cli.engine.trainer import DTYPES, Trainer, check_shapes, own
 from bcd_cli.errors import ParameterError, require, require_number
