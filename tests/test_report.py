@@ -32,7 +32,7 @@ from bcd_cli.report import (
 from bcd_cli.report_cli import main as report_main
 from bcd_cli.sweep import heatmap_grid, job_folders, sweep_table, write_sweep_report
 from bcd_cli.train import run
-from tests.conftest import TINY, compose_config, run_cli
+from tests.conftest import TINY, compose_config
 
 DATA = Path(__file__).parent / "data"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -52,6 +52,7 @@ def copy(name: str, tmp_path: Path) -> Path:
 
 
 def bcd_report(*args: str) -> subprocess.CompletedProcess:
+    """``bcd-report ARGS`` as its own program (``python -m bcd_cli.report_cli``)."""
     return subprocess.run(
         [sys.executable, "-m", "bcd_cli.report_cli", *args], capture_output=True, text=True, timeout=120
     )
@@ -227,10 +228,10 @@ def test_callback_never_raises(tmp_path: Path, caplog):
     assert "sweep report not written" in caplog.text
 
 
-def test_multirun_writes_the_sweep_report_and_bcd_report_regenerates_it(tmp_path: Path):
+def test_multirun_writes_the_sweep_report_and_bcd_report_regenerates_it(tmp_path: Path, bcd_train, capsys):
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", "gamma=0.5,1", "alpha=1,2", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    code, stderr = bcd_train("-m", "gamma=0.5,1", "alpha=1,2", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert code == 0, stderr
     table = pd.read_csv(sweep / "sweep_summary.csv")
     assert table["job"].tolist() == [0, 1, 2, 3] and set(table["status"]) == {"completed"}
     assert list(table[["gamma", "alpha"]].itertuples(index=False, name=None)) == [(0.5, 1), (0.5, 2), (1, 1), (1, 2)]
@@ -240,17 +241,17 @@ def test_multirun_writes_the_sweep_report_and_bcd_report_regenerates_it(tmp_path
     for path in generated:
         assert path.is_file(), path
         path.unlink()
-    proc = bcd_report(str(sweep), "--keys", "alpha", "gamma")
-    assert proc.returncode == 0, proc.stderr
+    code, stdout, stderr = report_in_process(capsys, str(sweep), "--keys", "alpha", "gamma")
+    assert code == 0, stderr
     for path in generated:
         assert path.is_file(), path
-        assert str(path) in proc.stdout
+        assert str(path) in stdout
     assert_png(sweep / "heatmap.png")
     assert pd.read_csv(sweep / "sweep_summary.csv").equals(table)
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "binary", "not-metrics"])
-def test_bcd_report_bad_input_is_one_error_line(tmp_path: Path, case: str):
+def test_bcd_report_bad_input_is_one_error_line(tmp_path: Path, capsys, case: str):
     target = tmp_path / "run"
     if case != "missing":
         target.mkdir()
@@ -260,11 +261,11 @@ def test_bcd_report_bad_input_is_one_error_line(tmp_path: Path, case: str):
         (target / "metrics.csv").write_bytes(b"\xff\xfe\x00\x81garbage\x00\n\x93")
     elif case == "not-metrics":
         (target / "metrics.csv").write_text("a,b\n1,2\n")
-    proc = bcd_report(str(target))
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bcd-report: error: "), proc.stderr
-    assert str(target) in lines[0] and "Traceback" not in proc.stderr
+    code, _, stderr = report_in_process(capsys, str(target))
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bcd-report: error: "), stderr
+    assert str(target) in lines[0] and "Traceback" not in stderr
     assert "expected" in lines[0]
 
 
