@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from bcd_cli import config
-from bcd_cli.checkpoint import read_checkpoint
 from bcd_cli.errors import ConfigError
 from bcd_cli.report import METRICS_FILE
-from tests.conftest import compose_config, run_cli
+from bcd_cli.resume import read_checkpoint
+from tests.conftest import compose_config
 
 # float64, so that the comparison tests the reductions and not the rounding of their order; an odd number of
 # samples, so that the two shards differ in size
@@ -34,8 +34,10 @@ def assert_close_runs(folder: Path, reference: Path, rtol: float = 1e-5) -> None
     pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=rtol, atol=1e-12)
     a, b = read_checkpoint(folder), read_checkpoint(reference)
     assert a is not None and b is not None and a.sweep == b.sweep
-    for x, y in zip(a.state["blocks"], b.state["blocks"], strict=True):
-        torch.testing.assert_close(x, y, rtol=rtol, atol=1e-9)
+    assert a.trainer.keys() == b.trainer.keys()
+    for kind in ("W", "b", "V", "U"):
+        for x, y in zip(a.trainer.get(kind, []), b.trainer.get(kind, []), strict=True):
+            torch.testing.assert_close(x, y, rtol=rtol, atol=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -43,16 +45,17 @@ def assert_close_runs(folder: Path, reference: Path, rtol: float = 1e-5) -> None
     [MLP, pytest.param(["model=resnet", "model.width=24", "model.depth=2"], marks=pytest.mark.slow)],
     ids=["three", "resnet"],
 )
-def test_two_gloo_processes_match_one_process(tmp_path: Path, model: list[str]):
+def test_two_gloo_processes_match_one_process(tmp_path: Path, model: list[str], bcd_train):
     args = [*RUN, *model, "epochs=3"]
-    one = run_cli(*args, "hydra.run.dir=one", cwd=tmp_path)
-    assert one.returncode == 0, one.stderr
+    code, stderr = bcd_train(*args, "hydra.run.dir=one", cwd=tmp_path)  # the reference: one process, this one
+    assert code == 0, stderr
     two = torchrun(*args, "hydra.run.dir=two", cwd=tmp_path)
     assert two.returncode == 0, two.stderr
     assert_close_runs(tmp_path / "two", tmp_path / "one")
     # the checkpoint holds every sample's V and U, gathered from both ranks' shards (150 + 151 columns)
     checkpoint = read_checkpoint(tmp_path / "two")
-    assert checkpoint is not None and checkpoint.state["blocks"][-1].shape[1] == 301
+    assert checkpoint is not None
+    assert [t.shape[1] for kind in ("V", "U") for t in checkpoint.trainer[kind]] == [301] * 6
     assert two.stdout.count("final test accuracy") == 1  # rank 0 alone reports
     assert not (tmp_path / "outputs").exists()
 
