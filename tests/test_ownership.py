@@ -18,7 +18,7 @@ from bcd_cli.errors import ConfigError
 from bcd_cli.folders import LOCK_FILE, claim, run_lock
 from bcd_cli.report import METRICS_FILE, SUMMARY_FILE
 from bcd_cli.train import run
-from tests.conftest import TINY, compose_config, run_cli
+from tests.conftest import TINY, compose_config
 
 
 def checksums(folder: Path) -> dict[str, str]:
@@ -52,8 +52,9 @@ def test_runs_launched_together_each_get_their_own_folder_and_all_finish(tmp_pat
     runs = sorted(p.parent for p in (tmp_path / "outputs").rglob(METRICS_FILE))
     assert len(runs) == len(gammas)
     assert sorted(saved_gamma(r) for r in runs) == gammas
-    # each folder's config is the one that produced its results: the run of that config alone agrees
-    for folder in runs:
+    # each folder's config is the one that produced its results: the run of that config alone agrees. Two of the
+    # three folders are enough: a mix-up permutes the results, and a permutation that moves any moves two
+    for folder in runs[:2]:
         alone = run(compose_config(*TINY, f"gamma={saved_gamma(folder)}"), tmp_path / f"alone-{folder.name}")
         assert final_objective(folder) == pytest.approx(float(alone.metrics["objective"].iloc[-1]), rel=1e-5)
 
@@ -114,18 +115,20 @@ def test_an_empty_run_dir_value_is_refused_instead_of_writing_into_the_working_f
 
 def test_a_multirun_into_a_folder_holding_a_sweep_is_refused_before_any_job(tmp_path: Path, bcd_train):
     sweep = tmp_path / "sweep"
-    assert bcd_train("-m", "gamma=1,2", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)[0] == 0
+    assert bcd_train("-m", "gamma=1", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)[0] == 0  # a sweep of one job
     before = checksums(sweep)
     code, stderr = bcd_train("-m", "gamma=3,4", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert code == 2 and "hydra.sweep.dir" in stderr and "multirun" in stderr, stderr
     assert checksums(sweep) == before
 
 
-def test_a_multirun_into_a_sweep_folder_another_process_holds_is_refused(tmp_path: Path):
+def test_a_multirun_into_a_sweep_folder_another_process_holds_is_refused(tmp_path: Path, bcd_train):
     first = claim(tmp_path / "multirun" / "10-00-00", mode="fresh", key="hydra.sweep.dir")
-    try:  # another bcd-train holds the sweep folder (a multirun started a moment before)
-        code = run_cli("-m", "gamma=1,2", *TINY, "hydra.sweep.dir=multirun/10-00-00", cwd=tmp_path).returncode
-        assert code == 2 and not any((tmp_path / "multirun").rglob("*.yaml"))  # refused, not shared
+    try:  # another bcd-train holds the sweep folder (a multirun started a moment before): its flock is on another
+        # open file, which excludes this one as another process's would
+        code, stderr = bcd_train("-m", "gamma=1,2", *TINY, "hydra.sweep.dir=multirun/10-00-00", cwd=tmp_path)
+        assert code == 2 and "another bcd-train process" in stderr, stderr
+        assert not any((tmp_path / "multirun").rglob("*.yaml"))  # refused, not shared
     finally:
         first.release()
 
