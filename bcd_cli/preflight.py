@@ -410,7 +410,7 @@ class _Preflight:
     def _missing_choice(self, err: Exception, parsed: list[Override]) -> ConfigError:
         """A config group without a default (``???``) that the command line does not choose; else Hydra's reason."""
         overrides = [*self.searchpath, *(o.input_line or "" for o in parsed)]
-        with contextlib.suppress(Exception):  # a multirun's composition leaves such a group out
+        with contextlib.suppress(Exception):  # composed as for a multirun, which leaves such a group out
             cfg = self.loader.load_configuration(
                 self.config_name, overrides, run_mode=RunMode.MULTIRUN, validate_sweep_overrides=False
             )
