@@ -196,3 +196,33 @@ def test_tf32_products_on_cuda_learn_as_exact_ones(tmp_path: Path):
         for precision in ("highest", "high")
     }
     assert abs(accuracy["high"] - accuracy["highest"]) <= 0.02, accuracy
+
+
+@pytest.mark.parametrize(
+    "trainer, settings",
+    [("bcd", "splitting=three, gamma=1.0, alpha=1.0"), ("sgd", "trainer=sgd, lr=0.001, batch=512")],
+)
+def test_bcd_report_titles_the_figures_as_bcd_train_did(trainer: str, settings: str, tmp_path: Path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    import bcd_cli.report_cli as report_cli
+    import bcd_cli.train as train
+
+    titles: dict[str, list[str]] = {"train": [], "report": []}
+
+    def drawn(who: str):
+        def plot(metrics, path: Path, title: str = "") -> None:
+            titles[who].append(title)
+            path.write_bytes(b"")
+
+        return plot
+
+    for module, who in ((train, "train"), (report_cli, "report")):
+        monkeypatch.setattr(module, "plot_curves", drawn(who))
+        monkeypatch.setattr(module, "plot_convergence", drawn(who))
+    cfg = compose_config(*TINY, f"trainer={trainer}")
+    run(cfg, tmp_path)
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # as Hydra saves it
+    report_cli.regenerate_run(tmp_path)
+    assert titles["train"] == titles["report"] == [f"digits, 64-16-10, {settings}"] * 2
