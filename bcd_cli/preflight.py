@@ -312,12 +312,7 @@ class _Preflight:
         HydraConfig.instance().set_config(cfg)
         task = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
         OmegaConf.set_struct(task, True)
-        try:
-            OmegaConf.to_container(task, resolve=True)
-        except _UNRESOLVABLE as err:
-            if _full_error():
-                raise
-            raise _unresolvable(task, err) from None
+        _resolve(task)
         validate(task)
         return Path(cfg.hydra.runtime.output_dir), task
 
@@ -571,10 +566,11 @@ def _key_list(parent: Any, parent_key: str) -> str:
     return f"{'keys of ' + parent_key if parent_key else 'top-level keys'}: {', '.join(keys) or 'none'}"
 
 
-def _resolve(cfg: DictConfig, key: str) -> Any:
-    """``cfg``'s value at ``key``, resolved; an unresolvable interpolation is a ConfigError naming ``key``."""
+def _resolve(cfg: DictConfig, key: str | None = None) -> Any:
+    """``cfg``'s value at ``key`` (all of ``cfg`` when None), resolved; an unresolvable interpolation is a
+    ConfigError naming its key."""
     try:
-        return OmegaConf.select(cfg, key)
+        return OmegaConf.select(cfg, key) if key is not None else OmegaConf.to_container(cfg, resolve=True)
     except _UNRESOLVABLE as err:
         if _full_error():
             raise
