@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from bcd_cli.report import METRIC_COLUMNS
-from tests.conftest import TINY, run_cli, write_idx
+from tests.conftest import TINY, compose_config, run_cli, write_idx
 
 
 def run_folders(root: Path) -> list[Path]:
@@ -56,6 +56,22 @@ def test_multirun_gives_one_folder_per_job(tmp_path: Path, bcd_train_output):
         seen.add((gamma, alpha))
         assert len(pd.read_csv(folder / "metrics.csv")) == 3
     assert seen == {(g, a) for g in ("0.1", "1", "10") for a in ("1", "5")}
+
+
+def test_debug_fast_shrinks_any_run_and_the_command_line_wins_over_it():
+    """debug=fast (conf/debug/fast.yaml): the values the tests' TINY runs count on, for each model and over a
+    preset; any key given on the command line keeps the user's value."""
+    cfg = compose_config("debug=fast")
+    assert (cfg.data.n_train, cfg.data.n_test, list(cfg.model.widths), cfg.epochs) == (120, 60, [16], 2)
+    assert (cfg.device.name, cfg.checkpoint.every) == ("cpu", 0)
+    resnet = compose_config("debug=fast", "model=resnet")
+    assert (resnet.model.width, resnet.model.depth) == (16, 1) and "widths" not in resnet.model
+    figure1 = compose_config("debug=fast", "experiment=figure1", "trainer=sgd")
+    assert (figure1.data.name, list(figure1.model.widths), figure1.epochs) == ("mnist", [16], 2)
+    mine = compose_config("debug=fast", "epochs=5", "model.widths=[8,8]", "device=auto", "data.n_train=200")
+    assert (mine.epochs, list(mine.model.widths), mine.device.name, mine.data.n_train) == (5, [8, 8], "auto", 200)
+    plain = compose_config()
+    assert plain.epochs == 40 and list(plain.model.widths) == [256, 256] and plain.data.n_train is None
 
 
 BAD_INPUTS = [
