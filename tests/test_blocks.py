@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from bcd_cli.catalogue import L2, Linear, NoReg, ReLU, Sigmoid, Square
-from bcd_cli.engine import blocks
+from bcd_cli.engine import blocks, chunking
 from bcd_cli.engine.blocks import (
     feasible,
     output_alpha,
@@ -333,7 +333,7 @@ def test_update_preactivation_in_row_chunks_is_the_prox_of_the_whole(act, residu
     V, Z, U_old, V_in = (rand(5, 7, gen=gen, scale=2) for _ in range(4))
     b = (1.3 * Z + 0.4 * U_old) / 1.7
     expected = act.prox(V - V_in if residual else V, b, 1.7 / 0.9, start=U_old)
-    monkeypatch.setattr(blocks, "CPU_CHUNK_ELEMENTS", 7)
+    monkeypatch.setattr(chunking, "CPU_CHUNK_ELEMENTS", 7)
     assert len(blocks.cpu_row_chunks(Z)) == 5
     owned = Z.clone()
     got = update_preactivation(act, V, owned, U_old, gamma=0.9, rho=1.3, alpha=0.4, V_in=V_in if residual else None)

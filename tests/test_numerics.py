@@ -21,7 +21,7 @@ import torch
 
 from bcd_cli.baselines import GradientBaseline
 from bcd_cli.catalogue import NoReg, ReLU, Square
-from bcd_cli.engine import MLP, ResNetBCD, ThreeSplittingBCD, TwoSplittingBCD, linalg, three_splitting, two_splitting
+from bcd_cli.engine import MLP, ResNetBCD, ThreeSplittingBCD, TwoSplittingBCD, chunking, three_splitting, two_splitting
 from bcd_cli.engine.linalg import JITTER_EPS_MULTIPLES, add_to_diagonal, cholesky_solve, shifted_gram_solve, spd_solve
 from bcd_cli.errors import NumericalError
 from tests.tolerances import assert_le, assert_within, eps, tol
@@ -93,7 +93,7 @@ def test_cholesky_solve_from_the_right(k, n, dtype, factor_dtype, chunk, monkeyp
     """X = H^-1 G against torch.linalg.solve; X keeps G's dtype and row-major layout, and G its values
     unless ``overwrite`` lets X take G's memory; a wider factor solves column chunks (here also of 1 column)."""
     if chunk:
-        monkeypatch.setattr(linalg, "SOLVE_CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(chunking, "SOLVE_CHUNK_ELEMENTS", chunk)
     gen = torch.Generator().manual_seed(k + n)
     A = torch.randn(k, k, generator=gen, dtype=DT)
     H = A @ A.T + k * torch.eye(k, dtype=DT)
@@ -124,7 +124,7 @@ def test_cholesky_solve_from_the_right(k, n, dtype, factor_dtype, chunk, monkeyp
 def test_shifted_gram_solve(m, d, dtype, solve_dtype, chunk, monkeypatch):
     """(shift I + scale W^T W) X = G against torch.linalg.solve, by either form; G kept unless overwritten."""
     if chunk:
-        monkeypatch.setattr(linalg, "SOLVE_CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(chunking, "SOLVE_CHUNK_ELEMENTS", chunk)
     gen = torch.Generator().manual_seed(m * d)
     W64, G64 = torch.randn(m, d, generator=gen, dtype=DT), torch.randn(d, 7, generator=gen, dtype=DT)
     shift, scale = 0.7, 2.5

@@ -232,13 +232,13 @@ def test_objective_and_gradient_norm_match_autograd_of_the_written_out_objective
     """The objective and ||grad L|| over all blocks, evaluated over column chunks of the samples, against
     autograd through ``objective_of`` on the whole state (n = 24; 5 chunks of at most 5 columns)."""
     from bcd_cli.catalogue import L2, ReLU, Square
-    from bcd_cli.engine import network
+    from bcd_cli.engine import chunking
 
-    monkeypatch.setattr(network, "EVALUATION_CHUNK_MIN_COLUMNS", chunk_columns)
-    monkeypatch.setattr(network, "EVALUATION_CHUNKS", 5)
+    monkeypatch.setattr(chunking, "EVALUATION_CHUNK_MIN_COLUMNS", chunk_columns)
+    monkeypatch.setattr(chunking, "EVALUATION_CHUNKS", 5)
     algo, X, Y = make(scheme, Square(reduction=reduction), ReLU(), L2(lam=0.3), L2(lam=0.2), seed=5)
     algo.sweep()  # away from the forward-pass start, where the penalties vanish
-    assert len(network.column_chunks(X.shape[1])) == (1 if chunk_columns > 24 else 5)
+    assert len(chunking.column_chunks(X.shape[1])) == (1 if chunk_columns > 24 else 5)
     leaves = [t.detach().clone().requires_grad_(True) for t in snapshot(algo)]
     N = algo.net.depth
     W, b, V = leaves[:N], leaves[N : 2 * N], [X, *leaves[2 * N : 3 * N]]
@@ -264,13 +264,13 @@ def test_objective_and_gradient_norm_match_autograd_of_the_written_out_objective
 @pytest.mark.parametrize("scheme", ["three", "resnet"])
 def test_network_output_over_column_chunks_is_the_forward_pass(scheme, monkeypatch):
     from bcd_cli.catalogue import NoReg, ReLU, Square
-    from bcd_cli.engine import network
+    from bcd_cli.engine import chunking
 
     algo, X, _ = make(scheme, Square(), ReLU(), NoReg(), NoReg(), seed=6)
     whole = algo.net.forward_states(X)[1][-1]
-    monkeypatch.setattr(network, "EVALUATION_CHUNK_MIN_COLUMNS", 5)
-    monkeypatch.setattr(network, "EVALUATION_CHUNKS", 5)
-    assert len(network.column_chunks(X.shape[1])) == 5
+    monkeypatch.setattr(chunking, "EVALUATION_CHUNK_MIN_COLUMNS", 5)
+    monkeypatch.setattr(chunking, "EVALUATION_CHUNKS", 5)
+    assert len(chunking.column_chunks(X.shape[1])) == 5
     # the same products on column slices: another blocking of the sums, so each within the pass's rounding
     net = algo.net
     assert_within(net(X), whole, 2 * forward_pass_error(net.W, net.b, X, net.residual), "chunked forward pass")
