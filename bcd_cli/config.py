@@ -12,8 +12,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from bcd_cli.app import config_dir
 from bcd_cli.baselines import OPTIMIZERS, GradientBaseline
 from bcd_cli.engine.parallel import world_size
+from bcd_cli.engine.scheme import BCDScheme
 from bcd_cli.engine.trainer import DTYPES, Trainer
 from bcd_cli.errors import ConfigError, ParameterError, require_number
 
@@ -84,10 +86,10 @@ def _validate_data_parallel(cfg: DictConfig) -> None:
         raise ConfigError(
             "trainer", trainer, "bcd under torchrun: data-parallel runs train by BCD; run the baselines in one process"
         )
-    scheme = getattr(get_class(OmegaConf.select(cfg, "splitting._target_")), "name", None)
-    if scheme == "two":
+    scheme = bcd_scheme(cfg)
+    if scheme.splitting == "two":
         raise ConfigError(
-            "splitting", scheme, "three or resnet under torchrun: two-splitting's W blocks with a nonlinear "
+            "splitting", scheme.name, "three or resnet under torchrun: two-splitting's W blocks with a nonlinear "
             "activation need sums over all samples inside their inner solver",
         )  # fmt: skip
     reduction = OmegaConf.select(cfg, "loss.reduction")
@@ -118,13 +120,13 @@ def _validate_model(cfg: DictConfig) -> None:
 
     if OmegaConf.select(cfg, "trainer.name") != "bcd":
         return  # the gradient baselines train the network itself, whatever the splitting
-    scheme = trainer_class(cfg)
-    target = OmegaConf.select(cfg, "splitting._target_")
-    if getattr(scheme, "residual", False) and model != "resnet":
-        raise ConfigError("splitting", "resnet", "splitting=resnet (Algorithm 3) trains model=resnet only")
-    if not getattr(scheme, "residual", False) and model == "resnet":
+    scheme = bcd_scheme(cfg)
+    if scheme.residual and model != "resnet":
+        allowed = f"model=resnet: splitting={scheme.name} trains residual networks only"
+        raise ConfigError("splitting", scheme.name, allowed)
+    if not scheme.residual and model == "resnet":
         raise ConfigError(
-            "splitting", getattr(scheme, "name", target),
+            "splitting", scheme.name,
             "model=resnet is trained by splitting=resnet (Algorithm 3, three-splitting with residual layers); "
             "the paper gives no two-splitting scheme for residual layers",
         )  # fmt: skip
@@ -141,9 +143,23 @@ def trainer_class(cfg: DictConfig) -> type[Trainer]:
     try:
         scheme = get_class(target)
     except Exception:
-        raise ConfigError("splitting", target, "splitting=two, three or resnet") from None
+        raise ConfigError("splitting", target, _splittings()) from None
     if not (isinstance(scheme, type) and issubclass(scheme, Trainer)):
-        raise ConfigError("splitting", target, "splitting=two, three or resnet")
+        raise ConfigError("splitting", target, _splittings())
+    return scheme
+
+
+def _splittings() -> str:
+    """What ``splitting._target_`` may name: a scheme class, as in the options of conf/splitting."""
+    options = ", ".join(sorted(p.stem for p in (config_dir() / "splitting").glob("*.yaml")))
+    return f"a BCD scheme class, as chosen by splitting={{{options}}}"
+
+
+def bcd_scheme(cfg: DictConfig) -> type[BCDScheme]:
+    """The splitting scheme of a ``trainer=bcd`` run ``cfg``."""
+    scheme = trainer_class(cfg)
+    if not issubclass(scheme, BCDScheme):
+        raise ConfigError("trainer.name", OmegaConf.select(cfg, "trainer.name"), "bcd (a splitting scheme trains it)")
     return scheme
 
 

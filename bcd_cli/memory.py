@@ -373,7 +373,7 @@ class _Run:
             else:
                 t.touch(act.forward * block)
                 t.alloc(block)
-            if self.scheme == "resnet" and self.residual[l + 1]:
+            if self.residual[l + 1]:
                 t.touch(block, act.forward * block)  # sigma(U_{l+1}) of the residual successor
             if not self.reg_v.quadratic:
                 t.alloc(block)  # with the proximal term: a new target
@@ -781,9 +781,7 @@ def estimate_for(cfg: Any, data: Any) -> MemoryEstimate:
     the loaded ``data`` (a ``bcd_cli.data.Dataset``, this process's shard in a data-parallel run).
 
     The data is already on its device: ``loaded`` is its size, which ``check`` does not ask for again."""
-    from hydra.utils import get_class
-
-    from bcd_cli.config import DTYPES, architecture, build
+    from bcd_cli.config import DTYPES, architecture, bcd_scheme, build
 
     sizes, residual = architecture(cfg.model, data.n_features, data.n_classes)
     trainer = cfg.trainer
@@ -791,7 +789,7 @@ def estimate_for(cfg: Any, data: Any) -> MemoryEstimate:
         scheme = str(trainer.name)
         solve = state_solve = None
     else:
-        scheme = getattr(get_class(cfg.splitting._target_), "name", "three")
+        scheme = bcd_scheme(cfg).splitting
         solve = DTYPES[trainer.solve_dtype]
         state_solve = DTYPES[trainer.state_solve_dtype] if trainer.get("state_solve_dtype") else None
     n_local, n_test_local = data.X_train.shape[1], data.X_test.shape[1]

@@ -107,6 +107,9 @@ class BCDScheme(Trainer):
 
     name: str
     residual: ClassVar[bool] = False  # whether the scheme trains networks with residual layers
+    # the objective a sweep descends: "two" (docs/math.md §1.1) or "three" (§1.2, §1.3); the memory model
+    # and the data-parallel check go by it, so a variant inheriting a scheme's blocks inherits it too
+    splitting: ClassVar[str]
     layer_blocks: ClassVar[tuple[str, ...]]  # the blocks of layer i in the order ``sweep`` updates them ("W": W_i, b_i)
     divergence_hint = "a larger alpha"
     V: list[Tensor]  # the states V_0 = X, V_1, ..., V_N (set by each scheme)

@@ -48,6 +48,7 @@ class ThreeSplittingBCD(BCDScheme):
     """
 
     name = "three"
+    splitting = "three"
     layer_blocks = ("V", "U", "W")  # sweep: V_N, U_N, W_N, V_{N-1}, U_{N-1}, W_{N-1}, ..., W_1
 
     def block_tensors(self, kind: str, l: int) -> list[Tensor]:

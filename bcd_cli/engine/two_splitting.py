@@ -39,6 +39,7 @@ class TwoSplittingBCD(BCDScheme):
     """State (W, b, V) of two-splitting BCD and its sweep. V starts from one forward pass of ``net``."""
 
     name = "two"
+    splitting = "two"
     layer_blocks = ("V", "W")  # sweep: V_N, W_N, V_{N-1}, W_{N-1}, ..., W_1
 
     def __init__(self, net, X, Y, **hyper) -> None:
