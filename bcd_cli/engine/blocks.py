@@ -318,4 +318,3 @@ def squared_distance(A: Tensor, B: Tensor) -> Tensor:
     if len(chunks) == 1:
         return torch.sub(A, B).square_().sum()
     return torch.stack([torch.sub(A[rows], B[rows]).square_().sum() for rows in chunks]).sum()
-
