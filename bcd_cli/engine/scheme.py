@@ -148,11 +148,18 @@ class BCDScheme(Trainer):
         """One sweep over all blocks; returns D_k = ||P^k - P^(k-1)||_F^2."""
         raise NotImplementedError
 
+    def layer_order(self) -> range:
+        """The layers l (the paper's i = l + 1) in the order a sweep visits them: N down to 1, the backward
+        order of Algorithms 1-3. Any order keeps the descent of docs/math.md §4.1, since each block update
+        minimises the objective over its block alone."""
+        return range(self.net.depth - 1, -1, -1)
+
     def update_order(self) -> list[tuple[str, list[Tensor]]]:
-        """Every block as (name, tensors) in the order a sweep updates them: layers N down to 1, each in the
-        order ``layer_blocks``; named in the paper's indexing, e.g. V3, U3, W3 (W_3 with b_3)."""
-        layers = reversed(range(self.net.depth))
-        return [(f"{kind}{l + 1}", self.block_tensors(kind, l)) for l in layers for kind in self.layer_blocks]
+        """Every block as (name, tensors) in the order a sweep updates them: the layers of ``layer_order``,
+        each in the order ``layer_blocks``; named in the paper's indexing, e.g. V3, U3, W3 (W_3 with b_3)."""
+        return [
+            (f"{kind}{l + 1}", self.block_tensors(kind, l)) for l in self.layer_order() for kind in self.layer_blocks
+        ]
 
     def block_tensors(self, kind: str, l: int) -> list[Tensor]:
         """The tensors of block ``kind`` of layer l (the paper's i = l + 1): [V_i] for "V", [W_i, b_i] for "W"."""

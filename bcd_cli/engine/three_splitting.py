@@ -90,7 +90,7 @@ class ThreeSplittingBCD(BCDScheme):
         gamma, rho, alpha = self.gamma, self.rho, self.alpha
         N = net.depth
         D, D_states = U[0].new_zeros(()), U[0].new_zeros(())  # W, b are the same on every rank; V, U are shards
-        for l in reversed(range(N)):
+        for l in self.layer_order():
             i = l + 1  # the paper's layer index, for messages
             if l == N - 1:
                 V_new = update_output_state(

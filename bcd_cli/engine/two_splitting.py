@@ -54,7 +54,7 @@ class TwoSplittingBCD(BCDScheme):
         gamma, alpha = self.gamma, self.alpha
         N = net.depth
         D = V[0].new_zeros(())
-        for l in reversed(range(N)):
+        for l in self.layer_order():
             i = l + 1  # the paper's layer index, for messages
             if l == N - 1:
                 V_new = update_output_state(
