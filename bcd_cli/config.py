@@ -89,8 +89,8 @@ def _validate_data_parallel(cfg: DictConfig) -> None:
     scheme = bcd_scheme(cfg)
     if scheme.splitting == "two":
         raise ConfigError(
-            "splitting", scheme.name, "three or resnet under torchrun: two-splitting's W blocks with a nonlinear "
-            "activation need sums over all samples inside their inner solver",
+            "splitting", scheme.name, "a three-splitting scheme under torchrun (three, resnet): two-splitting's W "
+            "blocks with a nonlinear activation need sums over all samples inside their inner solver",
         )  # fmt: skip
     reduction = OmegaConf.select(cfg, "loss.reduction")
     if reduction != "sum":

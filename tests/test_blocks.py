@@ -21,7 +21,9 @@ import itertools
 import pytest
 import torch
 
-from bcd_cli.catalogue import L2, Linear, NoReg, ReLU, Sigmoid, Square
+from bcd_cli.catalogue.activations import Linear, ReLU, Sigmoid
+from bcd_cli.catalogue.losses import Square
+from bcd_cli.catalogue.regularizers import L2, NoReg
 from bcd_cli.engine import blocks, chunking
 from bcd_cli.engine.blocks import (
     feasible,

@@ -43,7 +43,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.func import vmap
 
-from bcd_cli.catalogue import Box, CrossEntropy, Exponential, LeakyReLU, Logistic, ReLU
+from bcd_cli.catalogue.activations import LeakyReLU, ReLU
+from bcd_cli.catalogue.losses import CrossEntropy, Exponential, Logistic
+from bcd_cli.catalogue.regularizers import Box
 from tests.conftest import requires_cuda
 from tests.tolerances import activation_size, assert_le, assert_within, eps, stall_radius, tol
 
@@ -786,7 +788,7 @@ HINGE_CASES = [
 @pytest.mark.parametrize("reduction, weight", [("sum", 2.0), ("mean", 0.5)])
 def test_hinge_prox_lemma14_boundaries(reduction, weight):
     """12 hand-worked elements in a 1 x 12 matrix; s/weight = 1/2 for both (mean: s = 1/4 with 4 columns)."""
-    from bcd_cli.catalogue import Hinge
+    from bcd_cli.catalogue.losses import Hinge
 
     y, c, v = (torch.tensor([row[k] for row in HINGE_CASES], dtype=DT) for k in range(3))
     columns = 12 if reduction == "sum" else 4

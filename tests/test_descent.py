@@ -38,7 +38,9 @@ import itertools
 import pytest
 import torch
 
-from bcd_cli.catalogue import L2, Linear, NoReg, ReLU, Square
+from bcd_cli.catalogue.activations import Linear, ReLU
+from bcd_cli.catalogue.losses import Square
+from bcd_cli.catalogue.regularizers import L2, NoReg
 from bcd_cli.engine.network import MLP
 from bcd_cli.engine.three_splitting import ThreeSplittingBCD
 from tests.tolerances import assert_le, assert_within, forward_pass_error, tol

@@ -105,14 +105,12 @@ def test_metric_columns_are_documented() -> None:
     assert not missing, f"metrics.csv columns missing from docs/math.md §5: {missing}"
 
 
-def test_readme_lists_every_config_option() -> None:
+def test_readme_lists_every_config_group() -> None:
+    """Every config group has its row in README.md's option table; the options of a group are listed by
+    ``bcd-train --help`` (read from conf/), so a new option needs no edit of the README."""
     readme = README.read_text(encoding="utf-8")
     groups = [path for path in sorted((ROOT / "conf").iterdir()) if path.is_dir() and path.name != "hydra"]
     assert groups
-    missing = [
-        f"{group.name}={option.stem}"
-        for group in groups
-        for option in sorted(group.glob("*.yaml"))
-        if f"`{option.stem}`" not in readme
-    ]
-    assert not missing, f"config options missing from README.md's option table: {missing}"
+    missing = [group.name for group in groups if f"`{group.name}" not in readme]
+    assert not missing, f"config groups missing from README.md's option table: {missing}"
+    assert "bcd-train --help" in readme

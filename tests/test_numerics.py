@@ -20,9 +20,15 @@ import pytest
 import torch
 
 from bcd_cli.baselines import GradientBaseline
-from bcd_cli.catalogue import NoReg, ReLU, Square
-from bcd_cli.engine import MLP, ResNetBCD, ThreeSplittingBCD, TwoSplittingBCD, chunking, three_splitting, two_splitting
+from bcd_cli.catalogue.activations import ReLU
+from bcd_cli.catalogue.losses import Square
+from bcd_cli.catalogue.regularizers import NoReg
+from bcd_cli.engine import chunking, three_splitting, two_splitting
 from bcd_cli.engine.linalg import JITTER_EPS_MULTIPLES, add_to_diagonal, cholesky_solve, shifted_gram_solve, spd_solve
+from bcd_cli.engine.network import MLP
+from bcd_cli.engine.resnet import ResNetBCD
+from bcd_cli.engine.three_splitting import ThreeSplittingBCD
+from bcd_cli.engine.two_splitting import TwoSplittingBCD
 from bcd_cli.errors import NumericalError
 from tests.tolerances import assert_le, assert_within, eps, tol
 

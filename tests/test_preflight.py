@@ -189,6 +189,7 @@ def test_job_error_keeps_key_value_and_job():
 
 
 def test_valid_multirun_passes_and_leaves_hydra_clean():
+    HydraConfig.instance().cfg = None  # as at start-up (a run in this process before leaves its config set)
     preflight(["-m", "gamma=0.1,1,10", "alpha=1,2,5", *TINY])
     preflight(["-m", "loss=square,hinge,logistic", "act=relu,tanh,sigmoid", *TINY])
     preflight(TINY)

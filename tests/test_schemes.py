@@ -27,7 +27,10 @@ import itertools
 import pytest
 import torch
 
-from bcd_cli.engine import MLP, ResNetBCD, ThreeSplittingBCD, TwoSplittingBCD
+from bcd_cli.engine.network import MLP
+from bcd_cli.engine.resnet import ResNetBCD
+from bcd_cli.engine.three_splitting import ThreeSplittingBCD
+from bcd_cli.engine.two_splitting import TwoSplittingBCD
 from tests.conftest import catalogue_entries
 from tests.tolerances import activation_size, assert_le, assert_within, forward_pass_error, tol
 
@@ -231,7 +234,9 @@ def test_objective_and_gradient_norm_match_autograd_of_the_written_out_objective
 ):
     """The objective and ||grad L|| over all blocks, evaluated over column chunks of the samples, against
     autograd through ``objective_of`` on the whole state (n = 24; 5 chunks of at most 5 columns)."""
-    from bcd_cli.catalogue import L2, ReLU, Square
+    from bcd_cli.catalogue.activations import ReLU
+    from bcd_cli.catalogue.losses import Square
+    from bcd_cli.catalogue.regularizers import L2
     from bcd_cli.engine import chunking
 
     monkeypatch.setattr(chunking, "EVALUATION_CHUNK_MIN_COLUMNS", chunk_columns)
@@ -263,7 +268,9 @@ def test_objective_and_gradient_norm_match_autograd_of_the_written_out_objective
 
 @pytest.mark.parametrize("scheme", ["three", "resnet"])
 def test_network_output_over_column_chunks_is_the_forward_pass(scheme, monkeypatch):
-    from bcd_cli.catalogue import NoReg, ReLU, Square
+    from bcd_cli.catalogue.activations import ReLU
+    from bcd_cli.catalogue.losses import Square
+    from bcd_cli.catalogue.regularizers import NoReg
     from bcd_cli.engine import chunking
 
     algo, X, _ = make(scheme, Square(), ReLU(), NoReg(), NoReg(), seed=6)

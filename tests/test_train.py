@@ -169,7 +169,7 @@ def test_grad_norm_false_leaves_the_column_empty_and_the_run_unchanged(trainer: 
 
 @pytest.mark.parametrize("precision", ["high", "medium"])
 def test_matmul_precision_holds_during_the_run_and_is_restored(precision: str, tmp_path: Path, monkeypatch):
-    from bcd_cli.engine import ThreeSplittingBCD
+    from bcd_cli.engine.three_splitting import ThreeSplittingBCD
 
     seen = []
     sweep = ThreeSplittingBCD.sweep

@@ -115,7 +115,8 @@ def test_a_trainer_built_directly_refuses_a_bad_setting_by_its_field():
     from bcd_cli.baselines import GradientBaseline
     from bcd_cli.catalogue.losses import Square
     from bcd_cli.catalogue.regularizers import NoReg
-    from bcd_cli.engine import MLP, ThreeSplittingBCD
+    from bcd_cli.engine.network import MLP
+    from bcd_cli.engine.three_splitting import ThreeSplittingBCD
 
     net = MLP.init([3, 4, 2], torch.relu, init_std=0.1, init_bias=0.1, seed=0, dtype=torch.float64, device=CPU)
     X, Y = torch.rand(3, 5, dtype=torch.float64), torch.eye(2, 5, dtype=torch.float64)

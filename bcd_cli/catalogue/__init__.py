@@ -6,28 +6,5 @@ entry with its value and the derivation of its solver.
 """
 
 from bcd_cli.catalogue._checks import require
-from bcd_cli.catalogue.activations import LeakyReLU, Linear, Polynomial, ReLU, Sigmoid, Softplus, Tanh
-from bcd_cli.catalogue.losses import CrossEntropy, Exponential, Hinge, Logistic, Square
-from bcd_cli.catalogue.regularizers import L1, L2, Box, ElasticNet, NonNeg, NoReg
 
-__all__ = [
-    "L1",
-    "L2",
-    "Box",
-    "CrossEntropy",
-    "ElasticNet",
-    "Exponential",
-    "Hinge",
-    "LeakyReLU",
-    "Linear",
-    "Logistic",
-    "NoReg",
-    "NonNeg",
-    "Polynomial",
-    "ReLU",
-    "Sigmoid",
-    "Softplus",
-    "Square",
-    "Tanh",
-    "require",
-]
+__all__ = ["require"]

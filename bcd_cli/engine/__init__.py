@@ -1,9 +1,3 @@
-"""The BCD engine: the network, shared block solvers, and one module per algorithm."""
-
-from bcd_cli.engine.network import MLP
-from bcd_cli.engine.resnet import ResNetBCD
-from bcd_cli.engine.scheme import BCDScheme
-from bcd_cli.engine.three_splitting import ThreeSplittingBCD
-from bcd_cli.engine.two_splitting import TwoSplittingBCD
-
-__all__ = ["MLP", "BCDScheme", "ResNetBCD", "ThreeSplittingBCD", "TwoSplittingBCD"]
+"""The BCD engine: the network (``network``), the block solvers (``blocks``, ``linalg``, ``inner``), the
+trainer interface (``trainer``), what every scheme shares (``scheme``) and one module per algorithm
+(``two_splitting``, ``three_splitting``, ``resnet``)."""
