@@ -22,6 +22,7 @@ peak with the loaded data included: a number of bytes, or with a binary suffix K
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -32,7 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from bcd_cli.app import config_dir
+from bcd_cli.catalogue._memory import ActivationMemory, LossMemory, RegularizerMemory
+from bcd_cli.catalogue.activations import Linear
 from bcd_cli.engine.chunking import column_chunk_width, column_chunks, cpu_chunk_rows, wide_chunk_columns
 from bcd_cli.engine.linalg import woodbury_is_cheaper
 from bcd_cli.errors import ConfigError, ResourceError
@@ -98,99 +104,50 @@ class MemoryEstimate:
         )
 
 
-@dataclass(frozen=True)
-class _Act:
-    """What an activation allocates, in blocks of its layer's size: ``prox`` temporaries of the U block's
-    prox (a row chunk on the CPU, the block on CUDA), ``forward`` temporaries of sigma(U) beside its result,
-    ``saved`` tensors autograd keeps beside it (measured with torch.profiler on each catalogue entry)."""
-
-    prox: float
-    forward: float
-    saved: float
+# an entry without a ``memory`` of its kind (a _target_ of the user's own) is counted as the most any catalogue
+# entry of its kind allocates: Softplus and Polynomial; Logistic with solver=exact; ElasticNet's prox
+_ANY_ACT = ActivationMemory(prox=48, forward=3, saved=3)
+_ANY_LOSS = LossMemory(output=15, value=6, saved=4)
+_KINDS = {"act": "activation", "loss": "loss", "reg": "regularizer"}  # conf group -> what an entry of it is
 
 
-_ACTS = {
-    "Linear": _Act(0, 0, 0),
-    "ReLU": _Act(1, 0, 0),
-    "LeakyReLU": _Act(6, 1.25, 0.25),
-    "Sigmoid": _Act(48, 0, 0),  # the grid-and-Newton prox (catalogue/_scalar.py) holds ~43 element-sized tensors
-    "Tanh": _Act(48, 0, 0),
-    "Softplus": _Act(48, 3, 3),
-    "Polynomial": _Act(48, 3, 3),
-}
-_ACT_NAMES = {
-    "linear": "Linear", "relu": "ReLU", "leaky_relu": "LeakyReLU", "sigmoid": "Sigmoid", "tanh": "Tanh",
-    "softplus": "Softplus", "polynomial": "Polynomial",
-}  # fmt: skip
+@functools.cache
+def _conf_entry(group: str, name: str) -> object:
+    """The entry conf/``group``/``name``.yaml builds, as the CLI builds it; ValueError naming the files there
+    when there is none."""
+    folder = config_dir() / group
+    names = sorted(path.stem for path in folder.glob("*.yaml"))
+    if name not in names:
+        raise ValueError(f"unknown {_KINDS[group]} {name!r}: one of {', '.join(names)}")
+    entry: object = instantiate(OmegaConf.load(folder / f"{name}.yaml"))
+    return entry
 
 
-@dataclass(frozen=True)
-class _Loss:
-    """What a loss allocates, in blocks of the output's size (classes x samples): ``output`` at the peak of
-    the V_N block (its result included), ``value`` while R is evaluated, ``saved`` what autograd keeps of it."""
-
-    output: float
-    value: float
-    saved: float
-
-
-_LOSSES = {
-    "Square": _Loss(4, 2, 1),
-    "Hinge": _Loss(5, 3, 2),
-    "Logistic": _Loss(5, 6, 4),
-    "Logistic/exact": _Loss(15, 6, 4),
-    "Exponential": _Loss(9, 3, 2),
-    "CrossEntropy": _Loss(3, 2, 1),
-}
-_LOSS_NAMES = {
-    "square": "Square", "hinge": "Hinge", "logistic": "Logistic", "exponential": "Exponential",
-    "cross_entropy": "CrossEntropy",
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class _Reg:
-    """A regularizer: ``quadratic`` (closed-form blocks), ``prox`` temporaries of its prox in blocks of its
-    argument (result included), ``output`` extra blocks of the V_N block with it."""
-
-    quadratic: bool
-    prox: float
-    output: float
-    copies: bool  # prox(X, 0) returns a new tensor (the starting point made feasible)
-
-
-_REGS = {
-    "NoReg": _Reg(True, 0, 0, False),
-    "L2": _Reg(True, 1, 1, True),
-    "L1": _Reg(False, 3, 2, True),
-    "ElasticNet": _Reg(False, 4, 2, True),
-    "NonNeg": _Reg(False, 1, 0, True),
-    "Box": _Reg(False, 1, 0, True),
-}
-_REG_NAMES = {"none": "NoReg", "l2": "L2", "l1": "L1", "elastic_net": "ElasticNet", "nonneg": "NonNeg", "box": "Box"}
-
-
-# an entry from outside the catalogue (a _target_ of the user's own): the largest of every kind
-_ANY_ACT, _ANY_LOSS = _Act(48, 3, 3), _Loss(15, 6, 4)
-
-
-def _lookup(table: dict, names: dict[str, str], entry: Any, what: str) -> Any:
-    """The profile of a catalogue ``entry``: an object of the catalogue or its conf name (relu, square, l2...);
-    for an object of another class, the most any entry of its kind allocates."""
+def _profile(group: str, entry: object) -> object:
+    """The ``memory`` of ``entry``, a catalogue object or its conf name (relu, square, l2...); None when the
+    object declares none."""
     if isinstance(entry, str):
-        if names.get(entry, entry) not in table:
-            raise ValueError(f"unknown {what} {entry!r}: one of {', '.join(names)}")
-        return table[names.get(entry, entry)]
-    key = type(entry).__name__
-    if key == "Logistic" and getattr(entry, "solver", "prox_linear") == "exact":
-        key = "Logistic/exact"
-    if key in table:
-        return table[key]
-    if table is _ACTS:
-        return _ANY_ACT
-    if table is _LOSSES:
-        return _ANY_LOSS
-    return _Reg(bool(getattr(entry, "quadratic", False)), 4, 2, True)
+        entry = _conf_entry(group, entry)
+    return getattr(entry, "memory", None)
+
+
+def _act_memory(act: object) -> ActivationMemory:
+    profile = _profile("act", act)
+    return profile if isinstance(profile, ActivationMemory) else _ANY_ACT
+
+
+def _loss_memory(loss: object) -> LossMemory:
+    profile = _profile("loss", loss)
+    return profile if isinstance(profile, LossMemory) else _ANY_LOSS
+
+
+def _reg_memory(reg: object) -> RegularizerMemory:
+    """A regularizer's ``memory``; without one, closed-form blocks if it says it is ``quadratic``, and the
+    largest prox (ElasticNet's)."""
+    profile = _profile("reg", reg)
+    if isinstance(profile, RegularizerMemory):
+        return profile
+    return RegularizerMemory(quadratic=bool(getattr(reg, "quadratic", False)), prox=4, output=2, copies=True)
 
 
 class _Tally:
@@ -238,10 +195,10 @@ class _Run:
     scheme: str
     cpu: bool
     grad_norm: bool
-    act: _Act
-    loss: _Loss
-    reg_w: _Reg
-    reg_v: _Reg
+    act: ActivationMemory
+    loss: LossMemory
+    reg_w: RegularizerMemory
+    reg_v: RegularizerMemory
     batch_size: int = 512
     momentum: bool = False
     weight_decay: bool = False
@@ -282,7 +239,7 @@ class _Run:
         d0, c = self.sizes[0], self.sizes[-1]
         return (d0 + c) * (self.n + self.n_test) * self.e + 8 * (self.n + self.n_test)  # X, Y, int64 labels
 
-    def act_of(self, l: int) -> _Act:
+    def act_of(self, l: int) -> ActivationMemory:
         return _LINEAR if l == self.depth - 1 else self.act
 
     def chunk(self, rows: int, cols: int) -> int:
@@ -687,7 +644,7 @@ class _Run:
 FISTA_BLOCKS = 10
 # transient blocks of the widest layer during a backward pass (gradients flowing, ReLU's, the sums of two)
 BACKWARD_BLOCKS = 2
-_LINEAR = _ACTS["Linear"]
+_LINEAR = Linear.memory  # sigma = Id: the last layer's, and act=linear
 
 
 def estimate(
@@ -719,8 +676,10 @@ def estimate(
     baseline (sgd, adam, with ``batch_size``, ``momentum``, ``nesterov``, ``weight_decay``).
     ``solve_dtype``: the factorisations' dtype (trainer.solve_dtype; None: ``dtype``);
     ``state_solve_dtype``: that of the V blocks' right-hand sides (None: ``dtype``). ``act``, ``loss``,
-    ``reg_w``, ``reg_v``: catalogue objects or their conf names (relu, square, none, ...): their
-    temporaries differ (a smooth activation's prox holds some 45 tensors of its chunk's size).
+    ``reg_w``, ``reg_v``: catalogue objects or the names of their files in conf/act, conf/loss, conf/reg
+    (relu, square, none, ...; ValueError for another name). Each entry's ``memory`` says what it allocates
+    (a smooth activation's prox holds some 45 tensors of its chunk's size); an object without one (a
+    ``_target_`` of the user's own) is counted as the most any catalogue entry of its kind allocates.
     """
     if scheme not in SCHEMES + BASELINES:
         raise ValueError(f"scheme={scheme!r}: one of {', '.join(SCHEMES + BASELINES)}")
@@ -736,8 +695,7 @@ def estimate(
         sizes=sizes, residual=[bool(r) for r in residual], n=int(n_train), n_test=int(n_test), e=e,
         es=_size(solve_dtype) or e, er=_size(state_solve_dtype) or e, scheme=scheme,
         cpu=device.type == "cpu", grad_norm=bool(grad_norm),
-        act=_lookup(_ACTS, _ACT_NAMES, act, "activation"), loss=_lookup(_LOSSES, _LOSS_NAMES, loss, "loss"),
-        reg_w=_lookup(_REGS, _REG_NAMES, reg_w, "regularizer"), reg_v=_lookup(_REGS, _REG_NAMES, reg_v, "regularizer"),
+        act=_act_memory(act), loss=_loss_memory(loss), reg_w=_reg_memory(reg_w), reg_v=_reg_memory(reg_v),
         batch_size=int(batch_size), momentum=bool(momentum), nesterov=bool(nesterov),
         weight_decay=bool(weight_decay),
     )  # fmt: skip

@@ -17,11 +17,13 @@ import pytest
 import torch
 
 from bcd_cli import memory
+from bcd_cli.catalogue._memory import ActivationMemory, LossMemory, RegularizerMemory
+from bcd_cli.catalogue.losses import Logistic
 from bcd_cli.config import DTYPES
 from bcd_cli.data import load_data
 from bcd_cli.errors import ConfigError, ResourceError
 from bcd_cli.train import build_algorithm
-from tests.conftest import compose_config
+from tests.conftest import catalogue_entries, compose_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -148,9 +150,45 @@ def test_entries_from_outside_the_catalogue_get_the_largest_profile():
 
     sizes = [784, 1024, 1024, 10]
     own = memory.estimate(sizes, 8000, 1000, act=Swish(), loss=Swish())
-    for act in ("relu", "leaky_relu", "sigmoid", "softplus", "polynomial"):
-        for loss in ("square", "hinge", "logistic", "exponential", "cross_entropy"):
-            assert own.peak >= memory.estimate(sizes, 8000, 1000, act=act, loss=loss).peak
+    losses = [*catalogue_entries("loss").values(), Logistic(solver="exact")]
+    for act in catalogue_entries("act").values():
+        for loss in losses:
+            assert own.peak >= memory.estimate(sizes, 8000, 1000, act=act, loss=loss).peak, (act, loss)
+
+
+PROFILES = {"act": ActivationMemory, "loss": LossMemory, "reg": RegularizerMemory}
+
+
+def test_every_catalogue_entry_declares_its_memory():
+    """Each YAML of conf/act, conf/loss and conf/reg builds an entry that says what it allocates: a new entry
+    without ``memory`` would otherwise be estimated as the largest of its kind."""
+    missing = []
+    for group, profile in PROFILES.items():
+        for name, entry in catalogue_entries(group).items():
+            declared = getattr(entry, "memory", None)
+            if not isinstance(declared, profile):
+                missing.append(
+                    f"conf/{group}/{name}.yaml ({type(entry).__name__}): add "
+                    f"memory: ClassVar[{profile.__name__}] = {profile.__name__}(...) to its class "
+                    f"(bcd_cli/catalogue/_memory.py says what each number counts), got {declared!r}"
+                )
+            elif isinstance(declared, RegularizerMemory):
+                assert declared.quadratic == entry.quadratic, f"conf/reg/{name}.yaml: memory.quadratic"
+    assert not missing, "catalogue entries without their memory profile:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("group", list(PROFILES))
+def test_estimate_takes_every_conf_name(group):
+    """``estimate(act=NAME)`` builds conf/act/NAME.yaml (likewise for losses and regularizers): the same
+    estimate as the entry itself, for every file there."""
+    sizes = [64, 48, 32, 10]
+    for name, entry in catalogue_entries(group).items():
+        keys = ["reg_w", "reg_v"] if group == "reg" else [group]
+        by_name = memory.estimate(sizes, 300, 100, **dict.fromkeys(keys, name))
+        assert by_name == memory.estimate(sizes, 300, 100, **dict.fromkeys(keys, entry)), name
+        assert by_name.peak > by_name.state + by_name.data
+    with pytest.raises(ValueError, match=r"unknown loss 'squared': one of .*\bsquare\b"):
+        memory.estimate(sizes, 300, 100, loss="squared")
 
 
 def test_check_refuses_a_run_over_the_limit_in_one_line(monkeypatch):

@@ -12,7 +12,8 @@ controlled by their fields ``grid`` (points) and ``newton_steps``.
 
 An entry may also have ``prox_(v, b, c, start=None)``: the same minimiser written into b's
 memory (b is consumed), which the engine uses when present to save a temporary the size of
-the block. See docs/math.md §2.3 (the U-block) and §3.2 (every activation's prox).
+the block. ``memory`` (an ``ActivationMemory``) is what its prox and forward map allocate,
+for the memory estimate. See docs/math.md §2.3 (the U-block) and §3.2 (every activation's prox).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor
 
 from bcd_cli.catalogue._checks import require
+from bcd_cli.catalogue._memory import ActivationMemory
 from bcd_cli.catalogue._scalar import nonconvex_argmin
 
 
@@ -42,6 +44,8 @@ def _check_solver(grid: object, newton_steps: object) -> None:
 @dataclass(frozen=True)
 class Linear:
     """sigma(u) = u."""
+
+    memory: ClassVar[ActivationMemory] = ActivationMemory(prox=0, forward=0, saved=0)
 
     def __call__(self, u: Tensor) -> Tensor:
         return u
@@ -62,6 +66,8 @@ class Linear:
 @dataclass(frozen=True)
 class ReLU:
     """sigma(u) = max(u, 0)."""
+
+    memory: ClassVar[ActivationMemory] = ActivationMemory(prox=1, forward=0, saved=0)
 
     def __call__(self, u: Tensor) -> Tensor:
         return torch.relu(u)
@@ -101,6 +107,7 @@ class LeakyReLU:
     """sigma(u) = u for u >= 0, slope * u for u < 0, with 0 <= slope < 1."""
 
     slope: float = 0.01
+    memory: ClassVar[ActivationMemory] = ActivationMemory(prox=6, forward=1.25, saved=0.25)
 
     def __post_init__(self) -> None:
         require(
@@ -141,6 +148,8 @@ class Sigmoid:
     grid: int = 32
     newton_steps: int = 12
     increasing: ClassVar[bool] = True
+    # the grid-and-Newton prox (catalogue/_scalar.py) holds ~43 element-sized tensors
+    memory: ClassVar[ActivationMemory] = ActivationMemory(prox=48, forward=0, saved=0)
 
     def __post_init__(self) -> None:
         _check_solver(self.grid, self.newton_steps)
@@ -173,6 +182,7 @@ class Tanh:
     grid: int = 32
     newton_steps: int = 12
     increasing: ClassVar[bool] = True
+    memory: ClassVar[ActivationMemory] = ActivationMemory(prox=48, forward=0, saved=0)
 
     def __post_init__(self) -> None:
         _check_solver(self.grid, self.newton_steps)
@@ -205,6 +215,7 @@ class Softplus:
     grid: int = 32
     newton_steps: int = 12
     increasing: ClassVar[bool] = True
+    memory: ClassVar[ActivationMemory] = ActivationMemory(prox=48, forward=3, saved=3)
 
     def __post_init__(self) -> None:
         t = self.sharpness
@@ -250,6 +261,7 @@ class Polynomial:
     grid: int = 32
     newton_steps: int = 12
     increasing: ClassVar[bool] = False
+    memory: ClassVar[ActivationMemory] = ActivationMemory(prox=48, forward=3, saved=3)
 
     def __post_init__(self) -> None:
         allowed = "a non-empty list of finite numbers (a_0, a_1, ...)"

@@ -11,6 +11,8 @@ uses: ``'exact'`` calls ``prox(Y, center, weight)``, which returns
 ``argmin_V R(V; Y) + weight/2 ||V - center||_F^2`` (the V_N block once its quadratic
 terms are merged); ``'prox_linear'`` takes the prox-linear step of Zeng et al. (2019)
 (3.2), which needs only ``grad`` and ``lipschitz``. All exact proxes are elementwise.
+``memory`` (a ``LossMemory``) is what its value and its V_N update allocate, for the
+memory estimate.
 See docs/math.md §3.1 (the losses and their proxes) and §2.1 (the V_N block).
 """
 
@@ -24,6 +26,7 @@ import torch
 from torch import Tensor
 
 from bcd_cli.catalogue._checks import require
+from bcd_cli.catalogue._memory import LossMemory
 from bcd_cli.catalogue._scalar import increasing_root
 
 REDUCTIONS = ("sum", "mean")
@@ -53,6 +56,7 @@ class Square:
 
     reduction: str = "sum"
     solver: ClassVar[str] = "exact"
+    memory: ClassVar[LossMemory] = LossMemory(output=4, value=2, saved=1)
 
     def __post_init__(self) -> None:
         _check_reduction(self.reduction)
@@ -81,6 +85,7 @@ class Hinge:
 
     reduction: str = "sum"
     solver: ClassVar[str] = "exact"
+    memory: ClassVar[LossMemory] = LossMemory(output=5, value=3, saved=2)
 
     def __post_init__(self) -> None:
         _check_reduction(self.reduction)
@@ -127,6 +132,13 @@ class Logistic:
         _check_reduction(self.reduction)
         require(self.solver in SOLVERS, "solver", self.solver, "prox_linear or exact")
 
+    @property
+    def memory(self) -> LossMemory:
+        """The prox-linear step's temporaries, or the exact prox's (its bracketed Newton keeps more)."""
+        if self.solver == "exact":
+            return LossMemory(output=15, value=6, saved=4)
+        return LossMemory(output=5, value=6, saved=4)
+
     def __call__(self, V: Tensor, Y: Tensor) -> Tensor:
         s = _scale(self.reduction, V.shape[1])
         return s * _log1p_exp(-(2 * Y - 1) * V).sum()
@@ -172,6 +184,7 @@ class Exponential:
 
     reduction: str = "sum"
     solver: str = "exact"
+    memory: ClassVar[LossMemory] = LossMemory(output=9, value=3, saved=2)
 
     def __post_init__(self) -> None:
         _check_reduction(self.reduction)
@@ -229,6 +242,7 @@ class CrossEntropy:
 
     reduction: str = "sum"
     solver: str = "prox_linear"
+    memory: ClassVar[LossMemory] = LossMemory(output=3, value=2, saved=1)
 
     def __post_init__(self) -> None:
         _check_reduction(self.reduction)

@@ -16,6 +16,7 @@ Each entry has
   for a convex elementwise-separable f given by its own prox
   ``prox_f(center, weight) = argmin_X f(X) + weight/2 ||X - center||^2`` (the V_N
   block with an exact loss prox and a state regularizer).
+- ``memory``: a ``RegularizerMemory``, what its prox allocates, for the memory estimate.
 
 docs/math.md §3.3 lists every entry's prox and derives ``prox_with``.
 """
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 
 from bcd_cli.catalogue._checks import require
+from bcd_cli.catalogue._memory import RegularizerMemory
 
 ProxF = Callable[[Tensor, float], Tensor]
 
@@ -65,6 +67,7 @@ class NoReg:
 
     ridge: ClassVar[float] = 0.0
     quadratic: ClassVar[bool] = True
+    memory: ClassVar[RegularizerMemory] = RegularizerMemory(quadratic=quadratic, prox=0, output=0, copies=False)
 
     def __call__(self, X: Tensor) -> Tensor:
         return X.new_zeros(())
@@ -84,6 +87,7 @@ class L2:
 
     lam: float = 1e-4
     quadratic: ClassVar[bool] = True
+    memory: ClassVar[RegularizerMemory] = RegularizerMemory(quadratic=quadratic, prox=1, output=1, copies=True)
 
     def __post_init__(self) -> None:
         _check_weight("lam", self.lam)
@@ -116,6 +120,7 @@ class L1:
     lam: float = 1e-4
     ridge: ClassVar[float] = 0.0
     quadratic: ClassVar[bool] = False
+    memory: ClassVar[RegularizerMemory] = RegularizerMemory(quadratic=quadratic, prox=3, output=2, copies=True)
 
     def __post_init__(self) -> None:
         _check_weight("lam", self.lam)
@@ -143,6 +148,7 @@ class ElasticNet:
     l1: float = 1e-4
     l2: float = 1e-4
     quadratic: ClassVar[bool] = False
+    memory: ClassVar[RegularizerMemory] = RegularizerMemory(quadratic=quadratic, prox=4, output=2, copies=True)
 
     def __post_init__(self) -> None:
         _check_weight("l1", self.l1)
@@ -179,6 +185,7 @@ class NonNeg:
 
     ridge: ClassVar[float] = 0.0
     quadratic: ClassVar[bool] = False
+    memory: ClassVar[RegularizerMemory] = RegularizerMemory(quadratic=quadratic, prox=1, output=0, copies=True)
 
     def __call__(self, X: Tensor) -> Tensor:
         return torch.where((X >= 0).all(), 0.0, math.inf).to(X.dtype)
@@ -203,6 +210,7 @@ class Box:
     hi: float = 1.0
     ridge: ClassVar[float] = 0.0
     quadratic: ClassVar[bool] = False
+    memory: ClassVar[RegularizerMemory] = RegularizerMemory(quadratic=quadratic, prox=1, output=0, copies=True)
 
     def __post_init__(self) -> None:
         for field in ("lo", "hi"):
