@@ -55,7 +55,8 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path, model: list[str], 
     # the checkpoint holds every sample's V and U, gathered from both ranks' shards (150 + 151 columns)
     checkpoint = read_checkpoint(tmp_path / "two")
     assert checkpoint is not None
-    assert [t.shape[1] for kind in ("V", "U") for t in checkpoint.trainer[kind]] == [301] * 6
+    layers = len(checkpoint.trainer["W"])  # every V and U block holds all 301 samples' columns
+    assert [t.shape[1] for kind in ("V", "U") for t in checkpoint.trainer[kind]] == [301] * (2 * layers)
     assert two.stdout.count("final test accuracy") == 1  # rank 0 alone reports
     assert not (tmp_path / "outputs").exists()
 
