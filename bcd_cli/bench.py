@@ -243,14 +243,11 @@ def size_label(sizes: Sequence[int]) -> str:
 def case_data(case: Case) -> tuple[Any, Any]:
     """(data, cfg) of ``case``: its composed and validated config, random data of its shape on its device
     (the time of a sweep does not depend on the values; two-splitting's inner iterations do a little)."""
-    from hydra import compose, initialize_config_dir
-
-    from bcd_cli.app import config_dir
+    from bcd_cli.app import compose
     from bcd_cli.config import DTYPES, resolve_device, validate
     from bcd_cli.data import Dataset
 
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=case.overrides())
+    cfg = compose(*case.overrides())
     validate(cfg)
     device, dtype = resolve_device(cfg), DTYPES[cfg.dtype]
     gen = torch.Generator().manual_seed(0)

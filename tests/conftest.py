@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bcd_cli import cli
-from bcd_cli.app import config_dir
+from bcd_cli.app import compose, config_dir
 
 CONF = config_dir()
 # a run small enough for a unit test (conf/debug/fast.yaml): 120 training and 60 test samples, one hidden layer
@@ -30,8 +29,7 @@ TINY = ["debug=fast"]
 
 def compose_config(*overrides: str):
     """The real ``conf/train.yaml`` composed with ``overrides``; Hydra's global state is cleared after."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose(*overrides)
 
 
 def catalogue_entries(group: str) -> dict:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 
+from bcd_cli.app import compose
 from bcd_cli.errors import ConfigError
 from bcd_cli.preflight import preflight
-from tests.conftest import CONF, TINY, run_cli
+from tests.conftest import TINY, run_cli
 
 JOB_FILES = ("metrics.csv", "summary.json", "checkpoint.pt", "train.log")
 # one sweep of one job, e.g. "BCD #1 sweep 2/2  L=19.2977  train 0.5250  test 0.2667  (0.00 s)"
@@ -124,8 +124,7 @@ def test_ctrl_c_stops_a_joblib_multirun_and_reports_it(tmp_path: Path):
 
 def launcher_config(*overrides: str):
     """``hydra.launcher`` of the real config composed with ``overrides``."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=True).hydra.launcher
+    return compose(*overrides, hydra_config=True).hydra.launcher
 
 
 def test_slurm_preset_extends_the_plugins_slurm_launcher():
