@@ -118,7 +118,8 @@ def test_ctrl_c_stops_a_joblib_multirun_and_reports_it(tmp_path: Path):
     assert "bcd-train: interrupted by SIGINT" in stderr
     table = pd.read_csv(sweep / "sweep_summary.csv")
     assert table["job"].tolist() == [0, 1]
-    assert set(table["status"]) <= {"interrupted", "missing"}
+    # joblib ends its workers on Ctrl-C: a job it ended before its summary was written is reported killed
+    assert set(table["status"]) <= {"interrupted", "killed", "missing"}
     assert all((sweep / str(job) / "checkpoint.pt").is_file() for job in (0, 1))
 
 
