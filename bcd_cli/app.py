@@ -9,7 +9,6 @@ config tree for several compositions (the up-front checks of bcd_cli.preflight c
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from hydra import compose as _hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Quote, QuotedString
 from omegaconf import DictConfig
 
 CONFIG_NAME = "train"  # the primary config: conf/train.yaml
@@ -62,5 +62,4 @@ def quoted(value: str) -> str:
         with contextlib.suppress(Exception):
             if OverridesParser.create().parse_overrides([f"key={value}"])[0].value() == value:
                 return value
-    escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
-    return "'" + escaped.replace("${", "\\${") + "'"
+    return QuotedString(text=value.replace("${", "\\${"), quote=Quote.single).with_quotes()

@@ -91,9 +91,7 @@ class BaselineSettings:
         try:
             return cls(**values)
         except ParameterError as err:
-            raise ParameterError(cls.CONFIG_KEYS.get(err.key, err.key), err.value, err.allowed).within(
-                "trainer"
-            ) from None
+            raise err.within("trainer", cls.CONFIG_KEYS.get(err.key)) from None
 
 
 class GradientBaseline(Trainer):
@@ -219,10 +217,6 @@ class GradientBaseline(Trainer):
         An epoch updates every parameter at each step, so layer order is the order they can go non-finite.
         """
         return first_nonfinite([(f"W{l + 1}", [w, b]) for l, (w, b) in enumerate(zip(self.W, self.b, strict=True))])
-
-    def gradient_norm(self) -> float:
-        """||grad F||_F over all W and b (see ``objective``)."""
-        return self.objective(with_gradient=True)["grad_norm"]
 
     def objective(self, *, with_gradient: bool = False) -> dict[str, float]:
         """F at the current weights and its parts (penalties and reg_v are 0), moved to the host in one transfer.

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bcd_cli.engine.parallel import synchronize
+
 aten = torch.ops.aten
 
 PRODUCT, CHOLESKY, SOLVE, EIGENVALUES = "product", "cholesky", "triangular solve", "eigenvalues"
@@ -182,12 +184,6 @@ def gemm_bound_seconds(ops: Iterable[MatrixOp], seconds: dict[tuple[int, int, in
     return sum(count * seconds[shape] for shape, count in product_shapes(ops).items())
 
 
-def synchronize(device: torch.device) -> None:
-    """Waits for the device's queued work (CUDA); nothing on the CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # ------------------------------------------------------------------------------------------------ cases
 
 
@@ -265,10 +261,10 @@ def build_case(case: Case) -> tuple[Any, Any, Any]:
     """(trainer, data, cfg) of ``case``: the trainer built as ``bcd-train`` builds it. The evaluation
     ``bcd-train`` runs after every sweep is ``trainer.evaluate(data, grad_norm=...)``."""
     from bcd_cli.config import DTYPES
-    from bcd_cli.train import build_algorithm
+    from bcd_cli.train import build_trainer
 
     data, cfg = case_data(case)
-    trainer, _ = build_algorithm(cfg, data, data.X_train.device, DTYPES[cfg.dtype])
+    trainer = build_trainer(cfg, data, data.X_train.device, DTYPES[cfg.dtype])
     return trainer, data, cfg
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bcd_cli.errors import first_line
+
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 2  # the layout written; bcd_cli.resume migrates older ones when it reads them
 
@@ -75,7 +77,7 @@ def write_checkpoint(folder: Path, checkpoint: Checkpoint) -> Path:
             os.fsync(f.fileno())
     except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
         tmp.unlink(missing_ok=True)
-        reason = (str(err).strip().splitlines() or [""])[0]
+        reason = first_line(err)
         raise OSError(errno.EIO, f"the write failed: a full disk or a file-size limit? ({reason})", str(tmp)) from err
     except BaseException:  # a full disk, a signal: the previous checkpoint stays as it was
         tmp.unlink(missing_ok=True)

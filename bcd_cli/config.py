@@ -203,7 +203,7 @@ def resolve_device(cfg: DictConfig) -> torch.device:
 def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
     """Instantiates the catalogue entry of config group ``group``.
 
-    An entry refuses a bad parameter with ``ParameterError`` (see ``bcd_cli.catalogue.require``);
+    An entry refuses a bad parameter with ``ParameterError`` (see ``bcd_cli.errors.require``);
     it is raised again naming the full key ``group.field``.
     """
     try:

@@ -6,6 +6,13 @@ import math
 from collections.abc import Callable
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message that says something (its ``msg`` where it has one, as
+    Hydra's and YAML's exceptions do); the exception's type name when the message is empty."""
+    text = str(getattr(err, "msg", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class BCDError(Exception):
     """Base class: its message is printed as is and the run exits non-zero."""
 
@@ -41,10 +48,11 @@ class ParameterError(ConfigError, ValueError):
         how = f": {self.key}={self.written}" if self.written is not None else ""
         return f"{self.key}={self.value!r} is invalid: {self.allowed}{how}"
 
-    def within(self, group: str | None) -> ParameterError:
-        """The same refusal with ``group.`` before the key (the key itself for None: a top-level key)."""
-        key = f"{group}.{self.key}" if group else self.key
-        return ParameterError(key, self.value, self.allowed, written=self.written)
+    def within(self, group: str | None, key: str | None = None) -> ParameterError:
+        """The same refusal with ``group.`` before the key (the key itself for None: a top-level key); ``key``
+        renames the parameter where its config key differs from the object's field."""
+        key = key or self.key
+        return ParameterError(f"{group}.{key}" if group else key, self.value, self.allowed, written=self.written)
 
 
 def require(ok: bool, key: str, value: object, allowed: str) -> None:

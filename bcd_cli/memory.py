@@ -37,10 +37,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bcd_cli.app import config_dir
+from bcd_cli.baselines import OPTIMIZERS
 from bcd_cli.catalogue._memory import ActivationMemory, LossMemory, RegularizerMemory
 from bcd_cli.catalogue.activations import Linear
 from bcd_cli.engine.chunking import column_chunk_width, column_chunks, cpu_chunk_rows, wide_chunk_columns
 from bcd_cli.engine.linalg import woodbury_is_cheaper
+from bcd_cli.engine.parallel import world_size
 from bcd_cli.errors import ConfigError, ResourceError
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 ENV_LIMIT = "BCD_MEMORY_LIMIT"
 WARN_FRACTION = 0.8  # check() warns above this share of the available memory
 SCHEMES = ("three", "two", "resnet")  # BCD splittings (the ``name`` of their classes)
-BASELINES = ("sgd", "adam")  # trainer.name of the gradient baselines
+BASELINES = OPTIMIZERS  # trainer.name of the gradient baselines
 CUDA_WORKSPACE = 64 * 2**20  # cuBLAS and cuSOLVER workspaces, from PyTorch's caching allocator
 MARGIN = 1.05  # the temporaries counted are scaled by this: allocator rounding, work the simulation leaves out
 SMALL = 16 * 2**10  # and this is added for the scalars and other small tensors it does not follow
@@ -735,7 +737,7 @@ def _peaks(run: _Run) -> tuple[int, int, int, dict[str, str]]:
 
 
 def estimate_for(cfg: Any, data: Any) -> MemoryEstimate:
-    """The estimate of the run ``cfg`` (the composed run config, as ``train.build_algorithm`` reads it) on
+    """The estimate of the run ``cfg`` (the composed run config, as ``train.build_trainer`` reads it) on
     the loaded ``data`` (a ``bcd_cli.data.Dataset``, this process's shard in a data-parallel run).
 
     The data is already on its device: ``loaded`` is its size, which ``check`` does not ask for again."""
@@ -759,7 +761,7 @@ def estimate_for(cfg: Any, data: Any) -> MemoryEstimate:
         batch_size=trainer.get("batch_size", 512), momentum=trainer.get("momentum", 0.0),
         nesterov=trainer.get("nesterov", False), weight_decay=trainer.get("weight_decay", 0.0),
     )  # fmt: skip
-    ranks = max(1, round(data.n_train / max(1, n_local)))  # a data-parallel run: the samples of all ranks
+    ranks = world_size()  # a data-parallel run: each rank holds its share of the samples
     loaded = sum(t.numel() * t.element_size() for t in (data.X_train, data.Y_train, data.y_train, data.X_test,
                                                          data.Y_test, data.y_test))  # fmt: skip
     return MemoryEstimate(

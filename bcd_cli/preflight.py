@@ -43,7 +43,7 @@ from omegaconf.errors import (
 
 from bcd_cli.app import BASIC_SWEEPER, CONFIG_NAME, config_dir, initialized, quoted
 from bcd_cli.config import OPTIONAL_KEYS, PATH_KEYS, validate
-from bcd_cli.errors import ConfigError
+from bcd_cli.errors import ConfigError, first_line
 
 SLURM_COMMANDS = ("sbatch", "srun")  # what submitit's SLURM executor calls
 MULTIRUN = "hydra.mode=MULTIRUN"  # what Hydra adds to the overrides of a multirun
@@ -384,7 +384,7 @@ class _Preflight:
         if found is None:
             return self._missing_choice(err, parsed)
         o, base = found
-        reason = _first_line(err)
+        reason = first_line(err)
         if not o.key_or_group:
             return _syntax(o.input_line or "", "no key before '='")
         if self._is_group(o.key_or_group):
@@ -414,7 +414,7 @@ class _Preflight:
                 if OmegaConf.is_missing(choices, group):
                     options = self._options(str(group).split("@")[0])
                     return ConfigError(str(group), "???", f"one of {', '.join(options)} (it has no default)")
-        reason = _first_line(err)
+        reason = first_line(err)
         line = " ".join(o.input_line or "" for o in parsed)
         return CompositionError("overrides", line, reason, text=f"invalid command line: {reason}")
 
@@ -533,12 +533,6 @@ def _as_text(o: Override) -> str:
     return (o.input_line or "").partition("=")[2]
 
 
-def _first_line(err: BaseException) -> str:
-    """The first line of an exception's message that says something."""
-    text = str(getattr(err, "msg", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def _expected_type(err: ValidationError) -> str:
     """What a typed key of a structured config accepts, from its annotation; else OmegaConf's reason."""
     owner = OmegaConf.get_type(err.parent_node) if err.parent_node is not None else None
@@ -548,7 +542,7 @@ def _expected_type(err: ValidationError) -> str:
         return f"one of {', '.join(member.name for member in kinds[0])}"
     if len(kinds) == 1 and kinds[0] in _TYPE_NAMES:
         return _TYPE_NAMES[kinds[0]]
-    return _first_line(err)
+    return first_line(err)
 
 
 def _syntax(line: str, message: str) -> CompositionError:
@@ -585,4 +579,4 @@ def _unresolvable(cfg: DictConfig, err: OmegaConfBaseException) -> ConfigError:
         parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
         container = OmegaConf.to_container(parent, resolve=False) if isinstance(parent, DictConfig) else None
         raw = container.get(leaf) if isinstance(container, dict) else None
-    return ConfigError(key or "interpolation", raw, f"an interpolation that resolves ({_first_line(err)})")
+    return ConfigError(key or "interpolation", raw, f"an interpolation that resolves ({first_line(err)})")

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bcd_cli.app import quoted
 from bcd_cli.checkpoint import CHECKPOINT_FILE, FORMAT, Checkpoint, set_rng_state
-from bcd_cli.errors import ConfigError, DataError
+from bcd_cli.errors import ConfigError, DataError, first_line
 from bcd_cli.report import METRICS_FILE
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def yaml_problem(exc: Exception) -> str:
     mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
     if problem and mark is not None:
         return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return first_line(exc)
 
 
 def saved_config(folder: Path, value: str | None = None) -> DictConfig:
@@ -125,18 +125,8 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config of a run without the keys a resume may change: what must match to continue it."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
-    plain.pop("hydra", None)
-    for key in MAY_CHANGE:  # a node left empty goes too: the checkpoint node holds only what may change
-        *path, last = key.split(".")
-        parents: list[Any] = [plain]
-        for part in path:
-            parents.append(parents[-1].get(part) if isinstance(parents[-1], dict) else None)
-        if isinstance(parents[-1], dict):
-            parents[-1].pop(last, None)
-        for parent, part in zip(reversed(parents[:-1]), reversed(path), strict=True):
-            if isinstance(parent, dict) and parent.get(part) == {}:
-                del parent[part]
-    return {str(k): v for k, v in plain.items()}
+    dropped = {key.split(".")[0] for key in MAY_CHANGE} | {"hydra"}  # the checkpoint node holds only its cadence
+    return {str(k): v for k, v in plain.items() if k not in dropped}
 
 
 def read_checkpoint(folder: Path) -> Checkpoint | None:
@@ -158,7 +148,7 @@ def read_checkpoint(folder: Path) -> Checkpoint | None:
         raw.pop("format")
         return Checkpoint(**raw)
     except Exception as exc:  # any unpickling failure means the file is not a checkpoint of this program
-        reason = (str(exc).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")  # its first sentence
+        reason = first_line(exc).split(". ")[0].rstrip(".")  # its first sentence
         raise DataError(
             f"{path}: not a readable bcd-cli checkpoint, truncated or damaged ({reason}); remove it to restart the run "
             "from sweep 0, or restore it from a copy"

@@ -21,9 +21,9 @@ from bcd_cli.checkpoint import Checkpoint, rng_state, write_checkpoint
 from bcd_cli.config import DTYPES, architecture, build, matmul_precision, resolve_device, trainer_class, validate
 from bcd_cli.data import Dataset, load_data, shard
 from bcd_cli.engine.network import MLP
-from bcd_cli.engine.parallel import any_rank, rank
+from bcd_cli.engine.parallel import any_rank, rank, synchronize
 from bcd_cli.engine.trainer import Trainer
-from bcd_cli.errors import BCDError, ConfigError, Interrupted, NumericalError, ResourceError
+from bcd_cli.errors import BCDError, ConfigError, Interrupted, NumericalError, ResourceError, first_line
 from bcd_cli.folders import run_lock
 from bcd_cli.report import (
     CONVERGENCE_FILE,
@@ -60,14 +60,9 @@ class RunResult:
     data: Dataset
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def build_algorithm(cfg: DictConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> tuple[Trainer, Any]:
+def build_trainer(cfg: DictConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> Trainer:
     """The network of ``cfg`` initialised as in Remark 1, wrapped in the trainer ``cfg`` names (a BCD scheme, or
-    SGD/Adam); returns (trainer, loss)."""
+    SGD/Adam)."""
     loss, act = build(cfg, "loss"), build(cfg, "act")
     sizes, residual = architecture(cfg.model, data.n_features, data.n_classes)
     net = MLP.init(
@@ -85,7 +80,7 @@ def build_algorithm(cfg: DictConfig, data: Dataset, device: torch.device, dtype:
         device,
         str(dtype).removeprefix("torch."),
     )
-    return trainer, loss
+    return trainer
 
 
 def sweeps(
@@ -120,7 +115,7 @@ def sweeps(
             )
         yield previous
     for k in range(start + 1, epochs + 1):
-        _synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         try:
             D = trainer.sweep()
@@ -128,7 +123,7 @@ def sweeps(
             origin = trainer.nonfinite_block()
             first = f"; block {origin} went non-finite first" if origin else ""
             raise NumericalError(f"sweep {k}: {err}{first}") from err
-        _synchronize(device)
+        synchronize(device)
         row = {"sweep": k, "seconds": time.perf_counter() - started, "D": D}
         row |= trainer.evaluate(data, grad_norm=grad_norm)
         row["descent_ratio"] = (previous["objective"] - row["objective"]) / D if D > 0 else math.nan
@@ -175,9 +170,9 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
         if precision != "highest":
             log.info("float32 matrix products at precision %s (torch.set_float32_matmul_precision)", precision)
         try:
-            trainer, _ = build_algorithm(cfg, data, device, dtype)
+            trainer = build_trainer(cfg, data, device, dtype)
         except torch.OutOfMemoryError as err:
-            raise ResourceError(f"out of memory while building the network on {device}: {_first_line(err)}") from None
+            raise ResourceError(f"out of memory while building the network on {device}: {first_line(err)}") from None
         with GracefulStop() as stop:
             checkpoint = None
             if resumed:
@@ -199,6 +194,7 @@ class _Record:
     data: Dataset
     writer: MetricsWriter
     started: float  # time.perf_counter() at the run's start, less the time of the sweeps a resumed run did before
+    config: dict[str, Any] = field(default_factory=dict)  # run_config(cfg): what a checkpoint records
     rows: list[dict[str, Any]] = field(default_factory=list)
     saved_sweep: int | None = None  # the sweep of the last checkpoint
     main: bool = True  # rank 0, which alone writes files in a data-parallel run
@@ -210,7 +206,7 @@ class _Record:
         elapsed = checkpoint.elapsed if checkpoint is not None else 0.0
         record = cls(
             cfg, out_dir, trainer, data, MetricsWriter(out_dir / METRICS_FILE), time.perf_counter() - elapsed,
-            rows=list(checkpoint.rows) if checkpoint is not None else [],
+            config=run_config(cfg), rows=list(checkpoint.rows) if checkpoint is not None else [],
             saved_sweep=checkpoint.sweep if checkpoint is not None else None, main=rank() == 0,
         )  # fmt: skip
         if record.main:
@@ -237,7 +233,7 @@ class _Record:
     def save(self, row: dict[str, Any]) -> None:
         """The checkpoint of the sweep of ``row`` (every rank gathers its part; rank 0 writes it)."""
         checkpoint = Checkpoint(
-            sweep=int(row["sweep"]), config=run_config(self.cfg), trainer=self.trainer.state_dict(), rng=rng_state(),
+            sweep=int(row["sweep"]), config=self.config, trainer=self.trainer.state_dict(), rng=rng_state(),
             rows=self.rows, metrics_bytes=self.writer.size, elapsed=time.perf_counter() - self.started,
             data_shape=_data_shape(self.data),
         )  # fmt: skip
@@ -278,7 +274,7 @@ class _Record:
         try:
             self.reports(status, error)
         except Exception as exc:  # a full disk: the metrics and checkpoint already written stay
-            log.warning("reports of %s not written: %s", self.out_dir, _first_line(exc))
+            log.warning("reports of %s not written: %s", self.out_dir, first_line(exc))
 
 
 def _train(record: _Record, stop: GracefulStop, progress: Progress | None) -> RunResult:
@@ -323,10 +319,6 @@ def _train(record: _Record, stop: GracefulStop, progress: Progress | None) -> Ru
     return RunResult(metrics, summary, trainer.net, trainer, data)
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
 def _out_of_memory(err: BaseException, sweep: int) -> str:
     """Where the run ran out of memory: the block whose update did (found in the traceback: the scheme's
     ``sweep`` holds the paper's layer index ``i``, the engine's ``update_*`` function the kind of block),
@@ -346,8 +338,8 @@ def _out_of_memory(err: BaseException, sweep: int) -> str:
         where = f"sweep {sweep} (layer {layer})"
     else:
         where = f"the evaluation of sweep {sweep}" if sweep > 0 else "the evaluation of the initial point"
-    return f"out of memory in {where} ({_first_line(err)}); try fewer samples (data.n_train) or narrower layers"
+    return f"out of memory in {where} ({first_line(err)}); try fewer samples (data.n_train) or narrower layers"
 
 
 def _unwritable(err: OSError, out_dir: Path) -> str:
-    return f"cannot write {err.filename or out_dir}: {err.strerror or _first_line(err)}"
+    return f"cannot write {err.filename or out_dir}: {err.strerror or first_line(err)}"

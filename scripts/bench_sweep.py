@@ -61,12 +61,12 @@ from bcd_cli.bench import (
     size_label,
     state_bytes,
     status_mb,
-    synchronize,
     time_products,
     total_flops,
 )
+from bcd_cli.engine.parallel import synchronize
+from bcd_cli.memory import SCHEMES
 
-SCHEMES = ("three", "two", "resnet")
 STANDARD_CPU = [
     Case("three", [784, 1024, 1024, 1024, 10], 8000),
     Case("three", [784] + [600] * 10 + [10], 8000),
@@ -106,7 +106,7 @@ def time_case(case: Case) -> dict:
     device, dtype = data.X_train.device, data.X_train.dtype
     for _ in range(case.warmup):
         trainer.sweep()
-        trainer.evaluate(data)
+        trainer.evaluate(data, grad_norm=cfg.grad_norm)
     shapes: set[tuple[int, int, int]] = set()
     sweeps, slots, evals, faults = [], [], [], 0
     machine_busy, own_busy, started = *cpu_seconds(), time.perf_counter()
@@ -119,10 +119,10 @@ def time_case(case: Case) -> dict:
         sweeps.append((timed(trainer.sweep, device), ops))
         faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         slots.append(time_products(shapes, device, dtype))
-        evals.append(timed(lambda: trainer.evaluate(data), device))
+        evals.append(timed(lambda: trainer.evaluate(data, grad_norm=cfg.grad_norm), device))
     machine_now, own_now = cpu_seconds()
     others = (machine_now - machine_busy - (own_now - own_busy)) / ((time.perf_counter() - started) * os.cpu_count())
-    eval_ops = record_matrix_ops(lambda: trainer.evaluate(data))
+    eval_ops = record_matrix_ops(lambda: trainer.evaluate(data, grad_norm=cfg.grad_norm))
     flops = [total_flops(ops) for _, ops in sweeps]
     achieved = [f / s / 1e9 for f, (s, _) in zip(flops, sweeps, strict=True)]
     around = [gemm_rate(ops, slots[k : k + 2]) for k, (_, ops) in enumerate(sweeps)]
@@ -233,7 +233,7 @@ def allocator_case(case: Case) -> dict:
     On CUDA ``memory_case`` is already exact: nothing to add."""
     from bcd_cli import memory
     from bcd_cli.config import DTYPES
-    from bcd_cli.train import build_algorithm
+    from bcd_cli.train import build_trainer
 
     if case.device != "cpu":
         return {}
@@ -244,7 +244,7 @@ def allocator_case(case: Case) -> dict:
 
     def build() -> None:
         data, cfg = run["data"], run["cfg"]
-        run["trainer"], _ = build_algorithm(cfg, data, data.X_train.device, DTYPES[cfg.dtype])
+        run["trainer"] = build_trainer(cfg, data, data.X_train.device, DTYPES[cfg.dtype])
 
     def evaluate(grad_norm: bool) -> None:
         run["trainer"].evaluate(run["data"], grad_norm=grad_norm)

@@ -17,7 +17,7 @@ from bcd_cli.data import load_data
 from bcd_cli.engine.network import MLP
 from bcd_cli.errors import ConfigError
 from bcd_cli.report import METRIC_COLUMNS
-from bcd_cli.train import build_algorithm, run, sweeps
+from bcd_cli.train import build_trainer, run, sweeps
 from tests.conftest import TINY, compose_config
 
 DIGITS = ["device=cpu", "model.widths=[64]", "epochs=15", "model.init_std=0.1", "trainer.batch_size=64"]
@@ -28,7 +28,7 @@ def metrics_of(cfg) -> pd.DataFrame:
     validate(cfg)
     dtype = DTYPES[cfg.dtype]
     data = load_data(cfg.data, dtype=dtype, device=resolve_device(cfg))
-    trainer, _ = build_algorithm(cfg, data, resolve_device(cfg), dtype)
+    trainer = build_trainer(cfg, data, resolve_device(cfg), dtype)
     return pd.DataFrame(list(sweeps(trainer, data, cfg.epochs)), columns=METRIC_COLUMNS)
 
 
@@ -110,9 +110,9 @@ def test_gradient_norm_matches_autograd_by_hand():
     F = 0.5 * (output - Y).square().sum() + lam / 2 * sum(w.square().sum() for w in W)
     grads = torch.autograd.grad(F, [*W, *b])
     expected = math.sqrt(sum(float(g.square().sum()) for g in grads))
-    assert baseline.gradient_norm() == pytest.approx(expected, rel=1e-10)
+    assert baseline.objective(with_gradient=True)["grad_norm"] == pytest.approx(expected, rel=1e-10)
     box = GradientBaseline(*tiny_problem(), loss=Square(), reg_w=Box(), optimizer="sgd", lr=0.1, batch_size=2)
-    assert math.isnan(box.gradient_norm())
+    assert math.isnan(box.objective(with_gradient=True)["grad_norm"])
 
 
 def test_box_regularizer_keeps_the_weights_in_the_box():

@@ -22,7 +22,7 @@ from bcd_cli.catalogue.losses import Logistic
 from bcd_cli.config import DTYPES
 from bcd_cli.data import load_data
 from bcd_cli.errors import ConfigError, ResourceError
-from bcd_cli.train import build_algorithm
+from bcd_cli.train import build_trainer
 from tests.conftest import catalogue_entries, compose_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -70,7 +70,7 @@ def _state_tensors(algorithm) -> list[torch.Tensor]:
 def test_state_and_data_are_the_bytes_a_run_allocates(name):
     cfg, data = _run(*RUNS[name])
     estimate = memory.estimate_for(cfg, data)
-    algorithm, _ = build_algorithm(cfg, data, CPU, DTYPES[cfg.dtype])
+    algorithm = build_trainer(cfg, data, CPU, DTYPES[cfg.dtype])
     if hasattr(algorithm, "optimizer"):
         algorithm.sweep()  # the gradients and the optimizer state exist from the first step on
     assert estimate.state == _nbytes(_state_tensors(algorithm))
@@ -100,7 +100,7 @@ def test_peak_estimate_bounds_the_measured_peak(name):
     run: dict = {}
 
     def build() -> None:
-        run["algorithm"], _ = build_algorithm(cfg, run["data"], CPU, dtype)
+        run["algorithm"] = build_trainer(cfg, run["data"], CPU, dtype)
 
     phases = {
         "load": lambda: run.setdefault("data", load_data(cfg.data, dtype=dtype, device=CPU)),

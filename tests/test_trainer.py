@@ -13,7 +13,7 @@ from bcd_cli.config import DTYPES, trainer_class, validate
 from bcd_cli.data import load_data
 from bcd_cli.engine.trainer import Trainer
 from bcd_cli.errors import ConfigError, ParameterError
-from bcd_cli.train import build_algorithm
+from bcd_cli.train import build_trainer
 from tests.conftest import TINY, compose_config
 
 CPU = torch.device("cpu")
@@ -31,7 +31,7 @@ def built(name: str):
     cfg = compose_config(*TRAINERS[name])
     validate(cfg)
     data = load_data(cfg.data, dtype=DTYPES[cfg.dtype], device=CPU)
-    trainer, _ = build_algorithm(cfg, data, CPU, DTYPES[cfg.dtype])
+    trainer = build_trainer(cfg, data, CPU, DTYPES[cfg.dtype])
     return trainer, data
 
 

@@ -5,7 +5,3 @@ Every entry is a small frozen dataclass built by Hydra from its YAML file
 entry with its value and the derivation of its solver. Each entry also declares ``memory``, what
 its value and solver allocate (``_memory.py``), which ``bcd_cli.memory`` reads to estimate a run's peak.
 """
-
-from bcd_cli.catalogue._checks import require
-
-__all__ = ["require"]

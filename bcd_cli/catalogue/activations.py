@@ -25,9 +25,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from bcd_cli.catalogue._checks import require
 from bcd_cli.catalogue._memory import ActivationMemory
 from bcd_cli.catalogue._scalar import nonconvex_argmin
+from bcd_cli.errors import require
 
 
 def _check_solver(grid: object, newton_steps: object) -> None:

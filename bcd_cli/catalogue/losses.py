@@ -25,9 +25,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from bcd_cli.catalogue._checks import require
 from bcd_cli.catalogue._memory import LossMemory
 from bcd_cli.catalogue._scalar import increasing_root
+from bcd_cli.errors import require
 
 REDUCTIONS = ("sum", "mean")
 SOLVERS = ("prox_linear", "exact")

@@ -31,8 +31,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from bcd_cli.catalogue._checks import require
 from bcd_cli.catalogue._memory import RegularizerMemory
+from bcd_cli.errors import require
 
 ProxF = Callable[[Tensor, float], Tensor]
 

@@ -72,3 +72,9 @@ def gather_columns(t: Tensor, n: int) -> Tensor:
     pieces = [torch.empty_like(padded) for _ in bounds]
     dist.all_gather(pieces, padded)
     return torch.cat([p[..., : stop - start] for p, (start, stop) in zip(pieces, bounds, strict=True)], dim=-1)
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for the device's queued work (CUDA), so that a timer read next measures it; nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -122,6 +122,7 @@ class BCDScheme(Trainer):
                 f"this one {'has' if any(net.residual) else 'has no'} residual layers"
             )
         self.net, self.X, self.Y = net, X, Y
+        self.n_samples = _total_columns(X)  # over all ranks: the width of a checkpoint's V and U blocks
         self.loss, self.reg_w, self.reg_v = loss, reg_w, reg_v
         self.gamma, self.alpha = float(settings.gamma), float(settings.alpha)
         self.rho = float(settings.gamma if settings.rho is None else settings.rho)
@@ -198,10 +199,9 @@ class BCDScheme(Trainer):
         The tensors are the scheme's own (detached, not copied): save or copy them before the next
         sweep. In a data-parallel run the V and U blocks are gathered from the ranks' shards.
         """
-        n = _total_columns(self.X)
         state: dict[str, Any] = {"W": [own(w) for w in self.net.W], "b": [own(b) for b in self.net.b]}
         for kind, tensors in self.sample_blocks().items():
-            state[kind] = [own(gather_columns(t, n)) for t in tensors]
+            state[kind] = [own(gather_columns(t, self.n_samples)) for t in tensors]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -219,10 +219,6 @@ class BCDScheme(Trainer):
             ]
         self.net.W[:], self.net.b[:] = loaded.pop("W"), loaded.pop("b")
         self._set_sample_blocks(loaded)
-
-    def gradient_norm(self) -> float:
-        """||grad L(P^k)||_F over all blocks (see ``objective``)."""
-        return self.objective(with_gradient=True)["grad_norm"]
 
     def objective(self, *, with_gradient: bool = False) -> dict[str, float]:
         """L(P^k) and its parts, moved to the host in one transfer.
