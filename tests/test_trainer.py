@@ -111,6 +111,21 @@ def test_bad_settings_raise_parameter_error_naming_the_key(name, override, key, 
         validate(cfg)
 
 
+@pytest.mark.parametrize(
+    ("name", "override", "fix"),
+    [
+        ("three", "trainer.inner_iters=2e1", "trainer.inner_iters=20"),
+        ("sgd", "trainer.batch_size=1e3", "trainer.batch_size=1000"),
+    ],
+)
+def test_a_whole_float_for_an_integer_is_refused_with_how_to_write_it(name, override, fix):
+    """Under its config key, for a BCD scheme and a baseline alike, the refusal ends with the value to write."""
+    cfg = compose_config(*TRAINERS[name], override)
+    with pytest.raises(ParameterError) as refused:
+        trainer_class(cfg).check_config(cfg)
+    assert str(refused.value).endswith(f"written as an integer: {fix}")
+
+
 def test_a_trainer_built_directly_refuses_a_bad_setting_by_its_field():
     from bcd_cli.baselines import GradientBaseline
     from bcd_cli.catalogue.losses import Square
