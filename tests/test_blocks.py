@@ -36,7 +36,7 @@ from bcd_cli.engine.blocks import (
     update_weights,
     update_weights_nonlinear,
 )
-from bcd_cli.engine.linalg import spd_solve
+from bcd_cli.engine.linalg import gram, spd_solve
 from bcd_cli.errors import NumericalError
 from tests.conftest import catalogue_entries
 from tests.tolerances import activation_size, assert_le, assert_within, eps, stall_radius, tol
@@ -775,3 +775,21 @@ def test_nonlinear_blocks_are_monotone_and_stationary(act, reg):
         grad_size = L * float(torch.linalg.vector_norm(W)) + float(grad_w(torch.zeros_like(W)).norm())
         bound = fixed_point_bound(W, 1e-3, L=L, delta=rounding_w(W, b), grad_size=grad_size, size=size, steps=4)
         assert_le(fixed_point_residual(grad_w, reg_entry.prox, W, 1e-3), bound, "W: fixed point")
+
+
+@pytest.mark.parametrize("rows", [1, 7, 255, 511, 512, 1100])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gram_is_the_symmetric_product(rows, dtype):
+    """``linalg.gram`` equals A A^T to the product's rounding, exactly symmetric, also written into a block of a
+    larger matrix and for a transposed operand."""
+    gen = torch.Generator().manual_seed(rows)
+    A = torch.randn(rows, 300, generator=gen, dtype=dtype)
+    G = gram(A)
+    eps = torch.finfo(dtype).eps
+    assert torch.allclose(G, A @ A.T, rtol=0, atol=100 * eps * 300)
+    assert torch.equal(G, G.T)
+    big = torch.full((rows + 3, rows + 3), 7.0, dtype=dtype)
+    gram(A, out=big[:rows, :rows])
+    assert torch.equal(big[:rows, :rows], G) and bool((big[rows:] == 7).all()) and bool((big[:, rows:] == 7).all())
+    B = torch.randn(300, rows, generator=gen, dtype=dtype)
+    assert torch.allclose(gram(B.mT), B.T @ B, rtol=0, atol=100 * eps * 300)

@@ -23,7 +23,7 @@ from bcd_cli.engine.inner import (
     prox_gradient,
     spectral_norm_squared,
 )
-from bcd_cli.engine.linalg import add_to_diagonal, shifted_gram_solve, spd_solve
+from bcd_cli.engine.linalg import add_to_diagonal, gram, shifted_gram_solve, spd_solve
 from bcd_cli.engine.parallel import all_reduce_sum_, world_size
 
 log = logging.getLogger(__name__)
@@ -105,15 +105,35 @@ def update_preactivation(
     return Z
 
 
-def _weights_system(U: Tensor, V_in: Tensor, W_old: Tensor, b_old: Tensor, *, rho: float, alpha: float, ridge: float):
-    """H and G of the normal equations Theta H = G in Theta = [W b] (see ``update_weights``, docs/math.md §2.4)."""
+def input_moments(V_in: Tensor) -> Tensor:
+    """[V;1][V;1]^T for V_in of shape d x n, as (d + 1) x (d + 1): V V^T by ``linalg.gram``, the row sums of V
+    and n, without building the row of ones. The data's own moments (V_in = X) do not change from sweep to
+    sweep: a scheme computes them once."""
     d, n = V_in.shape
-    H = V_in.new_empty(d + 1, d + 1)
-    H[:d, :d] = V_in @ V_in.T
+    M = V_in.new_empty(d + 1, d + 1)
+    gram(V_in, out=M[:d, :d])
     row_sums = V_in.sum(dim=1)
-    H[:d, d] = row_sums
-    H[d, :d] = row_sums
-    H[d, d] = n
+    M[:d, d] = row_sums
+    M[d, :d] = row_sums
+    M[d, d] = n
+    return M
+
+
+def _weights_system(
+    U: Tensor,
+    V_in: Tensor,
+    W_old: Tensor,
+    b_old: Tensor,
+    *,
+    rho: float,
+    alpha: float,
+    ridge: float,
+    moments: Tensor | None = None,
+):
+    """H and G of the normal equations Theta H = G in Theta = [W b] (see ``update_weights``, docs/math.md §2.4);
+    ``moments`` is ``input_moments(V_in)`` when the caller has it (a copy is modified, not it)."""
+    d = V_in.shape[0]
+    H = input_moments(V_in) if moments is None else moments.clone()
     G = U.new_empty(U.shape[0], d + 1)
     if world_size() > 1:  # data-parallel: sum the sample products over the ranks' shards first
         G[:, :d] = U @ V_in.T
@@ -145,12 +165,14 @@ def update_weights(
     solve_dtype: torch.dtype | None = None,
     inner: InnerSolver | None = None,
     block: str = "W",
+    moments: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Returns argmin_{W,b} r(W) + rho/2 ||U - W V_in - b 1^T||^2 + alpha/2 (||W - W_old||^2 + ||b - b_old||^2).
 
     The smooth part is 1/2 <Theta, Theta H> - <G, Theta> in Theta = [W b] with
     H = rho [V;1][V;1]^T + alpha I and G = rho U [V;1]^T + alpha [W_old b_old]; [V;1][V;1]^T
-    is assembled from V V^T, the row sums of V and n, so the row of ones is never built.
+    is assembled from V V^T, the row sums of V and n (``input_moments``; or ``moments``, computed
+    before), so the row of ones is never built.
     For r = ridge/2 ||W||^2 the minimiser solves Theta (H + ridge I_W) = G (Cholesky).
     Otherwise (l1, elastic net, box, nonnegativity) FISTA on Theta runs from [W_old b_old]
     or from the prox of the minimiser without r, whichever is better; each of its steps
@@ -158,11 +180,11 @@ def update_weights(
     """
     d = V_in.shape[0]
     if reg_w.quadratic:
-        H, G = _weights_system(U, V_in, W_old, b_old, rho=rho, alpha=alpha, ridge=reg_w.ridge)
+        H, G = _weights_system(U, V_in, W_old, b_old, rho=rho, alpha=alpha, ridge=reg_w.ridge, moments=moments)
         Theta = spd_solve(H, G.T, solve_dtype=solve_dtype, block=block).T
         return Theta[:, :d].contiguous(), Theta[:, d].contiguous()
 
-    H, G = _weights_system(U, V_in, W_old, b_old, rho=rho, alpha=alpha, ridge=0.0)
+    H, G = _weights_system(U, V_in, W_old, b_old, rho=rho, alpha=alpha, ridge=0.0, moments=moments)
 
     def prox(Theta: Tensor, t: float) -> Tensor:
         return torch.cat([reg_w.prox(Theta[:, :d], t), Theta[:, d:]], dim=1)  # the bias column is not regularized
@@ -217,7 +239,7 @@ def update_hidden_state(
             weight + reg_v.ridge, rho, W_next, G,
             solve_dtype=solve_dtype, rhs_dtype=rhs_dtype, block=block, overwrite=True,
         )  # fmt: skip
-    H = add_to_diagonal(rho * (W_next.T @ W_next), weight)
+    H = add_to_diagonal(gram(W_next.mT).mul_(rho), weight)
     solution = spd_solve(H, G, solve_dtype=solve_dtype, rhs_dtype=rhs_dtype, block=block)  # the minimiser without s
     L = largest_eigenvalue(H)
     return fista(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from bcd_cli.engine.blocks import ALPHA_CHECKS, feasible, output_alpha
+from bcd_cli.engine.blocks import ALPHA_CHECKS, feasible, input_moments, output_alpha
 from bcd_cli.engine.chunking import column_chunks
 from bcd_cli.engine.inner import InnerSolver
 from bcd_cli.engine.network import MLP
@@ -140,6 +141,12 @@ class BCDScheme(Trainer):
         cls, cfg: DictConfig, net: MLP, X: Tensor, Y: Tensor, *, loss: Any, reg_w: Any, reg_v: Any
     ) -> BCDScheme:
         return cls(net, X, Y, loss=loss, reg_w=reg_w, reg_v=reg_v, **BCDSettings.from_config(cfg).keywords())
+
+    @functools.cached_property
+    def data_moments(self) -> Tensor:
+        """[X;1][X;1]^T of this rank's samples (``blocks.input_moments``), for the W_1 block: computed at its
+        first use, as the data never changes."""
+        return input_moments(self.X)
 
     def summary_fields(self) -> dict[str, Any]:
         """The method and alpha of the output block V_N (raised above alpha when Theorem 2 needs it)."""

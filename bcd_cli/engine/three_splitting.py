@@ -25,6 +25,9 @@ alpha/2 ||V - V_i^old||^2 is added so that Lemma 1's sufficient descent still ho
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor
 
@@ -36,8 +39,10 @@ from bcd_cli.engine.blocks import (
     update_preactivation,
     update_weights,
 )
+from bcd_cli.engine.chunking import column_chunks
 from bcd_cli.engine.parallel import all_reduce_sum_
 from bcd_cli.engine.scheme import BCDScheme
+from bcd_cli.engine.trainer import Samples
 
 
 class ThreeSplittingBCD(BCDScheme):
@@ -117,6 +122,7 @@ class ThreeSplittingBCD(BCDScheme):
             W_new, b_new = update_weights(
                 self.reg_w, U[l], V[l], W[l], b[l],
                 rho=rho, alpha=alpha, solve_dtype=self.solve_dtype, inner=self.inner, block=f"W{i}",
+                moments=self.data_moments if l == 0 else None,
             )  # fmt: skip
             D += squared_distance(W_new, W[l]) + squared_distance(b_new, b[l])
             W[l], b[l] = W_new, b_new
@@ -135,3 +141,116 @@ class ThreeSplittingBCD(BCDScheme):
             "reg_w": sum(self.reg_w(w) for w in net.W),
             "reg_v": sum(self.reg_v(v) for v in V[1:]),
         }
+
+    def evaluate(self, data: Samples, *, grad_norm: bool = True) -> dict[str, float]:
+        """The metrics of the current point in one pass over the training samples, the gradient in closed form.
+
+        Over the column chunks of ``chunking.column_chunks``, each chunk goes once forward through the
+        network (train loss and accuracy) and once down the layers of the objective, where
+        Z_l = W_l V_{l-1} + b_l, E_l = U_l - Z_l and P_l = V_l - sigma(U_l) (minus V_{l-1} for a residual
+        layer) give the penalties and, with ``grad_norm``, the gradient of every block (docs/math.md §5):
+
+            grad U_l = rho E_l - gamma sigma'(U_l) P_l        grad W_l = -rho E_l V_{l-1}^T + ridge_w W_l
+            grad b_l = -rho E_l 1                              grad V_N = grad R(V_N) + gamma P_N + ridge_v V_N
+            grad V_l = gamma P_l - rho W_{l+1}^T E_{l+1} (- gamma P_{l+1} if layer l+1 is residual) + ridge_v V_l
+
+        That is three products per layer (Z, E V^T, W^T E) and no autograd graph; the first layer's Z is the
+        network's first pre-activation too. The gradient norm is NaN when a regularizer is not
+        differentiable. ``objective(with_gradient=True)`` computes the same by autograd.
+        """
+        tally = _Tally.of(self, grad_norm and self.reg_w.quadratic and self.reg_v.quadratic)
+        shared = data.X_train is self.X  # the trainer's own samples: the network's first pre-activation is Z_1
+        for columns in column_chunks(self.X.shape[1]):
+            self._evaluate_chunk(tally, columns, data.y_train[columns] if shared else None)
+        if not shared:
+            output = self.net(data.X_train)
+            tally.sums["train_loss"] += self.loss(output, data.Y_train).double()
+            tally.sums["train_correct"] += (output.argmax(dim=0) == data.y_train).sum()
+        tally.sums["test_correct"] += (self.net(data.X_test).argmax(dim=0) == data.y_test).sum()
+        return tally.row(self, data.n_train, data.n_test)
+
+    def _evaluate_chunk(self, tally: _Tally, columns: slice, labels: Tensor | None) -> None:
+        """Adds the samples ``columns`` to ``tally`` (see ``evaluate``); ``labels``: also run the network on them."""
+        net, N, gamma, rho, sums = self.net, self.net.depth, self.gamma, self.rho, tally.sums
+        V, U = [v[:, columns] for v in self.V], [u[:, columns] for u in self.U]
+        Y = self.Y[:, columns]
+        share = (columns.stop - columns.start) / self.X.shape[1] if tally.mean_loss else 1.0
+        Z_first = net.pre_activation(0, V[0])
+        if labels is not None:
+            H = V[0]
+            for l in range(N):
+                H = net.layer_output(l, H, Z_first if l == 0 else net.pre_activation(l, H))
+            sums["train_loss"] += self.loss(H, Y).double() * share
+            sums["train_correct"] += (H.argmax(dim=0) == labels).sum()
+            del H
+        sums["loss"] += self.loss(V[N], Y).double() * share
+        sums["reg_v"] += sum(self.reg_v(v).double() for v in V[1:])
+        E_next = P_next = None
+        for l in reversed(range(N)):
+            E = (Z_first if l == 0 else net.pre_activation(l, V[l])).neg_().add_(U[l])  # U_l - Z_l
+            P = net.layer_output(l, V[l], U[l]).neg_().add_(V[l + 1])  # V_{l+1} - sigma(U_l) (- V_l)
+            sums["penalty_u"] += E.square().sum().double() * (0.5 * rho)
+            sums["penalty_v"] += P.square().sum().double() * (0.5 * gamma)
+            if tally.gradient:
+                if l == N - 1:
+                    g = self.loss.grad(V[N], Y).mul_(share).add_(P, alpha=gamma)
+                else:
+                    assert E_next is not None and P_next is not None  # set by layer l + 1, visited before
+                    g = torch.addmm(P, net.W[l + 1].T, E_next, beta=gamma, alpha=-rho)
+                    if net.residual[l + 1]:
+                        g.sub_(P_next, alpha=gamma)
+                if self.reg_v.ridge:
+                    g.add_(V[l + 1], alpha=self.reg_v.ridge)
+                sums["state_squares"] += g.square().sum().double()
+                del g
+                g_U = net.acts[l].derivative(U[l]).mul_(P).mul_(-gamma).add_(E, alpha=rho)
+                sums["state_squares"] += g_U.square().sum().double()
+                del g_U
+                tally.W_grads[l].addmm_(E, V[l].T, alpha=-rho)
+                tally.b_grads[l].sub_(E.sum(dim=1), alpha=rho)
+            E_next, P_next = E, P
+
+
+@dataclass
+class _Tally:
+    """What ``ThreeSplittingBCD.evaluate`` adds up over the chunks: float64 sums, and the W and b gradients."""
+
+    gradient: bool
+    mean_loss: bool
+    sums: dict[str, Tensor]
+    W_grads: list[Tensor] = field(default_factory=list)
+    b_grads: list[Tensor] = field(default_factory=list)
+
+    KEYS = ("loss", "penalty_v", "penalty_u", "reg_v", "state_squares", "train_loss", "train_correct", "test_correct")
+
+    @classmethod
+    def of(cls, scheme: ThreeSplittingBCD, gradient: bool) -> _Tally:
+        zero = scheme.X.new_zeros((), dtype=torch.float64)
+        W, b = scheme.net.W, scheme.net.b
+        return cls(
+            gradient,
+            getattr(scheme.loss, "reduction", "sum") == "mean",
+            {key: zero.clone() for key in cls.KEYS},
+            [torch.zeros_like(w) for w in W] if gradient else [],
+            [torch.zeros_like(v) for v in b] if gradient else [],
+        )
+
+    def row(self, scheme: ThreeSplittingBCD, n_train: int, n_test: int) -> dict[str, float]:
+        """The metrics row: every sum and gradient added up over the ranks in two collectives, then r(W)
+        (the same on every rank) and its gradient added once."""
+        sums = dict(zip(self.KEYS, all_reduce_sum_(torch.stack(list(self.sums.values()))).tolist(), strict=True))
+        W = scheme.net.W
+        reg_w = float(sum(scheme.reg_w(w).double() for w in W))
+        row = {"loss": sums["loss"], "penalty_v": sums["penalty_v"], "penalty_u": sums["penalty_u"], "reg_w": reg_w,
+               "reg_v": sums["reg_v"]}  # fmt: skip
+        row["objective"] = sum(row.values())
+        row["grad_norm"] = math.nan
+        if self.gradient:
+            flat = all_reduce_sum_(torch.cat([g.reshape(-1) for g in [*self.W_grads, *self.b_grads]]))
+            if scheme.reg_w.ridge:  # grad r(W) = ridge W, the same on every rank
+                flat[: sum(w.numel() for w in W)].add_(torch.cat([w.reshape(-1) for w in W]), alpha=scheme.reg_w.ridge)
+            row["grad_norm"] = math.sqrt(float(flat.double().square().sum()) + sums["state_squares"])
+        row["train_loss"] = sums["train_loss"]
+        row["train_acc"] = sums["train_correct"] / n_train
+        row["test_acc"] = sums["test_correct"] / n_test
+        return row
