@@ -94,8 +94,8 @@ def sweeps(
 ) -> Iterator[dict[str, Any]]:
     """Yields the metrics row of the initial point, then of each sweep up to ``epochs``.
 
-    ``grad_norm`` (the config key) chooses whether each row carries ||grad L|| (autograd, about as much
-    time and memory again as the rest of the evaluation) or NaN.
+    ``grad_norm`` (the config key) chooses whether each row carries ||grad L|| (``Trainer.evaluate``: in
+    closed form for three-splitting and ResNet, by autograd for two-splitting and the baselines) or NaN.
 
     A resumed run passes ``start`` (the sweeps already done) and ``previous`` (the row of sweep
     ``start``); the initial row is then not yielded again. Raises NumericalError at the first
