@@ -2,8 +2,9 @@
 
 ``record_matrix_ops`` follows the dense linear algebra PyTorch dispatches while it is active (a
 ``TorchDispatchMode``): every matrix product, Cholesky factorisation and triangular solve, with its
-shape and its textbook FLOP count (``MatrixOp``). A sweep recorded this way is counted exactly as
-the engine ran it: the Woodbury form or the d x d system of each V block (``linalg.shifted_gram_solve``),
+shape and its textbook FLOP count (``MatrixOp``), and the least work that gives the same result (half
+for a self-product V V^T or W^T W, whose result is symmetric). A sweep recorded this way is counted
+exactly as the engine ran it: the Woodbury form or the d x d system of each V block (``linalg.shifted_gram_solve``),
 the inner iterations of two-splitting's nonlinear blocks, the column chunks of the solves and of the
 evaluation, the backward pass of the gradient norm. Elementwise work (activations, proxes, sums) is
 not counted: O(d n) per block against the O(d^2 n) of the products. ``time_products`` measures the
@@ -47,8 +48,9 @@ class MatrixOp:
     """One dense operation as it was dispatched, and its FLOP count.
 
     ``product``: an (m x k) by (k x n) product (``mm``, ``addmm``, ``mv`` with n = 1, a dot product with
-    m = n = 1, ``bmm`` counted per batch entry), 2 m k n; a Gram product V V^T runs as a full product and
-    is counted as one.
+    m = n = 1, ``bmm`` counted per batch entry), 2 m k n. ``symmetric`` marks a self-product, whose second
+    operand is the transpose of the first (the same memory with shape and strides swapped: V @ V.T,
+    W.T @ W): its result is symmetric, so half of it determines the rest.
     ``cholesky``: the factorisation of an m x m matrix, m^3 / 3. ``triangular solve``: one m x m triangle
     against n right-hand sides, m^2 n (``cholesky_solve``, two triangles, is recorded as two).
     ``eigenvalues``: the eigenvalues of an m x m symmetric matrix, 4 m^3 / 3 (its reduction to
@@ -59,9 +61,11 @@ class MatrixOp:
     m: int
     k: int
     n: int
+    symmetric: bool = False
 
     @property
     def flops(self) -> float:
+        """The FLOPs of the operation as it ran: a self-product is counted in full, 2 m k m."""
         if self.kind == PRODUCT:
             return 2.0 * self.m * self.k * self.n
         if self.kind == CHOLESKY:
@@ -70,12 +74,32 @@ class MatrixOp:
             return float(self.m * self.m * self.n)
         return 4 * self.m**3 / 3
 
+    @property
+    def minimum_flops(self) -> float:
+        """The least work that gives the operation's result: for a self-product m^2 k, half of the 2 m k m it
+        runs (its upper triangle and diagonal take m (m + 1) k; the diagonal's m k is left out, so that a Gram
+        product V V^T computed in row blocks V_i, the diagonal blocks V_i V_i^T as self-products and each
+        block V_i V_j^T above the diagonal as a plain product, adds up to d^2 n as the whole self-product
+        does); ``flops`` for every other operation."""
+        if self.kind == PRODUCT and self.symmetric:
+            return float(self.m * self.m * self.k)
+        return self.flops
 
-def _product(a: torch.Tensor, b: torch.Tensor) -> list[MatrixOp]:
+
+def is_transpose_of(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the matrix (or batch of matrices) ``b`` is ``a`` transposed in the same memory: the same first
+    element, the last two sizes and strides swapped, any batch dimension alike."""
+    if a.dim() < 2 or a.dim() != b.dim() or a.data_ptr() != b.data_ptr():
+        return False
+    swapped = (a.shape[-1], a.shape[-2]) == tuple(b.shape[-2:]) and (a.stride(-1), a.stride(-2)) == b.stride()[-2:]
+    return swapped and a.shape[:-2] == b.shape[:-2] and a.stride()[:-2] == b.stride()[:-2]
+
+
+def _product(a: torch.Tensor, b: torch.Tensor, *args: Any, **kwargs: Any) -> list[MatrixOp]:
     if b.dim() == 1:  # a matrix-vector product
         return [MatrixOp(PRODUCT, a.shape[-2], a.shape[-1], 1)]
     batch = a.shape[0] if a.dim() == 3 else 1
-    return [MatrixOp(PRODUCT, a.shape[-2], a.shape[-1], b.shape[-1])] * batch
+    return [MatrixOp(PRODUCT, a.shape[-2], a.shape[-1], b.shape[-1], is_transpose_of(a, b))] * batch
 
 
 def _solve_triangular(A: torch.Tensor, B: torch.Tensor, *args: Any, left: bool = True, **kwargs: Any) -> list[MatrixOp]:
@@ -148,9 +172,10 @@ def replayed_ops(trainer: Any, fn: Callable[[], object]) -> list[MatrixOp]:
     return ops
 
 
-def total_flops(ops: Iterable[MatrixOp], kind: str | None = None) -> float:
-    """FLOPs of ``ops``, or of those of one ``kind``."""
-    return sum(op.flops for op in ops if kind is None or op.kind == kind)
+def total_flops(ops: Iterable[MatrixOp], kind: str | None = None, *, minimum: bool = False) -> float:
+    """FLOPs of ``ops``, or of those of one ``kind``: as they ran (``MatrixOp.flops``), or with ``minimum`` the
+    least work that gives their results (``MatrixOp.minimum_flops``: half for a self-product)."""
+    return sum(op.minimum_flops if minimum else op.flops for op in ops if kind is None or op.kind == kind)
 
 
 def product_shapes(ops: Iterable[MatrixOp]) -> Counter[tuple[int, int, int]]:
