@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -20,7 +21,17 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bcd_cli.bench import CHOLESKY, PRODUCT, SOLVE, Case, build_case, record_matrix_ops, replayed_ops, total_flops
+from bcd_cli.bench import (
+    CHOLESKY,
+    PRODUCT,
+    SOLVE,
+    Case,
+    MatrixOp,
+    build_case,
+    record_matrix_ops,
+    replayed_ops,
+    total_flops,
+)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_sweep.py"
 spec = importlib.util.spec_from_file_location("bench_sweep", SCRIPT)
@@ -31,6 +42,11 @@ spec.loader.exec_module(bench_script)
 
 aten = torch.ops.aten
 N, N_TEST = 40, 10
+# the naive implementation's columns: finite and positive in a case it applies to
+NAIVE_COLUMNS = [
+    "naive_seconds_per_sweep", "naive_eval_seconds", "speedup_sweep", "speedup_total", "total_ratio",
+    "naive_max_rel_diff", "naive_max_rel_diff_float64",
+]  # fmt: skip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -112,6 +128,37 @@ def test_replayed_sweep_is_the_sweep_that_runs_next():
     assert smooth_parts > 2  # the target of V1, then W1's inner solver: the start and each trial step
 
 
+def test_self_products_are_flagged_with_their_minimum_work():
+    """A product with the transpose of its own first operand (V @ V.T, W.T @ W, in addmm and bmm too) is flagged
+    symmetric, its minimum work m^2 k half of its 2 m k m; a product of two tensors, or of a square matrix with
+    itself untransposed, is not."""
+    V, W, A = torch.randn(5, 7), torch.randn(4, 5), torch.randn(5, 5)
+    batch = torch.randn(2, 3, 4)
+    ops = record_matrix_ops(
+        lambda: (V @ V.T, W.T @ W, V @ torch.randn(7, 5), V @ V.T.clone(), A @ A, torch.addmm(A, V, V.T),
+                 torch.bmm(batch, batch.transpose(1, 2)))
+    )  # fmt: skip
+    assert [(op.m, op.k, op.n, op.symmetric) for op in ops] == [
+        (5, 7, 5, True), (5, 4, 5, True), (5, 7, 5, False), (5, 7, 5, False), (5, 5, 5, False), (5, 7, 5, True),
+        (3, 4, 3, True), (3, 4, 3, True),
+    ]  # fmt: skip
+    assert [op.minimum_flops for op in ops] == [175, 100, 350, 350, 250, 175, 36, 36]
+    assert [op.flops for op in ops] == [350, 200, 350, 350, 250, 350, 72, 72]
+    assert total_flops(ops, minimum=True) == 1472 and total_flops(ops) == 1994
+
+
+def test_a_blockwise_gram_product_has_the_minimum_work_of_the_whole():
+    """V V^T (d x n) from row blocks: the diagonal blocks as self-products, those above the diagonal as plain
+    products, add up to the minimum work d^2 n of the one self-product."""
+    d, n, rows = 12, 9, 4
+    V = torch.randn(d, n)
+    blocks = [V[i : i + rows] for i in range(0, d, rows)]
+    ops = record_matrix_ops(lambda: [a @ b.T for i, a in enumerate(blocks) for b in blocks[i:]])
+    assert sum(op.symmetric for op in ops) == 3
+    assert total_flops(ops, minimum=True) == total_flops(record_matrix_ops(lambda: V @ V.T), minimum=True) == d * d * n
+    assert MatrixOp(CHOLESKY, 6, 6, 6, symmetric=True).minimum_flops == 6**3 / 3  # only products have a half
+
+
 def test_main_writes_csv_and_json(tmp_path):
     """The benchmark's entry point at tiny sizes (one case, in its own processes as always)."""
     argv = ["--sizes", "20,8,3", "--n", "60", "--sweeps", "2", "--warmup", "1", "--out", str(tmp_path)]
@@ -123,6 +170,7 @@ def test_main_writes_csv_and_json(tmp_path):
         "eval_seconds", "eval_gflop", "state_and_data_mb", "peak_sweep_mb", "peak_eval_mb", "peak_ratio",
         "process_peak_mb", "matrix_ops", "load_before", "estimate_sweep_mb", "estimate_sweep_ratio",
         "estimate_eval_mb", "estimate_eval_ratio", "estimate_eval_no_grad_mb", "gflop_cholesky",
+        "sweep_min_gflop", "ratio_to_gemm_min", "seconds_per_sweep_per_1000_samples", *NAIVE_COLUMNS,
     }  # fmt: skip
     assert columns <= set(table.columns)
     assert len(table) == 1 and table["case"][0] == "three 20-8-3" and rows[0]["case"] == "three 20-8-3"
@@ -130,6 +178,31 @@ def test_main_writes_csv_and_json(tmp_path):
     assert table["sweep_gflop"][0] == pytest.approx(_sweep_flops(20, 8, 3, 60) / 1e9)
     assert {(r["m"], r["k"], r["n"]) for r in report["rows"][0]["gemm_rates"]} >= {(8, 20, 60), (20, 60, 20)}
     assert report["machine"]["threads"] >= 1
+    assert (table[[*NAIVE_COLUMNS, "ratio_to_gemm_min"]] > 0).all(axis=None) and table["naive_check"][0] == "passed"
+
+
+def test_quick_runs_one_case_with_the_naive_and_the_memory(tmp_path, capsys):
+    """``--quick``: the one small case, its naive timed beside it and checked, its memory measured."""
+    rows = bench_script.main(["--quick", "--out", str(tmp_path)])
+    table = pd.read_csv(tmp_path / "sweep.csv")
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(rows) == 1 and list(table["case"]) == ["three 784-64x2-10"] and list(table["n"]) == [1000]
+    shown = ["sweep_min_gflop", "ratio_to_gemm_min", "seconds_per_sweep_per_1000_samples", "peak_sweep_mb"]
+    for values in (table.iloc[0], report["rows"][0]):
+        assert all(math.isfinite(values[key]) and values[key] > 0 for key in [*NAIVE_COLUMNS, *shown])
+        assert values["naive_check"] == "passed" and values["naive_check_sweeps"] == 2
+        assert values["naive_max_rel_diff"] <= values["naive_tolerance"] == bench_script.NAIVE_TOLERANCE["float32"]
+        assert values["naive_max_rel_diff_float64"] <= 1e-9
+        assert values["total_ratio"] == pytest.approx(1 / values["speedup_total"])
+    assert values["sweep_min_gflop"] < values["sweep_gflop"]  # the W blocks' V V^T are self-products
+    out = capsys.readouterr().out
+    assert "0.85 of the GEMM rate on the minimum work" in out and "the naive implementation's" in out
+
+
+def test_quick_refuses_a_case_of_its_own():
+    with pytest.raises(SystemExit) as refused:
+        bench_script.main(["--quick", "--sizes", "20,8,3"])
+    assert refused.value.code == 2
 
 
 def test_memory_only_reports_the_estimate_beside_the_peak(tmp_path, capsys):
