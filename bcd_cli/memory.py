@@ -5,10 +5,10 @@ the samples; or the weights, gradients and optimizer state of the SGD/Adam basel
 temporary of one sweep and of the evaluation after it, in the order the engine makes and frees them (the
 Cholesky factors in the solve dtype, the Woodbury m x m form, the column chunks of the wider right-hand
 sides, the row chunks of the CPU's elementwise work, the column chunks of the objective and of the forward
-passes, what autograd keeps for the gradient norm). ``estimate_for`` reads those inputs from a run's config
-and its loaded data. ``available`` says how much memory the device has left and where that number comes
-from; ``check`` refuses (``ResourceError``, exit status 2) a run whose estimated peak does not fit, in one
-line, and warns when it takes more than 80% of it.
+passes, three-splitting's closed-form gradient or what autograd keeps for the gradient norm). ``estimate_for``
+reads those inputs from a run's config and its loaded data. ``available`` says how much memory the device has
+left and where that number comes from; ``check`` refuses (``ResourceError``, exit status 2) a run whose
+estimated peak does not fit, in one line, and warns when it takes more than 80% of it.
 
 The estimate counts tensor memory: on the CPU what PyTorch's allocator hands out (not the interpreter and
 libraries, about 0.3-0.5 GiB resident on their own), on CUDA what ``torch.cuda.max_memory_allocated``
@@ -281,14 +281,12 @@ class _Run:
         """``linalg.shifted_gram_solve`` of a V block of width m behind a layer of width p, into G's memory."""
         e, er, n = self.e, self.er, self.n
         if not woodbury_is_cheaper(p, m):  # the m x m system
-            t.alloc(m * m * e, m * m * e)  # W^T W, its multiple
-            t.free(m * m * e)
+            t.alloc(m * m * e)  # W^T W (``linalg.gram``), scaled and shifted in place
             self.spd_solve(t, m, n, G=e, rhs=er, overwrite=True)
             t.free(m * m * e)
             return
-        wide = p * m * er if er != e else 0  # Woodbury: K = shift I + scale W W^T (p x p)
-        t.alloc(wide, p * p * e, p * p * e)
-        t.free(p * p * e)
+        wide = p * m * er if er != e else 0  # Woodbury: K = shift I + scale W W^T (p x p), in place
+        t.alloc(wide, p * p * e)
         width = self.solve_columns(m, n, e, er)
         t.alloc(p * n * er)  # W G (column chunks in the wider dtype)
         if er != e:
@@ -349,8 +347,7 @@ class _Run:
         """V block with a nonsmooth s: H (m x m), the solution without s, FISTA; the result replaces G."""
         e, n = self.e, self.n
         block = m * n * e
-        t.alloc(m * m * e, m * m * e)
-        t.free(m * m * e)
+        t.alloc(m * m * e)  # rho W^T W (``linalg.gram``), shifted in place
         X = self.spd_solve(t, m, n, G=e, rhs=self.er, overwrite=False)
         self.largest_eigenvalue(t, m)
         t.alloc(self.reg_v.prox * block)  # the candidate and its prox's temporaries
@@ -371,17 +368,17 @@ class _Run:
         t.free(block)
 
     def weights_block(self, t: _Tally, l: int) -> None:
-        """W_l, b_l: the (d+1) x (d+1) normal equations (FISTA for a nonsmooth r). The old b's memory is the
-        previous sweep's (d+1) x m solution (b is a view of it), counted in the state's live bytes."""
+        """W_l, b_l: the (d+1) x (d+1) normal equations (FISTA for a nonsmooth r); for W_1 of three-splitting
+        H starts as a copy of the data's moments (``cached_moments``). The old b's memory is the previous
+        sweep's (d+1) x m solution (b is a view of it), counted in the state's live bytes."""
         d, m, e = self.sizes[l], self.sizes[l + 1], self.e
         k = d + 1
         t.label = f"the W{l + 1} block, its {k} x {k} normal equations"
-        t.alloc(k * k * e)  # H
-        t.touch(d * d * e)  # V V^T
-        t.alloc(d * e, m * k * e)  # row sums, G
-        t.touch(m * d * e, m * e)  # U V^T + alpha W, U's row sums
-        t.alloc(k * e)  # the diagonal
-        t.free(d * e, k * e)
+        t.alloc(k * k * e)  # H: [V;1][V;1]^T, V V^T written into it (``linalg.gram``); or the data's, copied
+        if not self.cached_moments(l):
+            t.touch(d * e)  # V's row sums
+        t.alloc(m * k * e)  # G
+        t.touch(m * d * e, m * e, k * e)  # U V^T + alpha W, U's row sums, the diagonal
         if self.reg_w.quadratic:
             X = self.spd_solve(t, k, m, G=e, rhs=self.es, overwrite=False)
             t.alloc(m * d * e)  # W = Theta[:, :d].contiguous(); b stays a view of X
@@ -398,6 +395,11 @@ class _Run:
         t.free(m * k * e, k * k * e, m * k * e)  # the candidate, H, G
         t.touch(self.chunk(m, d) * e)
         t.free(m * d * e, m * e)
+
+    def cached_moments(self, l: int) -> bool:
+        """Whether the W block of layer l starts from moments the scheme keeps (``BCDScheme.data_moments``,
+        [X;1][X;1]^T): the first layer of three-splitting and ResNet."""
+        return l == 0 and self.scheme in ("three", "resnet")
 
     def _b_storage(self, l: int) -> int:
         """Bytes the b of layer l holds after a sweep: the (d+1) x m solution of its closed-form W block."""
@@ -461,11 +463,13 @@ class _Run:
     # ---------------------------------------------------------------- phases
 
     def live_state(self) -> int:
-        """The state's bytes once a sweep has run: b of a closed-form W block is a view of its solution."""
+        """The state's bytes once a sweep has run: b of a closed-form W block is a view of its solution, and
+        three-splitting keeps the data's moments (``cached_moments``, (d0 + 1) x (d0 + 1)) from its first sweep on."""
         if self.baseline:
             return self.state()
         s = self.sizes
-        return self.state() + sum(self._b_storage(l) - s[l + 1] * self.e for l in range(self.depth))
+        moments = (s[0] + 1) ** 2 * self.e if self.cached_moments(0) else 0
+        return self.state() + moments + sum(self._b_storage(l) - s[l + 1] * self.e for l in range(self.depth))
 
     def build_peak(self) -> _Tally:
         """Building the network (``MLP.init``: weights drawn in float64 on the CPU) and the state."""
@@ -564,8 +568,8 @@ class _Run:
         return t
 
     def objective_peak(self, t: _Tally) -> None:
-        """``BCDScheme.objective`` over column chunks: the largest chunk's terms, and with the gradient norm
-        what autograd keeps of them, the gradients of the state's chunk and of every W and b."""
+        """Two-splitting's ``BCDScheme.objective`` over column chunks: the largest chunk's terms, and with the
+        gradient norm what autograd keeps of them, the gradients of the state's chunk and of every W and b."""
         s, e, N = self.sizes, self.e, self.depth
         w = column_chunk_width(self.n)
         differentiable = self.grad_norm and self.reg_w.quadratic and self.reg_v.quadratic
@@ -577,17 +581,13 @@ class _Run:
                 m, act = s[l + 1], self.act_of(l)
                 out = (1 + act.forward + int(self.residual[l])) * m * w * e
                 t.touch(out, self.chunk(m, w) * e)  # sigma(U) (+ V), squared distance
-                if self.scheme != "two":
-                    t.touch(m * w * e, self.chunk(m, w) * e)  # W V + b
             return
         t.alloc(self.weights() * e)  # the W and b gradients, summed over the chunks
         saved = self.loss.saved * c * w * e
         for l in range(N):
             m, act = s[l + 1], self.act_of(l)
-            saved += (1 + act.saved + int(self.residual[l])) * m * w * e  # sigma(U) (+ V) or sigma(W V + b)
-            if self.scheme != "two":
-                saved += m * w * e  # W V + b of the U penalty
-        grads = (1 if self.scheme == "two" else 2) * self.widths() * w * e  # of the state's chunk
+            saved += (1 + act.saved + int(self.residual[l])) * m * w * e  # sigma(W V + b) (+ V)
+        grads = self.widths() * w * e  # of the state's chunk
         widest = max(s[1:]) * w * e
         double = 2 if e != 8 else 1  # a gradient in float64 (a copy unless it is float64), its square
         t.alloc(grads)  # (the last chunk's stay referenced until the objective returns)
@@ -631,8 +631,74 @@ class _Run:
             t.touch(c * cols * e)  # torch.cat of them
         t.touch(self.loss.value * c * cols * e if loss else 0, 17 * cols)  # R, argmax == labels (and as float64)
 
+    def closed_form_peak(self, t: _Tally) -> None:
+        """``ThreeSplittingBCD.evaluate``: one pass over the column chunks of the training samples, the
+        network's forward pass and the objective's terms of each, with the gradient norm its gradient in closed
+        form, the W and b gradients summed over the chunks; then the test samples' forward pass and the flat
+        gradient. The chunks allocate alike: the widest one's work is followed. (Samples other than the trainer's
+        own, which a run never passes, would add a forward pass over them.)"""
+        s, e, N = self.sizes, self.e, self.depth
+        w = column_chunk_width(self.n)
+        gradient = self.grad_norm and self.reg_w.quadratic and self.reg_v.quadratic
+        weights = self.weights() * e
+        t.label = "the objective" + (" and its gradient" if gradient else "")
+        if gradient:
+            t.alloc(weights)  # the W and b gradients
+        blocks = [s[l + 1] * w * e for l in range(N)]  # one chunk of layer l's U, V (and E, P, gradients)
+        t.alloc(blocks[0])  # Z_1 = W_1 X + b_1: the forward pass's first pre-activation, then E_1
+        self.chunk_forward(t, blocks, w)
+        t.touch(self.loss.value * blocks[-1], max(blocks))  # R(V_N), r(V_l) (|V|, V^2 or a mask)
+        for l in reversed(range(N)):
+            block, act = blocks[l], self.act_of(l)
+            if l:
+                t.alloc(block)  # E_l = U_l - (W_l V_{l-1} + b_l), in place
+            t.alloc(block)  # P_l = V_l - sigma(U_l) (- V_{l-1}): sigma's result (or sigma(U) + V), written into
+            t.touch(act.forward * block)  # sigma's temporaries
+            t.touch(block if self.residual[l] else 0)  # sigma(U) while sigma(U) + V is made
+            t.touch(block)  # E^2, then P^2
+            if gradient:
+                if l == N - 1:  # grad R(V_N) + gamma P_N: at most the loss's V_N block (``LossMemory.output``)
+                    t.alloc(self.loss.output * block)
+                    t.free((self.loss.output - 1) * block)
+                else:
+                    t.alloc(block)  # gamma P_l - rho W_{l+1}^T E_{l+1}
+                t.touch(block)  # its square
+                t.free(block)
+                # grad U_l: sigma'(U_l) (ones for sigma = Id), then scaled in place, and its square
+                t.touch((2 if act is _LINEAR else DERIVATIVE_BLOCKS) * block)
+            if l < N - 1:
+                t.free(2 * blocks[l + 1])  # E and P of layer l + 1
+        t.free(2 * blocks[0])
+        self.forward_peak(t, self.n_test, loss=False)
+        t.label = "the gradient norm"
+        t.touch(self.largest_weight() * e)  # r(W): W^2 or |W|
+        if gradient:  # torch.cat of the gradients; with a ridge term torch.cat of W; the float64 copy, its square
+            t.alloc(weights)
+            t.touch(weights)
+            t.touch(self.weights() * 8 if e != 8 else 0, self.weights() * 8)
+            t.free(weights, weights)
+
+    def chunk_forward(self, t: _Tally, blocks: list[int], w: int) -> None:
+        """The network's forward pass on one chunk of the training samples in ``closed_form_peak``: Z_1 is
+        allocated; each layer's pre-activation and output, R of the output, its accuracy."""
+        H = 0  # the previous layer's output (the chunk of X itself before the first)
+        for l, block in enumerate(blocks):
+            Z = 0 if l == 0 else block  # Z_1 is shared
+            t.alloc(Z, block)  # W V + b, sigma of it (or sigma of it + V)
+            t.touch(self.act_of(l).forward * block)  # sigma's temporaries
+            t.touch(block if self.residual[l] else 0)  # sigma(U) while sigma(U) + V is made
+            t.free(Z, H)
+            H = block
+        t.touch(self.loss.value * blocks[-1], 9 * w)  # R, argmax == labels
+        t.free(H)
+
     def eval_peak(self) -> _Tally:
+        """The evaluation after a sweep: three-splitting's in one pass (``closed_form_peak``); the objective by
+        autograd and the network on the training and test samples for two-splitting and the baselines."""
         t = _Tally(self.live_state() + self.data())
+        if self.scheme in ("three", "resnet"):
+            self.closed_form_peak(t)
+            return t
         if self.baseline:
             self.baseline_objective_peak(t)
         else:
@@ -646,6 +712,9 @@ class _Run:
 FISTA_BLOCKS = 10
 # transient blocks of the widest layer during a backward pass (gradients flowing, ReLU's, the sums of two)
 BACKWARD_BLOCKS = 2
+# blocks of grad U = sigma'(U) ... and its square: sigma'(U) holds at most three, its result included, in any
+# catalogue entry (Sigmoid: sigma(U), 1 - sigma(U) and their product; ReLU a byte mask and the result)
+DERIVATIVE_BLOCKS = 3
 _LINEAR = Linear.memory  # sigma = Id: the last layer's, and act=linear
 
 
