@@ -139,10 +139,11 @@ def time_case(case: Case) -> dict:
     rates of the sweep's product shapes measured before the first timed sweep and after each one; where the
     naive implementation applies, its sweep and evaluation after the engine's, from the same state.
 
-    The products, factorisations and solves of a three-splitting or resnet sweep, and of every evaluation,
-    follow from the shapes alone: they are recorded once, in the first warm-up sweep and evaluation.
-    Two-splitting's inner iterations depend on the data: the work of each timed sweep is recorded by
-    replaying it first (``replayed_ops``)."""
+    The work of a sweep is recorded by replaying it first (``replayed_ops``): that of the first timed sweep,
+    which the others repeat in a three-splitting or resnet sweep (its products, factorisations and solves
+    follow from the shapes alone; the first sweep of all, a warm-up one, also computes the data's moments
+    once for all), and that of every timed sweep in two-splitting (its inner iterations depend on the data).
+    The evaluation's is recorded in the last warm-up one."""
     import torch
 
     load_before = os.getloadavg()[0]
@@ -154,12 +155,9 @@ def time_case(case: Case) -> dict:
 
     sweep_ops: list | None = None
     eval_ops: list | None = None
-    for _ in range(case.warmup):
-        if sweep_ops is None and case.scheme != "two":
-            sweep_ops = record_matrix_ops(trainer.sweep)
-        else:
-            trainer.sweep()
-        if eval_ops is None:
+    for k in range(case.warmup):
+        trainer.sweep()
+        if k == case.warmup - 1:
             eval_ops = record_matrix_ops(evaluate)
         else:
             evaluate()
@@ -168,7 +166,9 @@ def time_case(case: Case) -> dict:
     sweeps, slots, evals, faults = [], [], [], 0
     machine_busy, own_busy, started = *cpu_seconds(), time.perf_counter()
     for _ in range(case.sweeps):
-        ops = sweep_ops if sweep_ops is not None else replayed_ops(trainer, trainer.sweep)  # the sweep timed next
+        ops = sweep_ops or replayed_ops(trainer, trainer.sweep)  # the work of the sweep timed next
+        if case.scheme != "two":
+            sweep_ops = ops
         shapes |= set(product_shapes(ops))
         if not slots:
             slots.append(time_products(shapes, device, dtype))
@@ -509,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--sizes", help="layer sizes, e.g. 784,1024,1024,10 (default: the standard cases)")
     parser.add_argument("--n", type=int, help="training samples (default: each case's)")
     parser.add_argument("--n-test", type=int, help="test samples of the evaluation (default: n // 6)")
-    parser.add_argument("--sweeps", type=int, help="timed sweeps, median reported (default: 5; 2 for two-splitting)")
+    parser.add_argument("--sweeps", type=int, help="timed sweeps, median reported (default: 2 or 3, 5 with --sizes)")
     parser.add_argument("--warmup", type=int, help="untimed sweeps first (default: 1)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CPU, and CUDA too")
     parser.add_argument("--dtype", choices=["float32", "float64"], help="dtype of every tensor (default: float32)")

@@ -20,7 +20,6 @@ ends where the engine ends (``relative_differences``) and times both side by sid
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -46,7 +45,8 @@ def relu_prox(v: Tensor, b: Tensor, c: float) -> Tensor:
 
 
 class NaiveThreeSplitting:
-    """The state W, b, V (V[0] = X), U of Algorithm 2 and its sweep, each block as the paper writes it."""
+    """The state W, b, V (V[0] = X), U of Algorithm 2 and its sweep, each block as the paper writes it. The
+    blocks of ``state`` (a trainer's ``state_dict``) are copied; X and Y are shared."""
 
     def __init__(
         self,
@@ -70,9 +70,8 @@ class NaiveThreeSplitting:
     @classmethod
     def from_trainer(cls, trainer: Any) -> NaiveThreeSplitting:
         """A copy of the state of a three-splitting trainer (``state_dict``), with its gamma, rho, alpha, X and Y."""
-        state = copy.deepcopy(trainer.state_dict())
         return cls(
-            state, trainer.X, trainer.Y,
+            trainer.state_dict(), trainer.X, trainer.Y,
             gamma=trainer.gamma, rho=trainer.rho, alpha=trainer.alpha, solve_dtype=trainer.solve_dtype,
         )  # fmt: skip
 
