@@ -11,16 +11,21 @@ condition it needs; its table maps each block of each scheme to the function her
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from bcd_cli.engine.chunking import cpu_row_chunks
 from bcd_cli.engine.inner import (
+    ColumnGradient,
+    ColumnValue,
     InnerSolver,
+    columnwise_prox_gradient,
     fista,
     largest_eigenvalue,
     prox_gradient,
+    sample_chunks,
     spectral_norm_squared,
 )
 from bcd_cli.engine.linalg import add_to_diagonal, gram, shifted_gram_solve, spd_solve
@@ -252,7 +257,7 @@ def update_hidden_state(
 def update_hidden_state_nonlinear(
     act_next,
     reg_v,
-    target: Tensor,
+    target: Tensor | Callable[[slice], Tensor],
     weight: float,
     V_next: Tensor,
     W_next: Tensor,
@@ -268,18 +273,41 @@ def update_hidden_state_nonlinear(
     The V_i block of Algorithm 1 (two-splitting) behind a nonlinear sigma_next, with its
     penalty and proximal terms merged into ``weight/2 ||V - target||^2``: nonconvex, so
     proximal gradient with backtracking from V_old. See docs/math.md §2.5.
+
+    Every term is a sum over the samples, so the solver (``inner.columnwise_prox_gradient``) holds
+    one new block, the iterate, and works on column chunks (``inner.sample_chunks``). ``target`` is
+    the tensor, or a function of a column slice returning those columns of it (a new tensor the
+    solver may keep for the chunk): the target is then never held whole, at the cost of computing
+    its columns again at each pass over the samples.
     """
+    columns = target if callable(target) else (lambda cols: target[:, cols])
+    bias = b_next.unsqueeze(1)
 
-    def smooth(V: Tensor) -> tuple[Tensor, Tensor]:
-        A = torch.addmm(b_next.unsqueeze(1), W_next, V)
-        return 0.5 * weight * squared_distance(V, target) + 0.5 * gamma * squared_distance(V_next, act_next(A)), A
+    def local(cols: slice) -> tuple[ColumnValue, ColumnGradient]:
+        T, V_next_cols = columns(cols), V_next[:, cols]
 
-    def gradient(V: Tensor, A: Tensor) -> Tensor:
-        residual = (act_next(A) - V_next).mul_(act_next.derivative(A))
-        return torch.addmm(V - target, W_next.T, residual, beta=weight, alpha=gamma)
+        def value(V: Tensor) -> Tensor:
+            out = act_next(torch.addmm(bias, W_next, V))
+            return 0.5 * weight * squared_distance(V, T) + 0.5 * gamma * squared_distance(V_next_cols, out)
 
+        def gradient(V: Tensor, with_value: bool) -> tuple[Tensor | None, Tensor]:
+            A = torch.addmm(bias, W_next, V)
+            out = act_next(A)
+            f = None
+            if with_value:
+                f = 0.5 * weight * squared_distance(V, T) + 0.5 * gamma * squared_distance(V_next_cols, out)
+            residual = (out - V_next_cols).mul_(act_next.derivative(A))
+            del A, out
+            return f, torch.addmm(V - T, W_next.T, residual, beta=weight, alpha=gamma)
+
+        return value, gradient
+
+    rows = max(V_old.shape[0], V_next.shape[0])
+    chunks = sample_chunks(V_old.shape[1], rows, cpu=V_old.device.type == "cpu")
     curvature = weight + gamma * spectral_norm_squared(W_next)
-    return prox_gradient(smooth, gradient, V_old, step=1.0 / curvature, prox=reg_v.prox, penalty=reg_v, solver=inner)
+    return columnwise_prox_gradient(
+        local, V_old, chunks=chunks, step=1.0 / curvature, prox=reg_v.prox, penalty=reg_v, solver=inner
+    )
 
 
 def update_weights_nonlinear(
@@ -300,20 +328,37 @@ def update_weights_nonlinear(
     The W_i block of Algorithm 1 behind a nonlinear sigma: a nonlinear least-squares
     problem, solved by proximal gradient with backtracking on Theta = [W b] from the old value.
     See docs/math.md §2.5.
+
+    W V_in + b is never held whole: a trial point is evaluated over column chunks of the samples
+    (``inner.sample_chunks``), with its gradient (used if it is accepted) in the same pass, which
+    stops once the sum so far fails the backtracking test (its terms are nonnegative).
     """
     d = V_in.shape[0]
     Theta_old = torch.cat([W_old, b_old.unsqueeze(1)], dim=1)
+    chunks = sample_chunks(V_in.shape[1], max(d, V_out.shape[0]), cpu=V_in.device.type == "cpu")
 
-    def smooth(Theta: Tensor) -> tuple[Tensor, Tensor]:
-        A = torch.addmm(Theta[:, d:], Theta[:, :d], V_in)
-        return 0.5 * gamma * squared_distance(V_out, act(A)) + 0.5 * alpha * squared_distance(Theta, Theta_old), A
-
-    def gradient(Theta: Tensor, A: Tensor) -> Tensor:
-        residual = (act(A) - V_out).mul_(act.derivative(A)).mul_(gamma)
+    def smooth(Theta: Tensor, rejected) -> tuple[Tensor, Tensor | None]:
+        """f(Theta) and its gradient, or a lower bound of f that ``rejected`` holds for and None."""
+        W, bias = Theta[:, :d], Theta[:, d:]
+        proximal = 0.5 * alpha * squared_distance(Theta, Theta_old)
         grad = Theta - Theta_old
         grad.mul_(alpha)
-        grad[:, :d].addmm_(residual, V_in.T)
-        grad[:, d].add_(residual.sum(dim=1))
+        misfit = Theta.new_zeros(())
+        for cols in chunks:
+            A = torch.addmm(bias, W, V_in[:, cols])
+            out = act(A)
+            misfit += squared_distance(V_out[:, cols], out)
+            value = 0.5 * gamma * misfit + proximal
+            if rejected is not None and rejected(value):
+                return value, None
+            residual = (out - V_out[:, cols]).mul_(act.derivative(A)).mul_(gamma)
+            del A, out
+            grad[:, :d].addmm_(residual, V_in[:, cols].T)
+            grad[:, d].add_(residual.sum(dim=1))
+        return value, grad
+
+    def gradient(Theta: Tensor, grad: Tensor | None) -> Tensor:
+        assert grad is not None  # smooth returns None only for a rejected trial
         return grad
 
     def prox(Theta: Tensor, t: float) -> Tensor:

@@ -8,6 +8,7 @@ Lemma 1's sufficient descent carries over to the whole sweep (docs/math.md §2.6
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from bcd_cli.engine import chunking
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def fista(
 
 
 def prox_gradient(
-    smooth: Callable[[Tensor], tuple[Tensor, Any]],
+    smooth: Callable[[Tensor, Callable[[Tensor], bool] | None], tuple[Tensor, Any]],
     gradient: Callable[[Tensor, Any], Tensor],
     x0: Tensor,
     *,
@@ -102,33 +105,176 @@ def prox_gradient(
 ) -> Tensor:
     """A point no worse than x0 for min_X f(X) + h(X), f smooth but possibly nonconvex.
 
-    ``smooth(X)`` returns (f(X), cache) and ``gradient(X, cache)`` the gradient of f at X;
+    ``smooth(X, rejected)`` returns (f(X), cache) and ``gradient(X, cache)`` the gradient of f at X;
     ``prox`` and ``penalty`` are those of h. Proximal gradient with backtracking from
     ``step``: a trial point is accepted when it satisfies the descent-lemma test
     f(z) <= f(x) + <grad, z - x> + ||z - x||^2 / (2 step) and lowers f + h; the step
     grows after each accepted iteration. x0 must lie in the domain of h. See docs/math.md §2.6.
+
+    ``rejected`` (None for x0) says whether a value would fail that test: a ``smooth`` that sums
+    nonnegative terms may return a partial sum (a lower bound of f) as soon as ``rejected`` holds
+    for it, since the whole sum fails the test too, and skip the rest of its work.
     """
     x = x0
-    f_x, cache = smooth(x)
+    f_x, cache = smooth(x, None)
     total = f_x + penalty(x)
     for _ in range(solver.iters):
         g = gradient(x, cache)
         for _ in range(max_backtracks):
             z = prox(x - step * g, step)
             moved = z - x
-            f_z, z_cache = smooth(z)
-            z_total = f_z + penalty(z)
-            model = f_x + _dot(g, moved) + _dot(moved, moved) / (2.0 * step)
-            if bool(f_z <= model) and bool(z_total <= total):
+            linear, square = _dot(g, moved), _dot(moved, moved)
+            moved_norm = torch.sqrt(square)
+            del moved  # only its norm and products are needed: one block fewer while f(z) is computed
+            model = f_x + linear + square / (2.0 * step)
+            z_penalty = penalty(z)
+            rejected = functools.partial(_rejected, model=model, penalty=z_penalty, total=total)
+            f_z, z_cache = smooth(z, rejected)
+            if not rejected(f_z):
                 break
             step *= 0.5
         else:
             return x  # no step lowers the objective: x is stationary up to rounding
-        x, f_x, cache, total = z, f_z, z_cache, z_total
-        if _small_step(moved, x, solver.tol):
+        x, f_x, cache, total = z, f_z, z_cache, f_z + z_penalty
+        if bool(moved_norm <= solver.tol * torch.linalg.vector_norm(x)):
             break
         step *= 2.0
     return x
+
+
+def _rejected(value: Tensor, *, model: Tensor, penalty: Tensor, total: Tensor) -> bool:
+    """Whether f(z) = ``value`` fails the backtracking test: above the descent-lemma ``model``, or
+    f(z) + h(z) above ``total``, f + h at the iterate."""
+    return not (bool(value <= model) and bool(value + penalty <= total))
+
+
+def sample_chunks(n: int, rows: int, *, cpu: bool) -> list[slice]:
+    """Column slices of n samples for the solvers that sweep a block's samples chunk by chunk
+    (``columnwise_prox_gradient``, the W blocks of two-splitting), ``rows`` the most rows of a
+    temporary: on the CPU about ``chunking.CPU_CHUNK_ELEMENTS`` entries of it per chunk, so that
+    each temporary stays in cache and the chunk's temporaries together are a few MiB; elsewhere
+    ``chunking.column_chunks`` (at most 16 chunks)."""
+    if not cpu:
+        return chunking.column_chunks(n)
+    return chunking.spans(n, max(1, chunking.CPU_CHUNK_ELEMENTS // max(1, rows)))
+
+
+# the column-wise solver's accumulators, per trial step: f(Z), h(Z), <g, Z - X>, ||Z - X||^2, ||Z||^2
+_F, _H, _LINEAR, _SQUARE, _NORM = range(5)
+# step sizes a pass of the column-wise solver tries at once, at least (see columnwise_prox_gradient)
+TRIAL_STEPS = 3
+
+ColumnValue = Callable[[Tensor], Tensor]
+ColumnGradient = Callable[[Tensor, bool], tuple[Tensor | None, Tensor]]
+
+
+def columnwise_prox_gradient(
+    local: Callable[[slice], tuple[ColumnValue, ColumnGradient]],
+    x0: Tensor,
+    *,
+    chunks: list[slice],
+    step: float,
+    prox: Callable[[Tensor, float], Tensor],
+    penalty: Callable[[Tensor], Tensor],
+    solver: InnerSolver,
+    max_backtracks: int = 40,
+) -> Tensor:
+    """``prox_gradient`` for an f that is a sum over the columns (samples) of X, with one new block of
+    memory: the iterate. x0 is not modified; the result is a new tensor (x0 itself when no step is taken).
+
+    ``local(cols)`` gives, for the columns ``cols`` (one of ``chunks``), ``value(Z)``, f's terms of
+    those columns at their values Z, and ``gradient(X, with_value)``, (their value or None, the
+    gradient of f in those columns), both sharing what ``local`` computed for the chunk (a target).
+    h must be elementwise (its prox and ``penalty`` are applied chunk by chunk, penalties summed).
+
+    The iterates, steps and accept decisions are those of ``prox_gradient`` (up to the rounding
+    order of sums over chunks), but neither the gradient nor a trial point is ever held whole: one
+    pass over the chunks computes, for each chunk, the gradient at the current iterate and, for
+    several step sizes of the backtracking at once (``TRIAL_STEPS``, or as many as the last
+    iteration needed), the trial point and its terms of the test, then frees them. Once the test
+    picks a step, the next pass first writes that trial point over the iterate, chunk by chunk (each
+    chunk's gradient recomputed), then goes on from it. Each chunk's terms are recomputed at every
+    pass: work in exchange for memory (docs/math.md §2.6).
+    """
+    x, out = x0, None  # the iterate; the new block it is written into once a step is taken
+    pending: float | None = None  # the step of an accepted trial not yet written over the iterate
+    f_x = total = x0.new_zeros(())
+    first, tries = True, TRIAL_STEPS
+    for _ in range(solver.iters):
+        accepted, tried = None, 0
+        while accepted is None and tried < max_backtracks:
+            steps = [step * 0.5**k for k in range(min(tries, max_backtracks - tried))]
+            write = None if pending is None else (out := torch.empty_like(x0) if out is None else out)
+            start, sums = _column_pass(local, x, write, chunks, pending, steps, prox, penalty, first)
+            if write is not None:
+                x, pending = write, None
+            if first:
+                f_x, total, first = start[0], start[0] + start[1], False
+            accepted = _first_accepted(sums, steps, f_x, total)
+            tried += len(steps) if accepted is None else accepted + 1
+            step = steps[-1] * 0.5 if accepted is None else steps[accepted]
+        if accepted is None:
+            break  # no step lowers the objective: the iterate is stationary up to rounding
+        trial = sums[accepted]
+        pending, f_x, total = step, trial[_F], trial[_F] + trial[_H]
+        tries = max(TRIAL_STEPS, tried)
+        if bool(torch.sqrt(trial[_SQUARE]) <= solver.tol * torch.sqrt(trial[_NORM])):
+            break
+        step *= 2.0
+    if pending is None:
+        return x
+    write = torch.empty_like(x0) if out is None else out
+    _column_pass(local, x, write, chunks, pending, [], prox, penalty, False)
+    return write
+
+
+def _first_accepted(sums: Tensor, steps: list[float], f_x: Tensor, total: Tensor) -> int | None:
+    """The index of the first of ``steps`` whose trial (a row of ``sums``) passes the backtracking test
+    of ``prox_gradient`` from an iterate with f = ``f_x`` and f + h = ``total``; None if none does."""
+    for k, trial in enumerate(sums):
+        model = f_x + trial[_LINEAR] + trial[_SQUARE] / (2.0 * steps[k])
+        if bool(trial[_F] <= model) and bool(trial[_F] + trial[_H] <= total):
+            return k
+    return None
+
+
+def _column_pass(
+    local: Callable[[slice], tuple[ColumnValue, ColumnGradient]],
+    x: Tensor,
+    out: Tensor | None,
+    chunks: list[slice],
+    pending: float | None,
+    steps: list[float],
+    prox: Callable[[Tensor, float], Tensor],
+    penalty: Callable[[Tensor], Tensor],
+    first: bool,
+) -> tuple[Tensor, Tensor]:
+    """One pass of ``columnwise_prox_gradient`` over the chunks: the trial of step ``pending`` from the
+    iterate x written into ``out``, then for each of ``steps`` the sums of the trial's terms (the
+    rows of the second result, indexed by _F, _H, ...) and, when ``first``, f and h at the (new) iterate."""
+    start = x.new_zeros(2)
+    sums = x.new_zeros(len(steps), 5)
+    for cols in chunks:
+        value, gradient = local(cols)
+        x_cols = x[:, cols]
+        if pending is not None:  # x is x0 (out is new) or out itself: each chunk is read before it is written
+            assert out is not None
+            _, g = gradient(x_cols, False)
+            out[:, cols] = prox(x_cols - pending * g, pending)
+            del g
+            x_cols = out[:, cols]
+        if not steps and not first:
+            continue
+        f, g = gradient(x_cols, first)
+        if f is not None:
+            start += torch.stack([f, penalty(x_cols)])
+        for k, s in enumerate(steps):
+            z = prox(x_cols - s * g, s)
+            moved = z - x_cols
+            terms = [_dot(g, moved), _dot(moved, moved)]
+            del moved
+            sums[k] += torch.stack([value(z), penalty(z), *terms, _dot(z, z)])
+    return start, sums
 
 
 def largest_eigenvalue(H: Tensor) -> float:

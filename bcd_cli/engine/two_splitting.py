@@ -22,6 +22,10 @@ objective; with the proximal terms this keeps Lemma 1's sufficient descent (docs
 
 from __future__ import annotations
 
+import functools
+
+from torch import Tensor
+
 from bcd_cli.catalogue.activations import Linear
 from bcd_cli.engine.blocks import (
     feasible,
@@ -60,19 +64,20 @@ class TwoSplittingBCD(BCDScheme):
                 V_new = update_output_state(
                     self.loss, self.reg_v, self.Y, net.pre_activation(l, V[l]), V[i], gamma=gamma, alpha=self.alpha_out
                 )
-            else:
+            elif isinstance(acts[i], Linear):
                 weight = gamma + alpha
-                target = acts[l](net.pre_activation(l, V[l])).mul_(gamma / weight).add_(V[i], alpha=alpha / weight)
-                if isinstance(acts[i], Linear):
-                    V_new = update_hidden_state(
-                        self.reg_v, target, weight, V[i + 1], W[i], b[i], V[i],
-                        rho=gamma, solve_dtype=self.solve_dtype, rhs_dtype=self.state_solve_dtype, inner=self.inner,
-                        block=f"V{i}", overwrite_target=True,  # target: a new tensor
-                    )  # fmt: skip
-                else:
-                    V_new = update_hidden_state_nonlinear(
-                        acts[i], self.reg_v, target, weight, V[i + 1], W[i], b[i], V[i], gamma=gamma, inner=self.inner
-                    )
+                target = self._target(l, V[l], V[i])
+                V_new = update_hidden_state(
+                    self.reg_v, target, weight, V[i + 1], W[i], b[i], V[i],
+                    rho=gamma, solve_dtype=self.solve_dtype, rhs_dtype=self.state_solve_dtype, inner=self.inner,
+                    block=f"V{i}", overwrite_target=True,  # target: a new tensor
+                )  # fmt: skip
+                del target  # freed here when the solver returns a new tensor (FISTA, for a nonsmooth s)
+            else:  # the target's columns computed where the solver needs them: it is never held whole
+                V_new = update_hidden_state_nonlinear(
+                    acts[i], self.reg_v, functools.partial(self._target_columns, l, V[l], V[i]), gamma + alpha,
+                    V[i + 1], W[i], b[i], V[i], gamma=gamma, inner=self.inner,
+                )  # fmt: skip
             D += squared_distance(V_new, V[i])
             V[i] = V_new
             if isinstance(acts[l], Linear):
@@ -87,6 +92,17 @@ class TwoSplittingBCD(BCDScheme):
             D += squared_distance(W_new, W[l]) + squared_distance(b_new, b[l])
             W[l], b[l] = W_new, b_new
         return D.item()
+
+    def _target(self, l: int, V_in: Tensor, V_old: Tensor) -> Tensor:
+        """The target T of the V_{l+1} block (docs/math.md §2.2): (gamma sigma_l(W_l V_in + b_l) + alpha V_old) / (gamma
+        + alpha), the penalty and the proximal term merged; a new tensor."""
+        weight = self.gamma + self.alpha
+        pre = self.net.pre_activation(l, V_in)
+        return self.net.acts[l](pre).mul_(self.gamma / weight).add_(V_old, alpha=self.alpha / weight)
+
+    def _target_columns(self, l: int, V_in: Tensor, V_old: Tensor, cols: slice) -> Tensor:
+        """The columns ``cols`` of ``_target``."""
+        return self._target(l, V_in[:, cols], V_old[:, cols])
 
     def objective_parts(self):
         """The terms of (2.3); two-splitting has no U blocks, so penalty_u is 0."""
