@@ -41,6 +41,7 @@ from bcd_cli.baselines import OPTIMIZERS
 from bcd_cli.catalogue._memory import ActivationMemory, LossMemory, RegularizerMemory
 from bcd_cli.catalogue.activations import Linear
 from bcd_cli.engine.chunking import column_chunk_width, column_chunks, cpu_chunk_rows, wide_chunk_columns
+from bcd_cli.engine.inner import sample_chunks
 from bcd_cli.engine.linalg import woodbury_is_cheaper
 from bcd_cli.engine.parallel import world_size
 from bcd_cli.errors import ConfigError, ResourceError
@@ -407,58 +408,70 @@ class _Run:
         closed = self.reg_w.quadratic and (self.scheme != "two" or self.act_of(l) is _LINEAR)
         return (d + 1) * m * self.e if closed and not self.baseline else m * self.e
 
+    def sample_chunk(self, rows: int) -> int:
+        """Samples per chunk of two-splitting's nonlinear blocks (``inner.sample_chunks``), ``rows`` the most
+        rows of their temporaries."""
+        first = sample_chunks(self.n, rows, cpu=self.cpu)[0]
+        return first.stop - first.start
+
     def hidden_state_nonlinear(self, t: _Tally, l: int) -> None:
-        """Two-splitting's V_{l+1} behind a nonlinear sigma_{l+1}: proximal gradient from the old V, two steps
-        with a backtrack; the target (m x n) is live. Allocates the new V and frees the old one."""
+        """Two-splitting's V_{l+1} behind a nonlinear sigma_{l+2} (``inner.columnwise_prox_gradient``): one new
+        block, the iterate (the new V), and one column chunk's temporaries at a time: the target's columns,
+        the gradient there, a trial point and its terms. Frees the old V."""
         m, p, n, e = self.sizes[l + 1], self.sizes[l + 2], self.n, self.e
-        mb, pb = m * n * e, p * n * e
-        act, prox = self.act, self.reg_v.prox
+        w = self.sample_chunk(max(m, p))
+        mc, pc = m * w * e, p * w * e
+        forward, prox = self.act.forward, self.reg_v.prox
         t.label = f"the V{l + 1} block"
-        t.alloc(pb)  # the cache W V + b at the old V
-        t.touch(pb, act.forward * pb, self.chunk(p, n) * e)
-        x = g = moved = 0.0
-        for _ in range(2):
-            t.alloc(pb, act.forward * pb, pb)  # gradient: sigma(A), its residual
-            t.free(pb + act.forward * pb)
-            t.touch(pb / e, pb)  # sigma'(A)
-            t.alloc(mb, mb)  # V - target, g
-            t.free(mb, g, pb)  # V - target, the previous g, the residual
-            g = mb
-            for _ in range(2):  # a trial step and a backtrack
-                t.alloc(mb, mb, max(prox - 1, 0) * mb)  # step g, the trial z (and its prox's temporaries)
-                t.free(mb, max(prox - 1, 0) * mb)
-                t.alloc(mb)  # moved
-                t.free(moved)
-                moved = mb
-                t.alloc(pb)  # the trial's cache
-                t.touch(pb, act.forward * pb, self.chunk(p, n) * e)
-            t.free(mb + pb)  # the rejected trial
-            t.free(x, pb)  # the previous iterate and its cache
-            x = mb
-        t.free(g, moved, pb)
-        t.touch(self.chunk(m, n) * e)
-        t.free(mb)  # the old V
+        t.alloc(m * n * e)  # the iterate
+        t.alloc(mc, (1 + forward) * mc)  # the target's columns: W V + b, sigma of it (then T, in place)
+        t.free(mc + forward * mc)
+        t.alloc(pc, (1 + forward) * pc, pc)  # the gradient: the next layer's W V + b, sigma of it, the residual
+        t.free(forward * pc)
+        t.touch(pc / e, (1 + forward) * pc)  # sigma'
+        t.free(2 * pc)
+        t.alloc(mc, mc)  # V - T, the gradient
+        t.free(mc + pc)
+        t.alloc(mc, mc)  # a trial point: step g, V - step g, then its prox
+        t.free(mc)
+        t.alloc(prox * mc)
+        t.free(max(prox - 1, 0) * mc + (mc if prox else 0))
+        t.touch(mc)  # Z - V
+        t.alloc(pc, (1 + forward) * pc)  # its W Z + b, sigma of it
+        t.free(pc + forward * pc)
+        t.touch(max(mc, pc), prox * mc)  # squared distances, the penalty
+        t.free(pc, mc, mc, mc)  # sigma, the trial, the gradient, the target
+        t.touch(self.chunk(m, n) * e)  # squared distance
+        t.free(m * n * e)  # the old V
 
     def weights_nonlinear(self, t: _Tally, l: int) -> None:
-        """Two-splitting's W_l, b_l behind a nonlinear sigma: proximal gradient on [W b]; every step evaluates
-        sigma(W V + b) over the samples (m x n)."""
-        d, m, n, e = self.sizes[l], self.sizes[l + 1], self.n, self.e
-        mb, theta = m * n * e, m * (d + 1) * e
-        act = self.act
+        """Two-splitting's W_l, b_l behind a nonlinear sigma: proximal gradient on Theta = [W b] (m x (d+1)),
+        each trial evaluated with its gradient over column chunks (``inner.sample_chunks``): [W_old b_old], the
+        iterate and its gradient, a trial point and its gradient, and one chunk's temporaries."""
+        d, m, e = self.sizes[l], self.sizes[l + 1], self.e
+        theta, W = m * (d + 1) * e, m * d * e
+        mc = m * self.sample_chunk(max(d, m)) * e
+        forward, prox = self.act.forward, self.reg_w.prox
         t.label = f"the W{l + 1} block"
-        t.alloc(theta)  # [W_old b_old]
-        t.alloc(mb)  # the cache W V + b
-        t.touch(mb, act.forward * mb, self.chunk(m, n) * e)
-        t.touch(mb, act.forward * mb, mb, mb / e, mb, 4 * theta)  # the gradient: sigma(A), residual, sigma'(A)
-        for _ in range(2):  # a trial and a backtrack
-            t.alloc(4 * theta, self.reg_w.prox * theta)
-            t.alloc(mb)
-            t.touch(mb, act.forward * mb, self.chunk(m, n) * e)
-        t.free(mb, 2 * (4 + self.reg_w.prox) * theta)
-        t.alloc(m * d * e, m * e)
-        t.free(mb, theta, mb)  # the caches, [W_old b_old]
+        t.alloc(theta, theta, theta)  # [W_old b_old], an iterate after a step, its gradient
+        t.alloc(theta, theta)  # a trial point: step g, Theta - step g, then its prox (and torch.cat)
+        t.free(theta)
+        t.alloc(prox * W, theta)
+        t.free(prox * W, theta)
+        t.touch(theta, prox * W)  # Z - Theta, the penalty
+        t.alloc(theta)  # the trial's gradient, summed over the chunks
+        t.touch(self.chunk(m, d + 1) * e)  # the proximal term
+        t.alloc(mc, (1 + forward) * mc)  # a chunk: W V + b, sigma of it, the squared distance, the residual
+        t.free(forward * mc)
+        t.touch(mc)
+        t.alloc(mc)
+        t.touch(mc / e, (1 + forward) * mc)  # sigma'
+        t.free(3 * mc)
+        t.free(theta, theta, theta)  # accepted: the trial and its gradient replace the iterate's
+        t.alloc(W, m * e)  # W, b (copies)
+        t.free(theta, theta)  # the last iterate and its gradient
         t.touch(self.chunk(m, d) * e)
-        t.free(m * d * e, m * e)
+        t.free(W, m * e)
 
     # ---------------------------------------------------------------- phases
 
@@ -508,27 +521,19 @@ class _Run:
         t = _Tally(self.live_state() + self.data())
         N = self.depth
         if self.scheme == "two":
-            lingering = 0
             for l in reversed(range(N)):
                 block = self.sizes[l + 1] * self.n * self.e
                 if l == N - 1:
                     t.alloc(block)  # the target W V + b
                     self.output_state(t)
                     t.free(block)
-                else:
-                    t.alloc(block)  # W V + b
-                    t.touch(self.act.forward * block)
-                    t.alloc(block)  # sigma(W V + b): the target
-                    t.free(block, lingering)
-                    lingering = 0
-                    if self.act_of(l + 1) is _LINEAR:  # sigma_{l+2} = Id: the closed form, in the target's memory
-                        self.hidden_state(t, l, target_allocated=True)
-                        if not self.reg_v.quadratic:  # FISTA's result is new: the target stays referenced
-                            t.alloc(block)
-                            lingering = block
-                    else:
-                        self.hidden_state_nonlinear(t, l)
-                        lingering = block  # the target stays referenced until the next layer's
+                elif self.act_of(l + 1) is _LINEAR:  # sigma_{l+2} = Id: the closed form, in the target's memory
+                    chunk = self.sizes[l + 1] * self.sample_chunk(self.sizes[l + 1]) * self.e
+                    t.alloc(block)  # the target, chunk by chunk: W V + b, sigma of it
+                    t.touch(chunk, (1 + self.act.forward) * chunk)
+                    self.hidden_state(t, l, target_allocated=True)
+                else:  # the target's columns made chunk by chunk inside the block
+                    self.hidden_state_nonlinear(t, l)
                 if self.act_of(l) is _LINEAR:
                     self.weights_block(t, l)
                 else:

@@ -121,25 +121,44 @@ def prox_gradient(
     for _ in range(solver.iters):
         g = gradient(x, cache)
         for _ in range(max_backtracks):
-            z = prox(x - step * g, step)
-            moved = z - x
-            linear, square = _dot(g, moved), _dot(moved, moved)
-            moved_norm = torch.sqrt(square)
-            del moved  # only its norm and products are needed: one block fewer while f(z) is computed
-            model = f_x + linear + square / (2.0 * step)
-            z_penalty = penalty(z)
-            rejected = functools.partial(_rejected, model=model, penalty=z_penalty, total=total)
-            f_z, z_cache = smooth(z, rejected)
-            if not rejected(f_z):
+            trial = _trial(smooth, prox, penalty, x, g, step, f_x=f_x, total=total)
+            if trial is not None:
                 break
             step *= 0.5
         else:
             return x  # no step lowers the objective: x is stationary up to rounding
-        x, f_x, cache, total = z, f_z, z_cache, f_z + z_penalty
+        x, f_x, cache, z_penalty, moved_norm = trial
+        total = f_x + z_penalty
         if bool(moved_norm <= solver.tol * torch.linalg.vector_norm(x)):
             break
         step *= 2.0
     return x
+
+
+def _trial(
+    smooth: Callable[[Tensor, Callable[[Tensor], bool] | None], tuple[Tensor, Any]],
+    prox: Callable[[Tensor, float], Tensor],
+    penalty: Callable[[Tensor], Tensor],
+    x: Tensor,
+    g: Tensor,
+    step: float,
+    *,
+    f_x: Tensor,
+    total: Tensor,
+) -> tuple[Tensor, Tensor, Any, Tensor, Tensor] | None:
+    """The trial point z of ``prox_gradient`` from x with gradient g and ``step``, with f(z), its cache, h(z)
+    and ||z - x|| when it passes the backtracking test; None (z freed) when it fails."""
+    z = prox(x - step * g, step)
+    moved = z - x
+    linear, square = _dot(g, moved), _dot(moved, moved)
+    del moved  # only its norm and products are needed: one block fewer while f(z) is computed
+    model = f_x + linear + square / (2.0 * step)
+    z_penalty = penalty(z)
+    rejected = functools.partial(_rejected, model=model, penalty=z_penalty, total=total)
+    f_z, z_cache = smooth(z, rejected)
+    if rejected(f_z):
+        return None
+    return z, f_z, z_cache, z_penalty, torch.sqrt(square)
 
 
 def _rejected(value: Tensor, *, model: Tensor, penalty: Tensor, total: Tensor) -> bool:

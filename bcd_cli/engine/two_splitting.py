@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 
+import torch
 from torch import Tensor
 
 from bcd_cli.catalogue.activations import Linear
@@ -36,6 +37,7 @@ from bcd_cli.engine.blocks import (
     update_weights,
     update_weights_nonlinear,
 )
+from bcd_cli.engine.inner import sample_chunks
 from bcd_cli.engine.scheme import BCDScheme
 
 
@@ -66,7 +68,9 @@ class TwoSplittingBCD(BCDScheme):
                 )
             elif isinstance(acts[i], Linear):
                 weight = gamma + alpha
-                target = self._target(l, V[l], V[i])
+                target = torch.empty_like(V[i])  # filled chunk by chunk: sigma(W V + b) is never held whole
+                for cols in sample_chunks(V[i].shape[1], V[i].shape[0], cpu=V[i].device.type == "cpu"):
+                    target[:, cols] = self._target_columns(l, V[l], V[i], cols)
                 V_new = update_hidden_state(
                     self.reg_v, target, weight, V[i + 1], W[i], b[i], V[i],
                     rho=gamma, solve_dtype=self.solve_dtype, rhs_dtype=self.state_solve_dtype, inner=self.inner,
@@ -93,16 +97,12 @@ class TwoSplittingBCD(BCDScheme):
             W[l], b[l] = W_new, b_new
         return D.item()
 
-    def _target(self, l: int, V_in: Tensor, V_old: Tensor) -> Tensor:
-        """The target T of the V_{l+1} block (docs/math.md §2.2): (gamma sigma_l(W_l V_in + b_l) + alpha V_old) / (gamma
-        + alpha), the penalty and the proximal term merged; a new tensor."""
-        weight = self.gamma + self.alpha
-        pre = self.net.pre_activation(l, V_in)
-        return self.net.acts[l](pre).mul_(self.gamma / weight).add_(V_old, alpha=self.alpha / weight)
-
     def _target_columns(self, l: int, V_in: Tensor, V_old: Tensor, cols: slice) -> Tensor:
-        """The columns ``cols`` of ``_target``."""
-        return self._target(l, V_in[:, cols], V_old[:, cols])
+        """The columns ``cols`` of the target T of the V_{l+1} block (docs/math.md §2.2), the penalty and the
+        proximal term merged: (gamma sigma_l(W_l V_in + b_l) + alpha V_old) / (gamma + alpha); a new tensor."""
+        weight = self.gamma + self.alpha
+        pre = self.net.pre_activation(l, V_in[:, cols])
+        return self.net.acts[l](pre).mul_(self.gamma / weight).add_(V_old[:, cols], alpha=self.alpha / weight)
 
     def objective_parts(self):
         """The terms of (2.3); two-splitting has no U blocks, so penalty_u is 0."""
