@@ -281,3 +281,88 @@ def test_network_output_over_column_chunks_is_the_forward_pass(scheme, monkeypat
     # the same products on column slices: another blocking of the sums, so each within the pass's rounding
     net = algo.net
     assert_within(net(X), whole, 2 * forward_pass_error(net.W, net.b, X, net.residual), "chunked forward pass")
+
+
+# ------------------------------------------------------------------ two-splitting's nonlinear blocks over sample chunks
+
+
+def _whole_v_block(act, reg_v, target, weight, V_next, W_next, b_next, V_old, *, gamma, inner):
+    """The V block of two-splitting behind a nonlinear sigma by ``inner.prox_gradient`` on the whole state."""
+    from bcd_cli.engine.inner import prox_gradient, spectral_norm_squared
+
+    def smooth(V, rejected):
+        A = W_next @ V + b_next[:, None]
+        return 0.5 * weight * sq(V - target) + 0.5 * gamma * sq(V_next - act(A)), A
+
+    def gradient(V, A):
+        return weight * (V - target) + gamma * W_next.T @ ((act(A) - V_next) * act.derivative(A))
+
+    step = 1.0 / (weight + gamma * spectral_norm_squared(W_next))
+    return prox_gradient(smooth, gradient, V_old, step=step, prox=reg_v.prox, penalty=reg_v, solver=inner)
+
+
+def _whole_w_block(act, reg_w, V_out, V_in, W_old, b_old, *, gamma, alpha, inner):
+    """The W block of two-splitting behind a nonlinear sigma by ``inner.prox_gradient`` on all samples at once."""
+    from bcd_cli.engine.inner import prox_gradient, spectral_norm_squared
+
+    d = V_in.shape[0]
+    Theta_old = torch.cat([W_old, b_old[:, None]], dim=1)
+
+    def smooth(Theta, rejected):
+        A = Theta[:, :d] @ V_in + Theta[:, d:]
+        return 0.5 * gamma * sq(V_out - act(A)) + 0.5 * alpha * sq(Theta - Theta_old), A
+
+    def gradient(Theta, A):
+        residual = gamma * (act(A) - V_out) * act.derivative(A)
+        return alpha * (Theta - Theta_old) + residual @ torch.cat([V_in, torch.ones_like(V_in[:1])]).T
+
+    def prox(Theta, t):
+        return torch.cat([reg_w.prox(Theta[:, :d], t), Theta[:, d:]], dim=1)
+
+    step = 1.0 / (alpha + gamma * (spectral_norm_squared(V_in) + V_in.shape[1]))
+    Theta = prox_gradient(
+        smooth, gradient, Theta_old, step=step, prox=prox, penalty=lambda T: reg_w(T[:, :d]), solver=inner
+    )
+    return Theta[:, :d], Theta[:, d]
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "softplus"])
+@pytest.mark.parametrize("reg", ["none", "l1", "box"])
+def test_two_splitting_blocks_over_sample_chunks_take_the_steps_of_the_whole_solver(act, reg, monkeypatch):
+    """The nonlinear V and W blocks of two-splitting, evaluated over chunks of 3 samples (the V block trying
+    several backtracking steps per pass, the W block stopping a rejected trial's pass early), stop at the
+    iterates of ``prox_gradient`` on the whole state after each number of steps: the same steps, the same
+    decisions (float64: rounding far below the gaps of the backtracking tests)."""
+    from bcd_cli.engine import chunking
+    from bcd_cli.engine.blocks import update_hidden_state_nonlinear, update_weights_nonlinear
+    from bcd_cli.engine.inner import InnerSolver, sample_chunks
+
+    sigma, r = ACTS[act], REGS[reg]
+    gen = torch.Generator().manual_seed(11)
+    d, m, p, n = 5, 6, 4, 31
+    V_in, V_next = torch.randn(d, n, generator=gen, dtype=DT), torch.rand(p, n, generator=gen, dtype=DT)
+    V_old = r.prox(torch.randn(m, n, generator=gen, dtype=DT), 0.0)
+    target, V_out = torch.randn(m, n, generator=gen, dtype=DT), torch.rand(m, n, generator=gen, dtype=DT)
+    W_next, b_next = torch.randn(p, m, generator=gen, dtype=DT), torch.randn(p, generator=gen, dtype=DT)
+    W_old, b_old = r.prox(torch.randn(m, d, generator=gen, dtype=DT), 0.0), torch.randn(m, generator=gen, dtype=DT)
+    monkeypatch.setattr(chunking, "CPU_CHUNK_ELEMENTS", 3 * max(m, p))
+    assert len(sample_chunks(n, max(m, p), cpu=True)) == 11
+    columns_made = []
+
+    def target_columns(cols):  # as two-splitting passes it: a function of the columns
+        columns_made.append(cols)
+        return target[:, cols].clone()
+
+    for iters in (1, 2, 3, 5, 8, 30):
+        inner = InnerSolver(iters=iters, tol=1e-12)
+        V_args = (r, target, 3.0, V_next, W_next, b_next, V_old)
+        expected = _whole_v_block(sigma, *V_args, gamma=2.0, inner=inner)
+        got = update_hidden_state_nonlinear(sigma, r, target_columns, *V_args[2:], gamma=2.0, inner=inner)
+        assert got is not V_old and torch.equal(V_old, r.prox(V_old, 0.0))  # x0 untouched
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11, msg=f"V block, {iters} steps")
+        W_args = (r, V_out, V_in, W_old, b_old)
+        W_expected = _whole_w_block(sigma, *W_args, gamma=2.0, alpha=0.5, inner=inner)
+        W_got = update_weights_nonlinear(sigma, *W_args, gamma=2.0, alpha=0.5, inner=inner)
+        for a, b in zip(W_got, W_expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=f"W block, {iters} steps")
+    assert {c.stop - c.start for c in columns_made} == {3, 1}  # the target was only ever made in chunks
