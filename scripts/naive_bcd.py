@@ -13,8 +13,10 @@ tensor. One sweep visits V_N, U_N, W_N (with b_N), then for each hidden layer fr
     U_i = argmin_u 1/2 (relu(u) - V_i)^2 + c/2 (u - B)^2 elementwise (``relu_prox``),
           B = (rho (W_i V_{i-1} + b_i 1^T) + alpha U_i^old) / (rho + alpha),  c = (rho + alpha) / gamma
 
-Its evaluation is the network's forward pass on the training and the test samples: the training loss
-and both accuracies. ``scripts/bench_sweep.py`` starts it from a BCD trainer's state, checks that it
+The inverses are computed in the trainer's ``solve_dtype`` (float64 by default, the dtype the engine
+factorises in), the n columns of each V block multiplied by its inverse in the run's dtype. Its
+evaluation is the network's forward pass on the training and the test samples: the training loss and
+both accuracies. ``scripts/bench_sweep.py`` starts it from a BCD trainer's state, checks that it
 ends where the engine ends (``relative_differences``) and times both side by side.
 """
 
