@@ -352,3 +352,34 @@ def test_cgroup_v1_limit_minus_usage(tmp_path):
     _write(tmp_path / "cgroup" / "memory" / "memory.usage_in_bytes", "1\n")
     found = memory._cgroup_headroom(tmp_path / "proc", tmp_path / "cgroup")
     assert found == [(3 * 2**30, f"cgroup v1 memory.limit_in_bytes minus usage ({leaf})")]
+
+
+def test_two_splitting_sweep_holds_one_new_state_block_and_the_estimate_follows(monkeypatch):
+    """Two-splitting with ReLU: every hidden V and W block but the last V is solved by proximal gradient over
+    chunks of the samples. The sweep holds one new V block (the iterate of the block being solved, or the
+    last V block's target) and a chunk's temporaries (here 32 samples' worth) besides the state and the data,
+    and the estimate follows it within [1, 1.5]."""
+    widths, n = [128, 128, 128], 1200
+    monkeypatch.setattr(chunking, "CPU_CHUNK_ELEMENTS", 128 * 32)
+    cfg = compose_config("data.n_train=1200", "data.n_test=100", "device=cpu", "splitting=two",
+                         f"model.widths=[{','.join(map(str, widths))}]", "trainer.inner_iters=4")  # fmt: skip
+    run: dict = {}
+
+    def build() -> None:
+        run["algorithm"] = build_trainer(cfg, run["data"], CPU, torch.float32)
+
+    phases = {
+        "load": lambda: run.setdefault("data", load_data(cfg.data, dtype=torch.float32, device=CPU)),
+        "build": build,
+        "sweep": lambda: run["algorithm"].sweep(),
+        "sweep again": lambda: run["algorithm"].sweep(),
+    }
+    measured = memory.measured_peaks(phases)
+    data, algorithm = run["data"], run["algorithm"]
+    assert data.X_train.shape[1] == n
+    held = _nbytes(_state_tensors(algorithm)) + _nbytes(_data_tensors(data))
+    sweep = max(measured["sweep"], measured["sweep again"])
+    block = 128 * n * 4  # one hidden V block
+    assert block < sweep - held <= 1.25 * block
+    estimate = memory.estimate_for(cfg, data)
+    assert sweep <= estimate.sweep_peak <= 1.5 * sweep
