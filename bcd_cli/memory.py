@@ -639,9 +639,9 @@ class _Run:
     def closed_form_peak(self, t: _Tally) -> None:
         """``ThreeSplittingBCD.evaluate``: one pass over the column chunks of the training samples, the
         network's forward pass and the objective's terms of each, with the gradient norm its gradient in closed
-        form, the W and b gradients summed over the chunks; then the test samples' forward pass and the flat
-        gradient. The chunks allocate alike: the widest one's work is followed. (Samples other than the trainer's
-        own, which a run never passes, would add a forward pass over them.)"""
+        form, the W and b gradients summed over the chunks; then the test samples' forward pass and the squares
+        of the W and b gradients. The chunks allocate alike: the widest one's work is followed. (Samples other
+        than the trainer's own, which a run never passes, would add a forward pass over them.)"""
         s, e, N = self.sizes, self.e, self.depth
         w = column_chunk_width(self.n)
         gradient = self.grad_norm and self.reg_w.quadratic and self.reg_v.quadratic
@@ -677,11 +677,8 @@ class _Run:
         self.forward_peak(t, self.n_test, loss=False)
         t.label = "the gradient norm"
         t.touch(self.largest_weight() * e)  # r(W): W^2 or |W|
-        if gradient:  # torch.cat of the gradients; with a ridge term torch.cat of W; the float64 copy, its square
-            t.alloc(weights)
-            t.touch(weights)
-            t.touch(self.weights() * 8 if e != 8 else 0, self.weights() * 8)
-            t.free(weights, weights)
+        if gradient:  # the square of each W and b gradient in turn
+            t.touch(self.largest_weight() * e)
 
     def chunk_forward(self, t: _Tally, blocks: list[int], w: int) -> None:
         """The network's forward pass on one chunk of the training samples in ``closed_form_peak``: Z_1 is

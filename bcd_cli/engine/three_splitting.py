@@ -236,8 +236,8 @@ class _Tally:
         )
 
     def row(self, scheme: ThreeSplittingBCD, n_train: int, n_test: int) -> dict[str, float]:
-        """The metrics row: every sum and gradient added up over the ranks in two collectives, then r(W)
-        (the same on every rank) and its gradient added once."""
+        """The metrics row: every sum and gradient added up over the ranks, then r(W) (the same on every rank)
+        and its gradient added once."""
         sums = dict(zip(self.KEYS, all_reduce_sum_(torch.stack(list(self.sums.values()))).tolist(), strict=True))
         W = scheme.net.W
         reg_w = float(sum(scheme.reg_w(w).double() for w in W))
@@ -246,10 +246,13 @@ class _Tally:
         row["objective"] = sum(row.values())
         row["grad_norm"] = math.nan
         if self.gradient:
-            flat = all_reduce_sum_(torch.cat([g.reshape(-1) for g in [*self.W_grads, *self.b_grads]]))
+            for g in [*self.W_grads, *self.b_grads]:
+                all_reduce_sum_(g)
             if scheme.reg_w.ridge:  # grad r(W) = ridge W, the same on every rank
-                flat[: sum(w.numel() for w in W)].add_(torch.cat([w.reshape(-1) for w in W]), alpha=scheme.reg_w.ridge)
-            row["grad_norm"] = math.sqrt(float(flat.double().square().sum()) + sums["state_squares"])
+                for g, w in zip(self.W_grads, W, strict=True):
+                    g.add_(w, alpha=scheme.reg_w.ridge)
+            weights = sum(float(g.square().sum()) for g in [*self.W_grads, *self.b_grads])  # one W's temporary
+            row["grad_norm"] = math.sqrt(weights + sums["state_squares"])
         row["train_loss"] = sums["train_loss"]
         row["train_acc"] = sums["train_correct"] / n_train
         row["test_acc"] = sums["test_correct"] / n_test
