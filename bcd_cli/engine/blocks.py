@@ -352,9 +352,9 @@ def update_weights_nonlinear(
             if rejected is not None and rejected(value):
                 return value, None
             residual = (out - V_out[:, cols]).mul_(act.derivative(A)).mul_(gamma)
-            del A, out
             grad[:, :d].addmm_(residual, V_in[:, cols].T)
             grad[:, d].add_(residual.sum(dim=1))
+            del A, out, residual  # before the next chunk's are made
         return value, grad
 
     def gradient(Theta: Tensor, grad: Tensor | None) -> Tensor:

@@ -273,27 +273,45 @@ def _column_pass(
     rows of the second result, indexed by _F, _H, ...) and, when ``first``, f and h at the (new) iterate."""
     start = x.new_zeros(2)
     sums = x.new_zeros(len(steps), 5)
-    for cols in chunks:
-        value, gradient = local(cols)
-        x_cols = x[:, cols]
-        if pending is not None:  # x is x0 (out is new) or out itself: each chunk is read before it is written
-            assert out is not None
-            _, g = gradient(x_cols, False)
-            out[:, cols] = prox(x_cols - pending * g, pending)
-            del g
-            x_cols = out[:, cols]
-        if not steps and not first:
-            continue
-        f, g = gradient(x_cols, first)
-        if f is not None:
-            start += torch.stack([f, penalty(x_cols)])
-        for k, s in enumerate(steps):
-            z = prox(x_cols - s * g, s)
-            moved = z - x_cols
-            terms = [_dot(g, moved), _dot(moved, moved)]
-            del moved
-            sums[k] += torch.stack([value(z), penalty(z), *terms, _dot(z, z)])
+    for cols in chunks:  # (each chunk in its own call: its tensors are freed before the next chunk's are made)
+        _column_chunk(local(cols), x, out, cols, pending, steps, prox, penalty, start if first else None, sums)
     return start, sums
+
+
+def _column_chunk(
+    local: tuple[ColumnValue, ColumnGradient],
+    x: Tensor,
+    out: Tensor | None,
+    cols: slice,
+    pending: float | None,
+    steps: list[float],
+    prox: Callable[[Tensor, float], Tensor],
+    penalty: Callable[[Tensor], Tensor],
+    start: Tensor | None,
+    sums: Tensor,
+) -> None:
+    """``_column_pass`` on the columns ``cols``, with their ``local`` value and gradient: adds f and h at the
+    iterate to ``start`` (unless None) and the trials' terms to the rows of ``sums``."""
+    value, gradient = local
+    x_cols = x[:, cols]
+    if pending is not None:  # x is x0 (out is new) or out itself: each chunk is read before it is written
+        assert out is not None
+        _, g = gradient(x_cols, False)
+        out[:, cols] = prox(x_cols - pending * g, pending)
+        del g
+        x_cols = out[:, cols]
+    if not steps and start is None:
+        return
+    f, g = gradient(x_cols, start is not None)
+    if start is not None and f is not None:
+        start += torch.stack([f, penalty(x_cols)])
+    for k, s in enumerate(steps):
+        z = prox(x_cols - s * g, s)
+        moved = z - x_cols
+        terms = [_dot(g, moved), _dot(moved, moved)]
+        del moved
+        sums[k] += torch.stack([value(z), penalty(z), *terms, _dot(z, z)])
+        del z  # before the next trial point is made
 
 
 def largest_eigenvalue(H: Tensor) -> float:
