@@ -13,15 +13,15 @@ Each case runs in two fresh Python processes. The first builds the trainer from 
 as ``bcd-train`` does, on random data (``bcd_cli.bench.build_case``), runs ``--warmup`` sweeps, then
 times each of ``--sweeps`` sweeps and the evaluation ``bcd-train`` runs after every sweep
 (``trainer.evaluate``). The work of a sweep and of an evaluation is recorded by
-``bcd_cli.bench.MatrixOpRecorder`` (in the first warm-up sweep, or before each timed sweep where it
-depends on the data: two-splitting), which records each matrix product, Cholesky factorisation and
-triangular solve the engine dispatches, with its shape: the FLOP counts are those of the work that
-ran (``sweep_gflop``), and the minimum work that gives the same results (``sweep_min_gflop``: a
-self-product V V^T or W^T W counted half). The rate of every product shape so recorded is measured
-in the same process before the first timed sweep and after each one, and each sweep is compared
-with the time its products would take at the rates measured around it (the load of a shared
-machine changes): ``ratio_to_gemm`` on the work that ran, ``ratio_to_gemm_min`` on the minimum
-work (the target: 0.85).
+``bcd_cli.bench.MatrixOpRecorder`` (a replay of the first timed sweep, of each one where it depends
+on the data: two-splitting; the last warm-up evaluation), which records each matrix product,
+Cholesky factorisation and triangular solve the engine dispatches, with its shape: the FLOP counts
+are those of the work that ran (``sweep_gflop``), and the minimum work that gives the same results
+(``sweep_min_gflop``: a self-product V V^T or W^T W counted half). The rate of every product shape
+so recorded is measured in the same process before the first timed sweep and after each one, and
+each sweep is compared with the time its products would take at the rates measured around it (the
+load of a shared machine changes): ``ratio_to_gemm`` on the work that ran, ``ratio_to_gemm_min`` on
+the minimum work (the target: 0.85).
 
 Where it applies (three-splitting, ReLU, the square loss summed, no regularizers), the naive
 implementation of ``scripts/naive_bcd.py`` (Algorithm 2 as the paper writes it: explicit inverses,
@@ -103,12 +103,12 @@ def _load_naive():
 
 naive_bcd = _load_naive()
 
-STANDARD_CPU = [
-    Case("three", [784, 1024, 1024, 1024, 10], 8000, sweeps=3),
-    Case("three", [784] + [600] * 10 + [10], 8000, sweeps=3),
-    Case("three", [784] + [600] * 10 + [10], 60000, sweeps=2, n_test=10000),  # Figure 1's net on all of MNIST's n
-    Case("two", [784, 1024, 1024, 1024, 10], 8000, sweeps=2),
-    Case("resnet", [784, 1024, 1024, 1024, 10], 8000, sweeps=3),  # width 1024, two residual layers
+STANDARD_CPU = [  # few timed sweeps: a sweep of two-splitting or at n=60000 takes a minute or more on two cores
+    Case("three", [784, 1024, 1024, 1024, 10], 8000, sweeps=2),
+    Case("three", [784] + [600] * 10 + [10], 8000, sweeps=2),
+    Case("three", [784] + [600] * 10 + [10], 60000, sweeps=1, n_test=10000),  # Figure 1's net on all of MNIST's n
+    Case("two", [784, 1024, 1024, 1024, 10], 8000, sweeps=1),
+    Case("resnet", [784, 1024, 1024, 1024, 10], 8000, sweeps=2),  # width 1024, two residual layers
 ]
 QUICK = Case("three", [784, 64, 64, 10], 1000, sweeps=2)  # --quick: under a minute, the naive and memory included
 STANDARD_GPU = [
@@ -224,10 +224,10 @@ def time_case(case: Case) -> dict:
 # equations are ill-conditioned (a fresh network's hidden states hardly vary over the samples), and their
 # rounding alone moves the engine's b_N and W_N some 4e-3 from a float64 run of the same sweeps (784-600x10-10,
 # n=2000, 3 sweeps); the naive's explicit inverse and its sums through a row of ones round differently: the two
-# differ by 9e-3 there, 3e-2 at n=8000 (in b_N), more as n grows. The float32 bound thus catches a naive gone
-# astray, not a rounding; the float64 check at the case's sizes (``NAIVE_CHECK``: about 1e-11 measured) is the
-# tight one.
-NAIVE_TOLERANCE = {"float64": 1e-9, "float32": 3e-1}
+# differ in b_N by 9e-3 there, 3e-2 at n=8000 (3 sweeps) and 0.28 at n=60000 (2 sweeps). The float32 bound
+# thus only catches a naive gone astray; the float64 check at the case's sizes (``NAIVE_CHECK``: 7e-12 measured
+# on Figure 1's net) is the tight one.
+NAIVE_TOLERANCE = {"float64": 1e-9, "float32": 1.0}
 NAIVE_CHECK = {"n": 400, "n_test": 100, "sweeps": 3}  # the float64 check: samples, test samples, sweeps
 
 
@@ -509,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--sizes", help="layer sizes, e.g. 784,1024,1024,10 (default: the standard cases)")
     parser.add_argument("--n", type=int, help="training samples (default: each case's)")
     parser.add_argument("--n-test", type=int, help="test samples of the evaluation (default: n // 6)")
-    parser.add_argument("--sweeps", type=int, help="timed sweeps, median reported (default: 2 or 3, 5 with --sizes)")
+    parser.add_argument("--sweeps", type=int, help="timed sweeps, median reported (default: 1 or 2, 5 with --sizes)")
     parser.add_argument("--warmup", type=int, help="untimed sweeps first (default: 1)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CPU, and CUDA too")
     parser.add_argument("--dtype", choices=["float32", "float64"], help="dtype of every tensor (default: float32)")
