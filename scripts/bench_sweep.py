@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -67,6 +66,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+
+import naive_bcd  # scripts/naive_bcd.py: this script's folder is on sys.path when it runs
 
 from bcd_cli.bench import (
     KINDS,
@@ -88,20 +89,6 @@ from bcd_cli.bench import (
 )
 from bcd_cli.engine.parallel import synchronize
 from bcd_cli.memory import SCHEMES
-
-
-def _load_naive():
-    """scripts/naive_bcd.py, the naive reference beside this script (scripts/ is no package)."""
-    path = Path(__file__).resolve().with_name("naive_bcd.py")
-    spec = importlib.util.spec_from_file_location("naive_bcd", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("naive_bcd", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-naive_bcd = _load_naive()
 
 STANDARD_CPU = [  # few timed sweeps: a sweep of two-splitting or at n=60000 takes a minute or more on two cores
     Case("three", [784, 1024, 1024, 1024, 10], 8000, sweeps=2),

@@ -34,6 +34,12 @@ from bcd_cli.bench import (
 )
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_sweep.py"
+for name in ("naive_bcd",):  # the scripts bench_sweep.py imports from its own folder
+    sibling = importlib.util.spec_from_file_location(name, SCRIPT.with_name(f"{name}.py"))
+    assert sibling is not None and sibling.loader is not None
+    if name not in sys.modules:
+        sys.modules[name] = importlib.util.module_from_spec(sibling)
+        sibling.loader.exec_module(sys.modules[name])
 spec = importlib.util.spec_from_file_location("bench_sweep", SCRIPT)
 assert spec is not None and spec.loader is not None
 bench_script = importlib.util.module_from_spec(spec)
