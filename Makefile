@@ -40,7 +40,7 @@ sweep: $(BIN)/bcd-train  ## a gamma x alpha grid on digits: sweep_summary.csv an
 report: $(BIN)/bcd-train  ## regenerate every report of a run or multirun folder: make report DIR=outputs/... (default: the newest)
 	$(BIN)/bcd-report $(DIR)
 
-bench: $(BIN)/bcd-train  ## seconds per BCD sweep against the measured GEMM rate (scripts/bench_sweep.py; options in ARGS)
+bench: $(BIN)/bcd-train  ## seconds per BCD sweep against the GEMM rate and a naive implementation, memory (ARGS="--quick": one small case)
 	$(BIN)/python scripts/bench_sweep.py $(ARGS)
 
 lint: $(BIN)/bcd-train  ## ruff on the package, tests and scripts; mypy on the package
