@@ -46,6 +46,7 @@ def assert_same_metrics(closed: dict[str, float], reference: dict[str, float]) -
         ("loss=cross_entropy",),
         ("loss=logistic", "alpha=2"),
         ("loss=exponential",),
+        ("loss=hinge",),
         ("loss=square", "loss.reduction=mean"),
         ("act=tanh", "loss=cross_entropy", "loss.reduction=mean"),
         ("act=sigmoid",),
