@@ -399,8 +399,9 @@ class _Run:
 
     def cached_moments(self, l: int) -> bool:
         """Whether the W block of layer l starts from moments the scheme keeps (``BCDScheme.data_moments``,
-        [X;1][X;1]^T): the first layer of three-splitting and ResNet."""
-        return l == 0 and self.scheme in ("three", "resnet")
+        [X;1][X;1]^T): the first layer's, when its W block is solved from normal equations (always in
+        three-splitting and ResNet; in two-splitting when the first layer's sigma is the identity)."""
+        return l == 0 and (self.scheme != "two" or self.act_of(0) is _LINEAR)
 
     def _b_storage(self, l: int) -> int:
         """Bytes the b of layer l holds after a sweep: the (d+1) x m solution of its closed-form W block."""
@@ -477,7 +478,7 @@ class _Run:
 
     def live_state(self) -> int:
         """The state's bytes once a sweep has run: b of a closed-form W block is a view of its solution, and
-        three-splitting keeps the data's moments (``cached_moments``, (d0 + 1) x (d0 + 1)) from its first sweep on."""
+        a scheme keeps the data's moments (``cached_moments``, (d0 + 1) x (d0 + 1)) from its first sweep on."""
         if self.baseline:
             return self.state()
         s = self.sizes

@@ -34,6 +34,7 @@ CPU = torch.device("cpu")
 RUNS = {
     "three": ["model.widths=[48,32]"],
     "two": ["splitting=two", "model.widths=[40,32,24]"],
+    "two-linear": ["splitting=two", "model.widths=[40,32]", "act=linear"],  # closed-form W blocks, the data's moments
     "resnet": ["model=resnet", "model.width=32", "model.depth=2"],
     "sgd": ["trainer=sgd", "model.widths=[48,32]", "trainer.batch_size=100"],
     "adam": ["trainer=adam", "model.widths=[48,32]", "trainer.batch_size=100"],

@@ -286,16 +286,16 @@ def update_hidden_state_nonlinear(
     def local(cols: slice) -> tuple[ColumnValue, ColumnGradient]:
         T, V_next_cols = columns(cols), V_next[:, cols]
 
-        def value(V: Tensor) -> Tensor:
-            out = act_next(torch.addmm(bias, W_next, V))
+        def misfit(V: Tensor, out: Tensor) -> Tensor:  # the chunk's terms, out = sigma_next(W_next V + b_next)
             return 0.5 * weight * squared_distance(V, T) + 0.5 * gamma * squared_distance(V_next_cols, out)
+
+        def value(V: Tensor) -> Tensor:
+            return misfit(V, act_next(torch.addmm(bias, W_next, V)))
 
         def gradient(V: Tensor, with_value: bool) -> tuple[Tensor | None, Tensor]:
             A = torch.addmm(bias, W_next, V)
             out = act_next(A)
-            f = None
-            if with_value:
-                f = 0.5 * weight * squared_distance(V, T) + 0.5 * gamma * squared_distance(V_next_cols, out)
+            f = misfit(V, out) if with_value else None
             residual = (out - V_next_cols).mul_(act_next.derivative(A))
             del A, out
             return f, torch.addmm(V - T, W_next.T, residual, beta=weight, alpha=gamma)

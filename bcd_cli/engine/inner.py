@@ -252,7 +252,7 @@ def _first_accepted(sums: Tensor, steps: list[float], f_x: Tensor, total: Tensor
     of ``prox_gradient`` from an iterate with f = ``f_x`` and f + h = ``total``; None if none does."""
     for k, trial in enumerate(sums):
         model = f_x + trial[_LINEAR] + trial[_SQUARE] / (2.0 * steps[k])
-        if bool(trial[_F] <= model) and bool(trial[_F] + trial[_H] <= total):
+        if not _rejected(trial[_F], model=model, penalty=trial[_H], total=total):
             return k
     return None
 

@@ -142,6 +142,12 @@ class BCDScheme(Trainer):
     ) -> BCDScheme:
         return cls(net, X, Y, loss=loss, reg_w=reg_w, reg_v=reg_v, **BCDSettings.from_config(cfg).keywords())
 
+    @property
+    def mean_loss(self) -> bool:
+        """Whether R is a mean over the samples (``reduction: mean``), so that a chunk's loss is weighted by its
+        share of them when an evaluation adds chunks up; otherwise a sum."""
+        return getattr(self.loss, "reduction", "sum") == "mean"
+
     @functools.cached_property
     def data_moments(self) -> Tensor:
         """[X;1][X;1]^T of this rank's samples (``blocks.input_moments``), for the W_1 block: computed at its
@@ -257,7 +263,7 @@ class BCDScheme(Trainer):
                     parts = self.objective_parts()
                     share = (columns.stop - columns.start) / n
                     scale = [1.0 / (len(chunks) * world_size()) if k == "reg_w" else
-                             share if k == "loss" and getattr(self.loss, "reduction", "sum") == "mean" else 1.0
+                             share if k == "loss" and self.mean_loss else 1.0
                              for k in parts]  # fmt: skip
                     local = torch.stack([torch.as_tensor(p, dtype=torch.float64) for p in parts.values()])
                     local = local * local.new_tensor(scale)

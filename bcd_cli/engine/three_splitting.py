@@ -158,7 +158,7 @@ class ThreeSplittingBCD(BCDScheme):
         network's first pre-activation too. The gradient norm is NaN when a regularizer is not
         differentiable. ``objective(with_gradient=True)`` computes the same by autograd.
         """
-        tally = _Tally.of(self, grad_norm and self.reg_w.quadratic and self.reg_v.quadratic)
+        tally = _EvaluationSums.of(self, grad_norm and self.reg_w.quadratic and self.reg_v.quadratic)
         shared = data.X_train is self.X  # the trainer's own samples: the network's first pre-activation is Z_1
         for columns in column_chunks(self.X.shape[1]):
             self._evaluate_chunk(tally, columns, data.y_train[columns] if shared else None)
@@ -169,7 +169,7 @@ class ThreeSplittingBCD(BCDScheme):
         tally.sums["test_correct"] += (self.net(data.X_test).argmax(dim=0) == data.y_test).sum()
         return tally.row(self, data.n_train, data.n_test)
 
-    def _evaluate_chunk(self, tally: _Tally, columns: slice, labels: Tensor | None) -> None:
+    def _evaluate_chunk(self, tally: _EvaluationSums, columns: slice, labels: Tensor | None) -> None:
         """Adds the samples ``columns`` to ``tally`` (see ``evaluate``); ``labels``: also run the network on them."""
         net, N, gamma, rho, sums = self.net, self.net.depth, self.gamma, self.rho, tally.sums
         V, U = [v[:, columns] for v in self.V], [u[:, columns] for u in self.U]
@@ -212,7 +212,7 @@ class ThreeSplittingBCD(BCDScheme):
 
 
 @dataclass
-class _Tally:
+class _EvaluationSums:
     """What ``ThreeSplittingBCD.evaluate`` adds up over the chunks: float64 sums, and the W and b gradients."""
 
     gradient: bool
@@ -224,12 +224,12 @@ class _Tally:
     KEYS = ("loss", "penalty_v", "penalty_u", "reg_v", "state_squares", "train_loss", "train_correct", "test_correct")
 
     @classmethod
-    def of(cls, scheme: ThreeSplittingBCD, gradient: bool) -> _Tally:
+    def of(cls, scheme: ThreeSplittingBCD, gradient: bool) -> _EvaluationSums:
         zero = scheme.X.new_zeros((), dtype=torch.float64)
         W, b = scheme.net.W, scheme.net.b
         return cls(
             gradient,
-            getattr(scheme.loss, "reduction", "sum") == "mean",
+            scheme.mean_loss,
             {key: zero.clone() for key in cls.KEYS},
             [torch.zeros_like(w) for w in W] if gradient else [],
             [torch.zeros_like(v) for v in b] if gradient else [],

@@ -88,6 +88,7 @@ class TwoSplittingBCD(BCDScheme):
                 W_new, b_new = update_weights(
                     self.reg_w, V[i], V[l], W[l], b[l],
                     rho=gamma, alpha=alpha, solve_dtype=self.solve_dtype, inner=self.inner, block=f"W{i}",
+                    moments=self.data_moments if l == 0 else None,
                 )  # fmt: skip
             else:
                 W_new, b_new = update_weights_nonlinear(
