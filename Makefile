@@ -17,7 +17,7 @@ help:  ## list the targets
 $(BIN)/bcd-train: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[test,launchers]'
+	$(BIN)/pip install -e '.[test,launchers,tracking]'
 	@touch $@
 
 run: $(BIN)/bcd-train  ## train the default model (digits, three-splitting BCD); extra overrides in ARGS="..."

@@ -25,6 +25,7 @@ from bcd_cli.engine.parallel import any_rank, rank, synchronize
 from bcd_cli.engine.trainer import Trainer
 from bcd_cli.errors import BCDError, ConfigError, Interrupted, NumericalError, ResourceError, first_line
 from bcd_cli.folders import run_lock
+from bcd_cli.observers import Pruned, RunObserver, observers_for
 from bcd_cli.report import (
     CONVERGENCE_FILE,
     CURVES_FILE,
@@ -198,6 +199,7 @@ class _Record:
     rows: list[dict[str, Any]] = field(default_factory=list)
     saved_sweep: int | None = None  # the sweep of the last checkpoint
     main: bool = True  # rank 0, which alone writes files in a data-parallel run
+    observers: list[RunObserver] = field(default_factory=list)  # trackers and a search's pruner (rank 0)
 
     @classmethod
     def begin(cls, cfg: DictConfig, out_dir: Path, trainer: Trainer, data: Dataset, checkpoint: Checkpoint | None):
@@ -211,6 +213,9 @@ class _Record:
         )  # fmt: skip
         if record.main:
             write_summary(out_dir / SUMMARY_FILE, {"status": "running", "sweeps": record.sweep, "epochs": cfg.epochs})
+            record.observers = observers_for(cfg, out_dir)
+            for observer in record.observers:
+                observer.start(cfg, out_dir, record.sweep)
         return record
 
     @property
@@ -224,6 +229,8 @@ class _Record:
             self.writer.append(row)
         if progress is not None:
             progress.update(row)
+        for observer in self.observers:
+            observer.sweep(row)
 
     def due(self, k: int) -> bool:
         """Whether sweep k is one that ``checkpoint.every`` checkpoints (the last and a stop are checkpointed too)."""
@@ -265,6 +272,9 @@ class _Record:
             title = run_title(self.cfg, summary)
             plot_curves(metrics, self.out_dir / CURVES_FILE, title=title)
             plot_convergence(metrics, self.out_dir / CONVERGENCE_FILE, title=title)
+            files = [self.out_dir / name for name in (METRICS_FILE, SUMMARY_FILE, CURVES_FILE, CONVERGENCE_FILE)]
+            for observer in self.observers:
+                observer.finish(status, summary, files)
         return metrics, summary
 
     def reports_of_a_stop(self, status: str, error: str | None = None) -> None:
@@ -287,9 +297,15 @@ def _train(record: _Record, stop: GracefulStop, progress: Progress | None) -> Ru
         for row in record.rows[-1:]:
             progress.update(row)
     previous = record.rows[-1] if record.rows else None
+    status = "completed"
     try:
         for row in sweeps(trainer, data, epochs, start=start, previous=previous, grad_norm=cfg.grad_norm):
-            record.add(row, progress)
+            try:
+                record.add(row, progress)
+            except Pruned:  # a search's pruner ends this trial: its folder is a finished run of fewer sweeps
+                record.save(row)
+                status = "pruned"
+                break
             k = row["sweep"]
             stopping = any_rank(stop.requested, data.X_train.device)  # every rank stops after the same sweep
             if k == epochs or stopping or record.due(k):
@@ -315,7 +331,7 @@ def _train(record: _Record, stop: GracefulStop, progress: Progress | None) -> Ru
             f"stopped during sweep {record.sweep + 1}; {record.kept()}; resume with: {resume_command(out_dir, epochs)}",
             stopped_by(err),
         ) from None
-    metrics, summary = record.reports("completed")
+    metrics, summary = record.reports(status)
     return RunResult(metrics, summary, trainer.net, trainer, data)
 
 
