@@ -18,13 +18,14 @@ from bcd_cli.engine.parallel import world_size
 from bcd_cli.engine.scheme import BCDScheme
 from bcd_cli.engine.trainer import DTYPES, Trainer
 from bcd_cli.errors import ConfigError, ParameterError, require_number
+from bcd_cli.tracking import check as check_logger
 
 __all__ = ["DTYPES", "architecture", "build", "matmul_precision", "resolve_device", "trainer_class", "validate"]
 TRAINERS = ("bcd", *OPTIMIZERS)
 # keys bcd-train reads that no config file sets: the only ones `+key=value` may add
 OPTIONAL_KEYS = ("device.index",)  # the CUDA device of device=auto (device=cuda has it)
 # keys holding file-system paths: a relative one given on the command line is recorded absolute in the run folder
-PATH_KEYS = ("data.root",)
+PATH_KEYS = ("data.root", "data.path", "data.test_path")
 DEVICES = ("auto", "cpu", "cuda")
 # torch.set_float32_matmul_precision: exact float32 products, TF32 (NVIDIA, Ampere on), bfloat16 where supported
 MATMUL_PRECISIONS = ("highest", "high", "medium")
@@ -77,6 +78,7 @@ def validate(cfg: DictConfig) -> None:
             "device.matmul_precision", precision,
             "highest (exact float32 products), high (TF32 on NVIDIA GPUs) or medium (bfloat16 products)",
         )  # fmt: skip
+    check_logger(cfg)
 
 
 def _validate_data_parallel(cfg: DictConfig) -> None:

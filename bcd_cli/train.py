@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from bcd_cli import memory
 from bcd_cli.checkpoint import Checkpoint, rng_state, write_checkpoint
 from bcd_cli.config import DTYPES, architecture, build, matmul_precision, resolve_device, trainer_class, validate
-from bcd_cli.data import Dataset, load_data, shard
+from bcd_cli.data import Dataset, load_data, shard, write_record
 from bcd_cli.engine.network import MLP
 from bcd_cli.engine.parallel import any_rank, rank, synchronize
 from bcd_cli.engine.trainer import Trainer
@@ -166,7 +166,9 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
     lock = run_lock(out_dir) if rank() == 0 else contextlib.nullcontext()  # rank 0 alone writes
     with lock, matmul_precision(cfg) as precision:
         device, dtype = resolve_device(cfg), DTYPES[cfg.dtype]
-        data = shard(load_data(cfg.data, dtype=dtype, device=device))
+        data = shard(load_data(cfg.data, dtype=dtype, device=device, folder=out_dir, resumed=resumed))
+        if rank() == 0:
+            write_record(out_dir, data)  # data.json: how the data was prepared, which a resumed run reads back
         memory.check(memory.estimate_for(cfg, data), device, what="this run")  # before the network exists
         if precision != "highest":
             log.info("float32 matrix products at precision %s (torch.set_float32_matmul_precision)", precision)
@@ -214,8 +216,12 @@ class _Record:
         if record.main:
             write_summary(out_dir / SUMMARY_FILE, {"status": "running", "sweeps": record.sweep, "epochs": cfg.epochs})
             record.observers = observers_for(cfg, out_dir)
-            for observer in record.observers:
-                observer.start(cfg, out_dir, record.sweep)
+            try:
+                for observer in record.observers:
+                    observer.start(cfg, out_dir, record.sweep)
+            except BaseException as err:  # the observers started before it are closed
+                record.close_observers(_stopped_status(err), first_line(err))
+                raise
         return record
 
     @property
@@ -273,9 +279,28 @@ class _Record:
             plot_curves(metrics, self.out_dir / CURVES_FILE, title=title)
             plot_convergence(metrics, self.out_dir / CONVERGENCE_FILE, title=title)
             files = [self.out_dir / name for name in (METRICS_FILE, SUMMARY_FILE, CURVES_FILE, CONVERGENCE_FILE)]
-            for observer in self.observers:
-                observer.finish(status, summary, files)
+            self.finish_observers(status, summary, files)
         return metrics, summary
+
+    def finish_observers(self, status: str, summary: dict[str, Any], files: list[Path]) -> None:
+        """Each observer's ``finish``, once: later calls find none left. An observer that fails to finish is a
+        warning, since the run's own files are written by then."""
+        observers, self.observers = self.observers, []
+        for observer in observers:
+            try:
+                observer.finish(status, summary, files)
+            except Exception as exc:
+                log.warning("%s did not finish: %s", type(observer).__name__, first_line(exc))
+
+    def close_observers(self, status: str, error: str) -> None:
+        """``finish_observers`` for a run that ends without its reports (nothing recorded, or an error in the
+        reports themselves): the summary holds the status, the error and the sweeps done; the files are those
+        the folder holds."""
+        if not self.observers:
+            return
+        names = (METRICS_FILE, SUMMARY_FILE, CURVES_FILE, CONVERGENCE_FILE)
+        files = [self.out_dir / name for name in names if (self.out_dir / name).is_file()]
+        self.finish_observers(status, {"status": status, "sweeps": self.sweep, "error": error}, files)
 
     def reports_of_a_stop(self, status: str, error: str | None = None) -> None:
         """``reports`` of a run that stops early, when it recorded anything; never raises."""
@@ -287,7 +312,22 @@ class _Record:
             log.warning("reports of %s not written: %s", self.out_dir, first_line(exc))
 
 
+def _stopped_status(err: BaseException) -> str:
+    """The status of a run that ``err`` ends: interrupted by a stop signal or Ctrl-C, else failed."""
+    return "interrupted" if isinstance(err, Interrupted | KeyboardInterrupt) else "failed"
+
+
 def _train(record: _Record, stop: GracefulStop, progress: Progress | None) -> RunResult:
+    """``_sweeps_of`` with the run's observers finished however it ends: by its reports, or, where a run ends
+    without them, by ``_Record.close_observers``, so that no tracker is left open."""
+    try:
+        return _sweeps_of(record, stop, progress)
+    except BaseException as err:
+        record.close_observers(_stopped_status(err), first_line(err))
+        raise
+
+
+def _sweeps_of(record: _Record, stop: GracefulStop, progress: Progress | None) -> RunResult:
     """The sweep loop of ``run``: metrics row, checkpoint and stop check after every sweep; a run that stops
     early writes the reports of the sweeps done and raises an error saying what its folder keeps."""
     cfg, trainer, data, out_dir = record.cfg, record.trainer, record.data, record.out_dir
