@@ -1,13 +1,18 @@
-"""Data sets for bcd-cli: scikit-learn digits, MNIST and Fashion-MNIST.
+"""Data sets for bcd-cli: scikit-learn digits, MNIST, Fashion-MNIST, CIFAR-10, and one's own .npz or CSV files.
 
-Every data set comes back as feature-by-sample matrices (one column per sample),
-pixels scaled to [0, 1], one-hot targets, in the requested dtype and device.
+Every data set comes back as feature-by-sample matrices (one column per sample), normalised as
+``data.normalize`` says, one-hot targets, in the requested dtype and device. Labels become classes
+0..K-1: the ten classes of the image data sets, or the sorted labels of the training split of one's own
+data. How the data was prepared (the classes, the normalisation's statistics, the files read and their
+SHA-256) is recorded in the run folder's data.json, which a resumed run reads back instead of computing
+it again, so that it trains on exactly the numbers the run started with.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 import logging
 import math
 import os
@@ -18,29 +23,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from bcd_cli.datafiles import Splits, download_cifar, read_cifar_folder, read_csv, read_npz, sha256
 from bcd_cli.engine.parallel import local_columns, world_size
 from bcd_cli.errors import ConfigError, DataError
 
-_Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]  # X_tr, y_tr, X_te, y_te, source
-
 log = logging.getLogger(__name__)
 
-NAMES = ("digits", "mnist", "fashion_mnist")
+NAMES = ("digits", "mnist", "fashion_mnist", "cifar10", "npz", "csv")
+# the image data sets: their largest pixel value (digits 0..16, the others 0..255); they have ten classes 0..9
+PIXEL_MAX = {"digits": 16.0, "mnist": 255.0, "fashion_mnist": 255.0, "cifar10": 255.0}
+NORMALIZE = ("none", "unit", "standard")
+RECORD_FILE = "data.json"
 # the four standard idx files: train images, train labels, test images, test labels
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _IDX_HINT = f"a folder holding the four idx files {', '.join(IDX_FILES)} (each plain or gzipped .gz)"
+_CHUNK = 4096  # samples per pass when the normalisation's statistics are summed
 
 
 @dataclass(frozen=True)
 class Dataset:
     """A train/test split on one dtype and device.
 
-    X is d0 x n (one contiguous column per sample, values in [0, 1]), Y is
-    n_classes x n one-hot, y holds the n int64 labels.
+    X is d0 x n (one contiguous column per sample, normalised as ``data.normalize`` says), Y is
+    n_classes x n one-hot, y holds the n int64 classes. ``record`` is how the data was prepared
+    (written to the run folder as data.json; None for data made in memory).
     """
 
     name: str
@@ -54,6 +65,7 @@ class Dataset:
     # in a data-parallel run this process holds a shard: the sample counts of the whole data set
     n_train_all: int | None = None
     n_test_all: int | None = None
+    record: dict[str, Any] | None = None
 
     @property
     def n_features(self) -> int:
@@ -83,27 +95,105 @@ def shard(data: Dataset) -> Dataset:
     )  # fmt: skip
 
 
-def load_data(cfg: DictConfig | Mapping[str, Any], *, dtype: torch.dtype, device: torch.device) -> Dataset:
-    """Load the data set named by ``cfg.name`` (the ``data`` config node, or a plain dict)."""
+def load_data(
+    cfg: DictConfig | Mapping[str, Any],
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    folder: Path | None = None,
+    resumed: bool = False,
+) -> Dataset:
+    """Load the data set named by ``cfg.name`` (the ``data`` config node, or a plain dict).
+
+    A ``resumed`` run in ``folder`` takes the classes and the normalisation's statistics from the folder's
+    data.json (when it has one), after checking that every file read has the SHA-256 recorded there.
+    Subsets are deterministic: the first ``n_train`` and ``n_test`` samples of each split, in file (or split) order.
+    """
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
     name = cfg.get("name")
     if name not in NAMES:
         raise ConfigError("data.name", name, f"one of {', '.join(NAMES)}")
-    if name == "digits":
-        Xtr, ytr, Xte, yte, source = _digits(cfg)
-    elif cfg.get("root") is None:
-        Xtr, ytr, Xte, yte, source = _download(name, cfg)
+    kind = cfg.get("normalize", "unit" if name in PIXEL_MAX else "standard")  # a run folder older than the key
+    if kind not in NORMALIZE:
+        scaled = "pixels / their maximum" if name in PIXEL_MAX else "min-max scaling from the training split"
+        allowed = f"none, unit ({scaled}) or standard (per-feature mean and std of the training split)"
+        raise ConfigError("data.normalize", kind, allowed)
+    recorded = read_record(folder) if resumed and folder is not None else None
+    splits = _read(name, cfg)
+    files = _files(splits, recorded, folder)
+    n_tr = _subset_size(cfg, "n_train", len(splits.y_train))
+    n_te = _subset_size(cfg, "n_test", len(splits.y_test))
+    Xtr, Xte = splits.X_train[:n_tr].reshape(n_tr, -1), splits.X_test[:n_te].reshape(n_te, -1)
+    if recorded is not None:
+        classes, stats = recorded["classes"], _recorded_statistics(recorded, Xtr.shape[1], folder)
     else:
-        Xtr, ytr, Xte, yte, source = _local(Path(os.path.expanduser(str(cfg.root))))
-    scale = 16.0 if name == "digits" else 255.0  # digits pixels are 0..16, (Fashion-)MNIST 0..255
-    # Subsets are deterministic: the first n samples of each split, in file (or split) order.
-    n_tr = _subset_size(cfg, "n_train", len(ytr))
-    n_te = _subset_size(cfg, "n_test", len(yte))
-    n_classes = 10
-    X_train, Y_train, y_train = _to_device(Xtr[:n_tr], ytr[:n_tr], scale, n_classes, dtype, device)
-    X_test, Y_test, y_test = _to_device(Xte[:n_te], yte[:n_te], scale, n_classes, dtype, device)
-    log.info("loaded %s from %s: %d features, %d train, %d test", name, source, X_train.shape[0], n_tr, n_te)
-    return Dataset(name, X_train, Y_train, y_train, X_test, Y_test, y_test, n_classes)
+        classes = list(range(10)) if name in PIXEL_MAX else np.unique(splits.y_train).tolist()
+        stats = _statistics(kind, name, Xtr)
+    ytr = _class_indices(splits.y_train[:n_tr], classes, splits.source, "training")
+    yte = _class_indices(splits.y_test[:n_te], classes, splits.test_file or splits.source, "test")
+    X_train, Y_train, y_train = _to_device(Xtr, ytr, stats, len(classes), dtype, device)
+    X_test, Y_test, y_test = _to_device(Xte, yte, stats, len(classes), dtype, device)
+    log.info("loaded %s from %s: %d features, %d train, %d test", name, splits.source, X_train.shape[0], n_tr, n_te)
+    record = {
+        "name": name, "source": splits.source, "files": files, "n_features": int(X_train.shape[0]),
+        "n_train": n_tr, "n_test": n_te, "classes": classes,
+        **({"label_names": splits.label_names} if splits.label_names else {}), "normalize": stats,
+    }  # fmt: skip
+    return Dataset(name, X_train, Y_train, y_train, X_test, Y_test, y_test, len(classes), record=record)
+
+
+def write_record(folder: Path, data: Dataset) -> None:
+    """Writes ``folder``/data.json, how ``data`` was prepared, atomically (nothing for data without a record)."""
+    from bcd_cli.report import write_json
+
+    if data.record is not None:
+        write_json(folder / RECORD_FILE, data.record)
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The data.json of a run folder; None where the run has none (it started before the file was written), so
+    that the preparation is computed again, as such a run computed it."""
+    path = folder / RECORD_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record.get("classes"), list) or not isinstance(record.get("normalize"), dict):
+            raise ValueError("no classes or normalize entry")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(
+            f"{path}: unreadable data record ({' '.join(str(exc).split())}); remove it to prepare the data again "
+            "from its files"
+        ) from exc
+    return record
+
+
+def _read(name: str, cfg: DictConfig) -> Splits:
+    """The raw splits of data set ``name``."""
+    readers = {"digits": _digits, "npz": read_npz, "csv": read_csv}
+    if name in readers:
+        return readers[name](cfg)
+    root = cfg.get("root")
+    if name == "cifar10":
+        return download_cifar(cfg) if root is None else read_cifar_folder(Path(os.path.expanduser(str(root))))
+    return _download(name, cfg) if root is None else _local(Path(os.path.expanduser(str(root))))
+
+
+def _files(splits: Splits, recorded: dict[str, Any] | None, folder: Path | None) -> list[dict[str, Any]]:
+    """The files read, with their sizes and SHA-256; a resumed run refuses a file that changed since it started."""
+    files = [{"path": str(p), "bytes": p.stat().st_size, "sha256": sha256(p)} for p in splits.files]
+    if recorded is None:
+        return files
+    before = {entry.get("path"): entry.get("sha256") for entry in recorded.get("files", [])}
+    for entry in files:
+        if before.get(entry["path"]) != entry["sha256"]:
+            record = Path(str(folder), RECORD_FILE)
+            what = "was not read when the run started" if entry["path"] not in before else "changed since the run"
+            raise DataError(
+                f"{entry['path']}: {what} (its SHA-256 differs from the one in {record}); the resumed run would "
+                "train on other data: restore the file, or start a new run"
+            )
+    return files
 
 
 def _subset_size(cfg: DictConfig, key: str, size: int) -> int:
@@ -116,17 +206,71 @@ def _subset_size(cfg: DictConfig, key: str, size: int) -> int:
     return n
 
 
+def _class_indices(y: np.ndarray, classes: list[Any], where: str, split: str) -> np.ndarray:
+    """Labels as classes 0..K-1 (the index of each label in ``classes``); a label outside them is refused."""
+    index = {label: i for i, label in enumerate(classes)}
+    labels = y.tolist()
+    found = np.fromiter((index.get(label, -1) for label in labels), dtype=np.int64, count=len(labels))
+    if (found < 0).any():
+        label = labels[int(np.argmax(found < 0))]
+        shown = ", ".join(map(repr, classes[:20])) + (", ..." if len(classes) > 20 else "")
+        raise DataError(f"{where}: {split} label {label!r} is not among the training labels ({shown})")
+    return found
+
+
+def _statistics(kind: str, name: str, X: np.ndarray) -> dict[str, Any]:
+    """The normalisation of ``kind`` with its statistics from the training samples ``X`` (n x d), as recorded.
+
+    ``unit`` divides pixels by their maximum for the image data sets, and scales each feature of one's own data
+    from its training min..max to 0..1; ``standard`` subtracts each feature's training mean and divides by its
+    standard deviation. A constant feature is only shifted (to 0): its scale is 1."""
+    if kind == "none":
+        return {"kind": "none"}
+    if kind == "unit" and name in PIXEL_MAX:
+        return {"kind": "unit", "scale": PIXEL_MAX[name]}
+    lo, hi = X.min(axis=0).astype(np.float64), X.max(axis=0).astype(np.float64)
+    if kind == "unit":
+        return {"kind": "unit", "min": lo.tolist(), "max": hi.tolist()}
+    n = len(X)
+    mean = sum(X[i : i + _CHUNK].sum(axis=0, dtype=np.float64) for i in range(0, n, _CHUNK)) / n
+    squares = sum(((X[i : i + _CHUNK] - mean) ** 2).sum(axis=0) for i in range(0, n, _CHUNK))
+    std = np.sqrt(squares / n)
+    constant = hi == lo
+    mean[constant], std[constant] = lo[constant], 1.0
+    return {"kind": "standard", "mean": mean.tolist(), "std": std.tolist()}
+
+
+def _recorded_statistics(recorded: dict[str, Any], d: int, folder: Path | None) -> dict[str, Any]:
+    """The normalisation a run folder recorded, checked against the number of features ``d``."""
+    stats = recorded["normalize"]
+    lengths = {len(v) for v in stats.values() if isinstance(v, list)}
+    if stats.get("kind") not in NORMALIZE or lengths - {d}:
+        raise DataError(
+            f"{Path(str(folder), RECORD_FILE)}: its normalisation ({stats.get('kind')!r}, statistics for "
+            f"{', '.join(map(str, sorted(lengths))) or 'no'} features) does not fit the data's {d} features"
+        )
+    return stats
+
+
 def _to_device(
-    X: torch.Tensor, y: torch.Tensor, scale: float, n_classes: int, dtype: torch.dtype, device: torch.device
+    X: np.ndarray, y: np.ndarray, stats: dict[str, Any], n_classes: int, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """n x d raw features and n labels -> (d x n scaled X, n_classes x n one-hot Y, int64 labels), on device."""
-    X = X.reshape(len(X), -1).to(device=device, dtype=dtype).div(scale).T.contiguous()
-    y = y.to(device=device, dtype=torch.int64)
-    Y = F.one_hot(y, n_classes).T.to(dtype).contiguous()
-    return X, Y, y
+    """n x d raw features and n classes -> (d x n normalised X, n_classes x n one-hot Y, int64 classes), on device."""
+    X_t = torch.from_numpy(np.ascontiguousarray(X)).to(device=device, dtype=dtype)
+    if "scale" in stats:
+        X_t = X_t.div(stats["scale"])
+    elif stats["kind"] != "none":
+        shift, scale = (stats["mean"], stats["std"]) if stats["kind"] == "standard" else (stats["min"], stats["max"])
+        shift_t, scale_t = (torch.tensor(v, dtype=torch.float64) for v in (shift, scale))
+        if stats["kind"] == "unit":  # max - min, 1 for a constant feature
+            scale_t = torch.where(scale_t > shift_t, scale_t - shift_t, torch.ones_like(scale_t))
+        X_t = (X_t - shift_t.to(device=device, dtype=dtype)) / scale_t.to(device=device, dtype=dtype)
+    y_t = torch.from_numpy(y).to(device=device, dtype=torch.int64)
+    Y = F.one_hot(y_t, n_classes).T.to(dtype).contiguous()
+    return X_t.T.contiguous(), Y, y_t
 
 
-def _digits(cfg: DictConfig) -> _Splits:
+def _digits(cfg: DictConfig) -> Splits:
     """scikit-learn's bundled 8x8 digits, split by a stratified, seeded train_test_split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -140,11 +284,10 @@ def _digits(cfg: DictConfig) -> _Splits:
     except ValueError as exc:  # e.g. too few test samples to hold every class
         allowed = f"a fraction leaving every class both train and test samples ({exc})"
         raise ConfigError("data.test_fraction", frac, allowed) from exc
-    t = torch.from_numpy
-    return t(Xtr), t(ytr), t(Xte), t(yte), "scikit-learn load_digits"
+    return Splits(Xtr, ytr, Xte, yte, "scikit-learn load_digits")
 
 
-def _download(name: str, cfg: DictConfig) -> _Splits:
+def _download(name: str, cfg: DictConfig) -> Splits:
     """MNIST / Fashion-MNIST through torchvision, downloading into ``cfg.download_dir`` if needed."""
     from torchvision import datasets
 
@@ -165,11 +308,13 @@ def _download(name: str, cfg: DictConfig) -> _Splits:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         what = f"could not be downloaded to {folder}" if download else f"is not in {folder} and data.download=false"
         raise DataError(f"{cls.__name__} {what} ({reason}); offline, pass data.root=DIR, {_IDX_HINT}") from exc
-    _check(*splits, where=[Path(folder, cls.__name__, "raw", f) for f in IDX_FILES])
-    return (*splits, f"torchvision ({folder})")
+    paths = [Path(folder, cls.__name__, "raw", f) for f in IDX_FILES]
+    _check(*splits, where=paths)
+    Xtr, ytr, Xte, yte = (t.numpy() for t in splits)
+    return Splits(Xtr, ytr, Xte, yte, f"torchvision ({folder})", [p for p in paths if p.is_file()], str(paths[3]))
 
 
-def _local(root: Path) -> _Splits:
+def _local(root: Path) -> Splits:
     """Read the four idx files from ``root`` (offline; no checksum checks)."""
     if not root.is_dir():
         state = "is a file, not a folder" if root.exists() else "folder does not exist"
@@ -189,7 +334,8 @@ def _local(root: Path) -> _Splits:
     paths = [found[0] for found in candidates]
     Xtr, ytr, Xte, yte = (tensors[0] for tensors in read)
     _check(Xtr, ytr, Xte, yte, where=paths)
-    return Xtr, ytr, Xte, yte, str(root)
+    files = [p for found in candidates for p in found]
+    return Splits(Xtr.numpy(), ytr.numpy(), Xte.numpy(), yte.numpy(), str(root), files, str(paths[3]))
 
 
 def _read_idx(path: Path, *, images: bool) -> torch.Tensor:
