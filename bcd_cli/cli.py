@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
 
-from bcd_cli import folders
+from bcd_cli import folders, search
 from bcd_cli.app import CONFIG_NAME, VERSION_BASE, config_dir, quoted
 from bcd_cli.callbacks import SweepReport, report_sweep
 from bcd_cli.console import progress_display, summary_table
@@ -102,7 +103,8 @@ def claimed_arguments(argv: list[str], launch: Launch | None) -> tuple[list[str]
     """Claims the folder the command will write into (see bcd_cli.folders) and pins it in ``argv``.
 
     The folder is the one Hydra would use: named on the command line (``hydra.run.dir``, or
-    ``hydra.sweep.dir`` for a multirun; it must be new or empty), the folder of ``resume=DIR``, or
+    ``hydra.sweep.dir`` for a multirun; it must be new or empty, or, for an Optuna search, hold the study
+    the search continues), the folder of ``resume=DIR``, or
     else the time-stamped default, renamed ``TIME_1``, ... when another launch took it first. Relative
     paths of the config (``data.root``) are made absolute, so the run folder records where its data was.
     In a data-parallel run rank 0 claims the folder and the other ranks write neither .hydra/ nor a log.
@@ -115,6 +117,8 @@ def claimed_arguments(argv: list[str], launch: Launch | None) -> tuple[list[str]
         mode = "resume"  # resume_arguments pinned the folder
     else:
         mode = "exclusive" if any(override_key(a) == key for a in overrides) else "fresh"
+        if mode == "exclusive" and launch.search:
+            mode = "search"
     claim = None
     if rank() == 0:
         try:
@@ -161,6 +165,13 @@ def _failed_jobs(folder: Path) -> list[str]:
     return [f"job {row.job}: {row.status}: {row.error}" for row in failed.itertuples()]
 
 
+def _how_to_continue(folder: Path) -> None:
+    """After a stop signal, the command that continues the Optuna search of ``folder`` (none for a grid)."""
+    if search.is_study_folder(folder):
+        command = shlex.join(["bcd-train", *sys.argv[1:]])
+        print(f"bcd-train: the search in {folder} stopped; continue it with: {command}", file=sys.stderr)
+
+
 def _refuse(err: BCDError) -> NoReturn:
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise err
@@ -202,16 +213,23 @@ def _launch(claim: Claim | None) -> None:
     except SystemExit as exc:
         if exc.code in EXIT_STATUSES and SweepReport.folder is not None:
             report_sweep(SweepReport.folder)  # the report of the jobs done before the signal
+            _how_to_continue(SweepReport.folder)
         raise
     except KeyboardInterrupt as err:  # before the first sweep, a second signal, or while a launcher waits
         if SweepReport.folder is not None:  # the jobs of a parallel launcher (joblib, submitit) stop at once
             _wait_for_jobs(SweepReport.folder)
             report_sweep(SweepReport.folder)
+            _how_to_continue(SweepReport.folder)
         signum = stopped_by(err)
         kept = claim is not None and folders.holds_results(claim.folder)
         where = f"; what was recorded is in {claim.folder}" if kept and claim else "; nothing was recorded"
         print(f"bcd-train: interrupted by {signal_name(signum)}{where}", file=sys.stderr)
         sys.exit(exit_status(signum))
+    if SweepReport.folder is not None and search.is_study_folder(SweepReport.folder):
+        if (short := search.shortfall(SweepReport.folder)) is not None:
+            print(f"bcd-train: {short}", file=sys.stderr)
+            sys.exit(1)
+        return  # a failed or pruned trial is part of a search: the study went on without it
     if SweepReport.folder is not None and (failed := _failed_jobs(SweepReport.folder)):
         total = len(sweep_table(SweepReport.folder)[0])
         print(

@@ -13,6 +13,9 @@ will write into, and holds the claim until the command ends:
   files) is refused as it is.
 - ``resume`` (``resume=DIR``): the run folder must exist and be writable, and no other process may
   hold it.
+- ``search`` (``hydra.sweep.dir`` of an Optuna search, ``hydra/sweeper=optuna``): as ``exclusive``, but a
+  folder holding a search's study (``optuna.db``) is taken too, when no other process holds it, so that the
+  same command continues the study there; such a claim is recorded as ``continue`` and never discards.
 
 The claim is an exclusive advisory lock (``flock``) on ``.lock`` in the folder: the operating system
 releases it when the process ends, even on SIGKILL, so a crashed run never blocks its folder. Within
@@ -33,7 +36,8 @@ from bcd_cli.errors import ConfigError, DataError
 from bcd_cli.stopping import STOP_SIGNALS
 
 LOCK_FILE = ".lock"
-MODES = ("fresh", "exclusive", "resume")
+STUDY_FILE = "optuna.db"  # the SQLite storage of an Optuna search, in its sweep folder
+MODES = ("fresh", "exclusive", "resume", "search")
 # files whose presence makes a folder a result worth keeping, even when the run failed or was stopped
 RESULT_FILES = ("metrics.csv", "summary.json")
 _SUFFIXES = 10_000  # fresh names tried after the time-stamped one: TIME_1 ... TIME_9999
@@ -61,7 +65,7 @@ class Claim:
             _claims.remove(self)
         with contextlib.suppress(OSError):
             os.close(self.fd)
-        if not discard or self.mode == "resume" or holds_results(self.folder):
+        if not discard or self.mode in ("resume", "continue") or holds_results(self.folder):
             return
         if self.created:
             shutil.rmtree(self.folder, ignore_errors=True)
@@ -120,6 +124,8 @@ def _claim(folder: Path, *, mode: str, key: str) -> Claim:
         return _locked(folder, mode, key, created=True, made=made)
     if not folder.is_dir():
         raise ConfigError(key, str(folder), f"a folder; {folder} exists and is not one")
+    if mode == "search" and (folder / STUDY_FILE).is_file():  # a search to continue
+        return _locked(folder, "continue", key, created=False, made=made)
     _refuse_if_occupied(folder, key)
     return _locked(folder, mode, key, created=False, made=made)
 
@@ -158,7 +164,9 @@ def _refuse_if_occupied(folder: Path, key: str) -> None:
         raise ConfigError(key, str(folder), f"a folder bcd-train can read and write ({_reason(err)})") from None
     if not entries or entries == [LOCK_FILE]:  # a lock file alone: a run that never started
         return
-    if (folder / "metrics.csv").exists():
+    if (folder / STUDY_FILE).exists():
+        hint = "it holds an Optuna search: continue it with hydra/sweeper=optuna and its search space, or a new folder"
+    elif (folder / "metrics.csv").exists():
         hint = f"it holds a run: continue it with resume={folder}, or choose a new folder"
     elif any(p.parent.name == ".hydra" for p in folder.glob("*/.hydra/overrides.yaml")):
         hint = "it holds a multirun; choose a new folder (bcd-report reports on it as it is)"
@@ -195,7 +203,7 @@ def _locked(folder: Path, mode: str, key: str, *, created: bool, made: list[Path
             raise ConfigError(
                 key, str(folder), "a folder no other process uses: another bcd-train process is running in this folder"
             )
-        if {p.name for p in folder.iterdir()} - {LOCK_FILE}:  # the other process wrote there before it died
+        if mode != "continue" and {p.name for p in folder.iterdir()} - {LOCK_FILE}:  # written before it died
             os.close(fd)
             _refuse_if_occupied(folder, key)
     found = Claim(folder, mode, created, fd, made)

@@ -41,6 +41,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from bcd_cli import search
 from bcd_cli.app import BASIC_SWEEPER, CONFIG_NAME, config_dir, initialized, quoted
 from bcd_cli.config import OPTIONAL_KEYS, PATH_KEYS, validate
 from bcd_cli.errors import ConfigError, first_line
@@ -80,12 +81,14 @@ class Launch:
     """What a command line launches: a run or a multirun, the folder it writes into (absolute, resolved as
     Hydra resolves it) and the relative paths of its config (key -> value) that the run folder should
     record as absolute paths; ``jobs`` holds the overrides of each job in job order, as its
-    ``.hydra/overrides.yaml`` will (empty for a sweeper other than Hydra's basic one)."""
+    ``.hydra/overrides.yaml`` will (empty for a sweeper other than Hydra's basic one); ``search`` says that
+    an Optuna search (bcd_cli.search) runs, whose sweep folder may hold the study it continues."""
 
     multirun: bool
     folder: Path
     relative_paths: dict[str, str]
     jobs: list[list[str]] = field(default_factory=list)
+    search: bool = False
 
 
 def preflight(argv: list[str]) -> Launch | None:
@@ -248,24 +251,47 @@ class _Preflight:
         HydraConfig.instance().set_config(master)
         sweep_dir = Path(os.path.abspath(str(_resolve(master, "hydra.sweep.dir"))))
         _check_launcher(master)
+        if search.is_search(master.hydra):
+            return self._check_search(master, parsed, sweep_dir)
         if master.hydra.runtime.choices.get("hydra/sweeper") != BASIC_SWEEPER:
             return Launch(True, sweep_dir, {})  # another sweeper plugin expands the sweep its own way
         jobs, swept = self._expand(master, parsed)
-        hydra_overrides = [*(o.input_line or "" for o in parsed if o.is_hydra_override()), MULTIRUN]
         relative: dict[str, str] = {}
         for num, job in enumerate(jobs):
             label = [o for o in job if o.split("=", 1)[0] in swept]
-            try:
-                cfg = self._compose_or_refuse([*hydra_overrides, *job])
-                OmegaConf.copy_cache(from_config=master, to_config=cfg)  # the same ${now:} as the sweep's
-                with open_dict(cfg):  # as Hydra's basic launcher
-                    cfg.hydra.job.id = num
-                    cfg.hydra.job.num = num
-                _, task = self._check_job(cfg, "hydra.sweep.dir", "hydra.sweep.subdir")
-            except ConfigError as err:
-                raise JobError(num, label, err) from None
+            task = self._check_sweep_job(master, parsed, num, job, label)
             relative |= {k: v for k, v in _relative_paths(task, parsed).items() if k not in swept}
         return Launch(True, sweep_dir, relative, jobs)
+
+    def _check_sweep_job(
+        self, master: DictConfig, parsed: list[Override], num: int, job: list[str], label: list[str]
+    ) -> DictConfig:
+        """Job ``num`` of a multirun, with overrides ``job``, composed and validated as Hydra's launcher
+        composes it; returns its config without ``hydra``. JobError (naming the ``label`` overrides) if bad."""
+        hydra_overrides = [*(o.input_line or "" for o in parsed if o.is_hydra_override()), MULTIRUN]
+        try:
+            cfg = self._compose_or_refuse([*hydra_overrides, *job])
+            OmegaConf.copy_cache(from_config=master, to_config=cfg)  # the same ${now:} as the sweep's
+            with open_dict(cfg):  # as Hydra's basic launcher
+                cfg.hydra.job.id = num
+                cfg.hydra.job.num = num
+            _, task = self._check_job(cfg, "hydra.sweep.dir", "hydra.sweep.subdir")
+        except ConfigError as err:
+            raise JobError(num, label, err) from None
+        return task
+
+    def _check_search(self, master: DictConfig, parsed: list[Override], sweep_dir: Path) -> Launch:
+        """An Optuna search: its settings and search space, a study its sweep folder holds (started with the
+        same space and objective), and one job, at the lower bound of every interval and the first of every
+        choice, so that a bad key or value is refused before the study starts."""
+        settings = search.Settings.of(master.hydra.sweeper)
+        space, fixed = search.parse_space(settings.params, [o.input_line or "" for o in _task(parsed)])
+        search.make_pruner(settings)
+        search.check_continuation(settings, sweep_dir, space)
+        first = [param.first() for param in space.values()]
+        task = self._check_sweep_job(master, parsed, 0, [*fixed, *first], first)
+        relative = {k: v for k, v in _relative_paths(task, parsed).items() if k not in space}
+        return Launch(True, sweep_dir, relative, search=True)
 
     def _master(self, parsed: list[Override]) -> DictConfig:
         """The sweep's own config: composed without the sweeps, or, where a swept group has no default,

@@ -25,6 +25,7 @@ from matplotlib.ticker import MaxNLocator
 from bcd_cli.app import BASIC_SWEEPER
 from bcd_cli.folders import is_locked
 from bcd_cli.report import METRICS_FILE, SUMMARY_FILE, read_metrics
+from bcd_cli.search import is_study_folder, write_study_report
 
 SWEEP_SUMMARY_FILE = "sweep_summary.csv"
 MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a multirun's config, in its sweep folder
@@ -137,8 +138,10 @@ def sweep_table(folder: Path) -> tuple[pd.DataFrame, list[str]]:
 def write_sweep_report(folder: Path | str, keys: Sequence[str] | None = None) -> list[Path]:
     """Writes the sweep report of a multirun folder and returns the files written.
 
-    sweep_summary.csv always; heatmap.png when two keys vary (``keys`` chooses them); sweep_aggregate.csv and
-    curves_by_config.png when ``seed`` was swept; comparison.png/.csv/.md when ``trainer`` was swept.
+    sweep_summary.csv always; heatmap.png when two keys vary (``keys`` chooses them; an Optuna search, whose
+    values hardly ever repeat, has one only when ``keys`` asks); sweep_aggregate.csv and curves_by_config.png
+    when ``seed`` was swept; comparison.png/.csv/.md when ``trainer`` was swept; for an Optuna search, the
+    study's report (bcd_cli.search.write_study_report).
     """
     folder = Path(folder)
     table, swept = sweep_table(folder)
@@ -160,7 +163,7 @@ def write_sweep_report(folder: Path | str, keys: Sequence[str] | None = None) ->
         (folder / COMPARISON_MD).write_text(comparison_markdown(comparison))
         plot_comparison(table, metrics, folder / COMPARISON_FILE, title=comparison_title(folder, table))
         written += [folder / COMPARISON_CSV, folder / COMPARISON_MD, folder / COMPARISON_FILE]
-    return written
+    return written + write_study_report(folder)
 
 
 def check_sweep(folder: Path | str, keys: Sequence[str] | None = None) -> None:
@@ -175,6 +178,8 @@ def _checked_keys(
 ) -> tuple[str, str] | None:
     if table.empty:
         raise ValueError(f"{folder} holds no job folders (subfolders with {OVERRIDES.as_posix()})")
+    if keys is None and is_study_folder(folder):  # a search's values form no grid
+        return None
     return _heatmap_keys(table, swept, keys)
 
 
