@@ -147,7 +147,9 @@ def check_classes(y: np.ndarray, where: str, what: str) -> None:
     """Classification needs two classes at least."""
     classes = np.unique(y)
     if len(classes) < 2:
-        raise DataError(f"{where}: {what} holds a single class ({classes[0]!r}); classification needs two at least")
+        raise DataError(
+            f"{where}: {what} holds a single class ({classes.tolist()[0]!r}); classification needs two at least"
+        )
 
 
 # ---------------------------------------------------------------- npz
