@@ -9,6 +9,7 @@ import pytest
 from bcd_cli.report import METRIC_COLUMNS
 from bcd_cli.train import run
 from tests.conftest import CONF, TINY, compose_config, requires_cuda
+from tests.test_data_files import blobs, write_cifar, write_csv, write_npz
 
 # a config group whose options are placed at other keys of the config (defaults list `group@key`)
 PACKAGED = {"reg": ("reg_w", "reg_v")}
@@ -44,9 +45,23 @@ def test_every_group_is_walked():
     assert len(all_options()) >= 15
 
 
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory, idx_folder: Path) -> dict[str, list[str]]:
+    """The overrides that point each data option but digits at a small generated file or folder of its kind."""
+    folder = tmp_path_factory.mktemp("data_files")
+    X, y = blobs(240)  # 180 training and 60 test samples: what debug=fast takes
+    return {
+        "data=mnist": [f"data.root={idx_folder}"],
+        "data=fashion_mnist": [f"data.root={idx_folder}"],
+        "data=cifar10": [f"data.root={write_cifar(folder, per_batch=60)}"],
+        "data=npz": [f"data.path={write_npz(folder / 'd.npz', X=X, y=y)}"],
+        "data=csv": [f"data.path={write_csv(folder / 'd.csv', n=240)}", "data.target=kind"],
+    }
+
+
 @pytest.mark.parametrize("override", all_options())
-def test_option_composes_and_trains(override: str, idx_folder: Path, tmp_path: Path):
-    extra = [f"data.root={idx_folder}"] if override.startswith("data=") and "digits" not in override else []
+def test_option_composes_and_trains(override: str, data_files: dict[str, list[str]], tmp_path: Path):
+    extra = data_files.get(override, [])
     cfg = compose_config(*tiny_overrides(override, *extra))
     result = run(cfg, tmp_path)
     metrics = result.metrics
