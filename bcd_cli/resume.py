@@ -234,11 +234,18 @@ def _check_compatible(cfg: DictConfig, out_dir: Path, checkpoint: Checkpoint, da
         )
     if checkpoint.data_shape != data_shape:
         raise DataError(
-            f"{out_dir / CHECKPOINT_FILE}: written for data of shape {checkpoint.data_shape}, "
-            f"but {cfg.data.name} now loads as {data_shape}"
+            f"{out_dir / CHECKPOINT_FILE}: written for data of {_shape_text(checkpoint.data_shape)}, "
+            f"but {cfg.data.name} now loads as {_shape_text(data_shape)}; was its file changed?"
         )
     if checkpoint.sweep > cfg.epochs:
         raise ConfigError("epochs", cfg.epochs, f"at least {checkpoint.sweep}, the sweeps {out_dir} already holds")
+
+
+def _shape_text(shape: list[int]) -> str:
+    """A checkpoint's data shape [features, train samples, test samples, classes] in words."""
+    if len(shape) != 4:
+        return str(shape)
+    return f"{shape[0]} features, {shape[1]} train and {shape[2]} test samples, {shape[3]} classes"
 
 
 def truncate_metrics(path: Path, size: int) -> None:

@@ -492,3 +492,19 @@ def test_every_data_yaml_documents_normalize():
         assert path.read_text().startswith("# ") and "bcd-train data=" in path.read_text().splitlines()[0]
         expected = "unit" if cfg.name in ("digits", "mnist", "fashion_mnist", "cifar10") else "standard"
         assert cfg.normalize == expected, path.name
+
+
+def test_a_run_folder_without_a_record_resumes_and_refuses_other_data(tmp_path, bcd_train):
+    """A folder from before data.json prepares the data again; a file of another shape meets the checkpoint's
+    data shape."""
+    X, y = blobs(240)
+    write_npz(tmp_path / "d.npz", X=X, y=y)
+    assert bcd_train("data=npz", "data.path=d.npz", *TINY, "hydra.run.dir=run", cwd=tmp_path)[0] == 0
+    (tmp_path / "run" / RECORD_FILE).unlink()
+    code, stderr = bcd_train("resume=run", "epochs=3", cwd=tmp_path)
+    assert code == 0, stderr
+    assert (tmp_path / "run" / RECORD_FILE).is_file()
+    (tmp_path / "run" / RECORD_FILE).unlink()
+    write_npz(tmp_path / "d.npz", X=np.hstack([X, X[:, :1]]), y=y)
+    code, stderr = bcd_train("resume=run", "epochs=4", cwd=tmp_path)
+    assert code == 2 and "written for data of 6 features" in stderr and "now loads as 7 features" in stderr
