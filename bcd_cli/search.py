@@ -84,7 +84,8 @@ class Settings:
     @classmethod
     def of(cls, node: Mapping[str, Any]) -> Settings:
         """The settings of ``node``; ConfigError (naming ``hydra.sweeper.KEY``) for a value out of range."""
-        raw: dict[str, Any] = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)  # type: ignore[assignment]
+        plain = node if isinstance(node, DictConfig) else OmegaConf.create(dict(node))  # Hydra passes DictConfigs
+        raw: dict[str, Any] = OmegaConf.to_container(plain, resolve=True)  # type: ignore[assignment]
         n_trials = _whole(raw, "n_trials", 20)
         objective = str(raw.get("objective") or "best_test_acc")
         if objective not in OBJECTIVES:
@@ -263,6 +264,7 @@ def _quiet_optuna() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)  # its SQL, which a root logger at INFO would show
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
