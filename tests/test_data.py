@@ -135,6 +135,16 @@ def test_local_folder_round_trip(tmp_path, name, layout, dtype):
     assert ds.X_train.min() == 0 and ds.X_train.max() == 1
 
 
+def test_local_folder_record_names_the_files_read(tmp_path):
+    make_folder(tmp_path, LAYOUTS["mixed"])
+    record = load(name="mnist", root=tmp_path).record
+    assert [Path(f["path"]).name for f in record["files"]] == [
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte.gz"
+    ]  # fmt: skip
+    assert record["classes"] == list(range(10)) and record["normalize"] == {"kind": "unit", "scale": 255.0}
+    assert all(f["bytes"] == Path(f["path"]).stat().st_size for f in record["files"])
+
+
 def test_local_subsets_are_first_n(tmp_path):
     make_folder(tmp_path, LAYOUTS["gzip"])
     full = load(name="mnist", root=tmp_path)

@@ -474,16 +474,25 @@ def test_npz_run_records_its_data_and_resumes(tmp_path, bcd_train):
     assert pd.read_csv(run / "metrics.csv")["sweep"].tolist() == [0, 1, 2, 3]
 
 
-def test_csv_and_cifar_runs(tmp_path, bcd_train):
+def test_csv_run(tmp_path, bcd_train):
     write_csv(tmp_path / "t.csv", n=240)
-    args = ["data=csv", "data.path=t.csv", "data.target=kind", *TINY]
-    code, stderr = bcd_train(*args, "hydra.run.dir=csv", cwd=tmp_path)
+    code, stderr = bcd_train(
+        "data=csv", "data.path=t.csv", "data.target=kind", *TINY, "hydra.run.dir=run", cwd=tmp_path
+    )
     assert code == 0, stderr
-    assert json.loads((tmp_path / "csv" / "summary.json").read_text())["n_train"] == 120
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["n_train"] == 120
+    assert json.loads((tmp_path / "run" / RECORD_FILE).read_text())["classes"] == list(ANIMALS)
+
+
+def test_cifar_run(tmp_path, bcd_train):
+    """A run on a CIFAR-10 folder (SGD: the 3073 x 3073 products of BCD's first layer are test_config's)."""
     write_cifar(tmp_path / "images", per_batch=60)
-    code, stderr = bcd_train("data=cifar10", "data.root=images", *TINY, "hydra.run.dir=cifar", cwd=tmp_path)
+    code, stderr = bcd_train(
+        "data=cifar10", "data.root=images", *TINY, "trainer=sgd", "hydra.run.dir=run", cwd=tmp_path
+    )
     assert code == 0, stderr
-    assert json.loads((tmp_path / "cifar" / RECORD_FILE).read_text())["n_features"] == 3072
+    record = json.loads((tmp_path / "run" / RECORD_FILE).read_text())
+    assert record["n_features"] == 3072 and record["normalize"] == {"kind": "unit", "scale": 255.0}
 
 
 def test_every_data_yaml_documents_normalize():
@@ -508,3 +517,10 @@ def test_a_run_folder_without_a_record_resumes_and_refuses_other_data(tmp_path, 
     write_npz(tmp_path / "d.npz", X=np.hstack([X, X[:, :1]]), y=y)
     code, stderr = bcd_train("resume=run", "epochs=4", cwd=tmp_path)
     assert code == 2 and "written for data of 6 features" in stderr and "now loads as 7 features" in stderr
+
+
+@pytest.mark.parametrize("features", ["a", [], ["a", "kind"], [1, 2]])
+def test_bad_features_list(tmp_path, features):
+    with pytest.raises(ConfigError) as info:
+        load(name="csv", path=str(write_csv(tmp_path / "t.csv")), target="kind", features=features)
+    assert str(info.value).startswith("data.features=")
