@@ -40,7 +40,8 @@ def status(job: Path) -> str:
 
 def test_a_search_runs_its_trials_as_job_folders_and_reports_the_study(tmp_path: Path, bcd_train):
     sweep = tmp_path / "search"
-    code, stderr = bcd_train(*SEARCH, GAMMA, ALPHA, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    args = [*SEARCH, GAMMA, ALPHA, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}"]
+    code, stderr = bcd_train(*args, cwd=tmp_path)
     assert code == 0, stderr
     trials = study(sweep).trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
