@@ -1,9 +1,9 @@
 """What watches a run from outside the training loop: experiment trackers and a search's pruner.
 
-A run calls every observer of ``observers_for(cfg, out_dir)`` at its start, after each metrics row and at
-its end. The training loop, the run folder and its files never depend on an observer: a tracker that fails
-turns into a warning (``bcd_cli.tracking``), and only ``Pruned`` may end a run early, as a finished
-run with status ``pruned``.
+A run (``bcd_cli.train``) calls every observer of its config (``bcd_cli.tracking.loggers`` and
+``bcd_cli.search.pruners``) at its start, after each metrics row and at its end. The training loop, the run
+folder and its files never depend on an observer: a tracker that fails turns into a warning
+(``bcd_cli.tracking``), and only ``Pruned`` may end a run early, as a finished run with status ``pruned``.
 """
 
 from __future__ import annotations
@@ -29,10 +29,3 @@ class RunObserver(Protocol):
 
     def finish(self, status: str, summary: dict[str, Any], files: list[Path]) -> None:
         """The run ends with ``status`` (completed, pruned, failed, interrupted); ``files`` are its reports."""
-
-
-def observers_for(cfg: DictConfig, out_dir: Path) -> list[RunObserver]:
-    """The trackers of ``cfg.logger`` and, in a search's trial, its pruner."""
-    from bcd_cli import search, tracking
-
-    return [*tracking.loggers(cfg, out_dir), *search.pruners(cfg, out_dir)]

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from bcd_cli import memory
+from bcd_cli import memory, search, tracking
 from bcd_cli.checkpoint import Checkpoint, rng_state, write_checkpoint
 from bcd_cli.config import DTYPES, architecture, build, matmul_precision, resolve_device, trainer_class, validate
 from bcd_cli.data import Dataset, load_data, shard, write_record
@@ -25,7 +25,7 @@ from bcd_cli.engine.parallel import any_rank, rank, synchronize
 from bcd_cli.engine.trainer import Trainer
 from bcd_cli.errors import BCDError, ConfigError, Interrupted, NumericalError, ResourceError, first_line
 from bcd_cli.folders import run_lock
-from bcd_cli.observers import Pruned, RunObserver, observers_for
+from bcd_cli.observers import Pruned, RunObserver
 from bcd_cli.report import (
     CONVERGENCE_FILE,
     CURVES_FILE,
@@ -59,6 +59,11 @@ class RunResult:
     net: MLP
     algorithm: Trainer
     data: Dataset
+
+
+def observers_for(cfg: DictConfig, out_dir: Path) -> list[RunObserver]:
+    """The trackers of ``cfg.logger`` and, in a search's trial, its pruner."""
+    return [*tracking.loggers(cfg, out_dir), *search.pruners(cfg, out_dir)]
 
 
 def build_trainer(cfg: DictConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> Trainer:
