@@ -6,10 +6,12 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 STAMP  := $(shell date +%Y-%m-%d/%H-%M-%S)
 # the folder `make report` regenerates: DIR=..., or the newest multirun or figure1 folder
-DIR    ?= $(shell ls -dt outputs/figure1/*/* outputs/sweep/*/* outputs/multirun/*/* 2>/dev/null | head -1)
+DIR    ?= $(shell ls -dt outputs/figure1/*/* outputs/sweep/*/* outputs/search/*/* outputs/multirun/*/* 2>/dev/null | head -1)
+# the folder of `make search`: a new one, or an existing search's folder to continue it
+SEARCH ?= outputs/search/$(STAMP)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-all figure1 sweep report bench lint clean
+.PHONY: help run test test-all figure1 sweep search report bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +38,11 @@ figure1: $(BIN)/bcd-train  ## the paper's Figure 1: BCD vs SGD (MNIST, 784-600x1
 sweep: $(BIN)/bcd-train  ## a gamma x alpha grid on digits: sweep_summary.csv and heatmap.png; more overrides in ARGS="..."
 	$(BIN)/bcd-train -m gamma=0.1,1,10 alpha=0.1,1,10 hydra.sweep.dir=outputs/sweep/$(STAMP) $(ARGS)
 	@echo "Sweep report: outputs/sweep/$(STAMP)/sweep_summary.csv, heatmap.png"
+
+search: $(BIN)/bcd-train  ## an Optuna search of 30 trials over gamma and alpha on digits (log scales); continue a stopped one: make search SEARCH=outputs/search/...
+	$(BIN)/bcd-train -m hydra/sweeper=optuna 'gamma=tag(log, interval(0.01, 100))' 'alpha=tag(log, interval(0.1, 100))' \
+		hydra.sweeper.n_trials=30 hydra.sweeper.seed=0 hydra.sweep.dir=$(SEARCH) $(ARGS)
+	@echo "Search report: $(SEARCH)/study_trials.csv, study_best.json, study_history.png"
 
 report: $(BIN)/bcd-train  ## regenerate every report of a run or multirun folder: make report DIR=outputs/... (default: the newest)
 	$(BIN)/bcd-report $(DIR)

@@ -88,7 +88,7 @@ def _plain(value: Any) -> Any:
 
 def loggers(cfg: DictConfig, out_dir: Path) -> list[Guarded]:
     """The trackers ``cfg.logger`` names besides the run folder's own files, each behind its ``Guarded`` wall: run
-    observers (``bcd_cli.observers.RunObserver``, which this module does not import, as that module imports it)."""
+    observers (``bcd_cli.observers.RunObserver``)."""
     names = tracker_names(cfg)
     trackers: list[Guarded] = []
     if "tensorboard" in names:
@@ -269,7 +269,7 @@ def _launch(out_dir: Path) -> _Launch:
     if not HydraConfig.initialized():
         return _Launch(cwd, None)
     hydra_cfg = HydraConfig.get()
-    output = hydra_cfg.runtime.output_dir
+    output = OmegaConf.select(hydra_cfg.runtime, "output_dir", default=None, throw_on_missing=False)  # type: ignore[arg-type]
     if not output or Path(output).resolve() != out_dir.resolve():
         return _Launch(cwd, None)
     cwd = Path(hydra_cfg.runtime.cwd or cwd)

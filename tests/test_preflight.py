@@ -27,7 +27,7 @@ BAD_RUNS = [
     (["reg@reg_w=foo"], ["reg@reg_w='foo' is invalid: one of box, elastic_net, l1, l2, none, nonneg"]),
     (["experiment=nope"], ["experiment='nope' is invalid: one of figure1"]),
     (["loss=[square,foo]"], ["loss=['square', 'foo'] is invalid: " + GROUPS]),
-    (["data=null"], ["data=None is invalid: one of cifar10, csv, digits, fashion_mnist, mnist, npz", "~data removes the group"]),
+    (["data=null"], ["data=None is invalid: one of cifar10, csv, digits, fashion_mnist, mnist, npz", "~data removes"]),
     (["reg=l2"], ["reg='l2' is invalid: reg is not in the defaults list; did you mean reg@reg_v or reg@reg_w?"]),
     (["+experiment=figure1"], ["+experiment='figure1' is invalid: experiment is already in the defaults list"]),
     (["++loss=hinge"], ["++loss='hinge' is invalid: a config group: choose an option with loss=hinge"]),
