@@ -18,6 +18,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import struct
 import sys
 import time
@@ -40,6 +41,13 @@ DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"
 DEFAULT_EXPERIMENT = "bcd-cli"
 PARAM_LENGTH = 6000  # MLflow's limit on the length of a param value
 PARAMS_PER_BATCH = 100  # MLflow's limit on the params of one log_batch call
+# MLflow's HTTP client retries a tracking server that does not answer for minutes by default (7 retries, growing
+# waits); a run gives up on it after a few seconds instead. Each is a default: the variable set by the user wins.
+HTTP_PATIENCE = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 # the summary fields shown beside the hparams in TensorBoard
 FINAL_METRICS = ("final_test_acc", "best_test_acc", "final_train_acc", "final_objective")
 # a run's status -> the MLflow run status it ends with
@@ -312,6 +320,8 @@ class MlflowTracker:
         from mlflow.tracking import MlflowClient
 
         self.out_dir = out_dir
+        for variable, value in HTTP_PATIENCE.items():
+            os.environ.setdefault(variable, value)
         record = out_dir / MLFLOW_RUN_FILE
         if record.is_file():  # a resumed run: its MLflow run continues
             saved = json.loads(record.read_text())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -279,6 +280,28 @@ def test_a_failing_tracker_is_one_warning_and_the_run_keeps_all_its_files(tmp_pa
     assert len(pd.read_csv(tmp_path / "run" / METRICS_FILE)) == 3
     assert json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())["status"] == "completed"
     assert all((tmp_path / "run" / name).is_file() for name in ("curves.png", "convergence.png", CHECKPOINT_FILE))
+
+
+def test_a_tracking_server_that_does_not_answer_is_given_up_after_a_few_retries(tmp_path: Path, monkeypatch, caplog):
+    """A real HTTP tracking URI where nothing listens: the run sets MLflow's retry settings to a few (those the
+    user set are kept), the tracker is switched off with one warning and the run completes with its files."""
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for variable in tracking.HTTP_PATIENCE:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    cfg = compose_config(*TINY, "logger=mlflow", f"logger.tracking_uri=http://127.0.0.1:{port}")
+    with caplog.at_level(logging.WARNING, logger="bcd_cli"):
+        result = run(cfg, tmp_path / "run")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("bcd_cli")]
+    assert len(warnings) == 1 and warnings[0].startswith("mlflow tracker switched off"), warnings
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"  # the user's own setting wins
+    assert result.summary["status"] == "completed"
+    assert all((tmp_path / "run" / name).is_file() for name in (METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE))
 
 
 def test_a_run_that_fails_before_any_row_ends_its_mlflow_run_as_failed(tmp_path: Path, sqlite):
