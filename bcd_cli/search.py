@@ -279,12 +279,15 @@ def make_pruner(settings: Settings) -> optuna.pruners.BasePruner:
         raise ConfigError("hydra.sweeper.pruner_args", settings.pruner_args, allowed) from None
 
 
-def _sampler(settings: Settings) -> optuna.samplers.BaseSampler:
+def _sampler(settings: Settings, done: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler ``settings.sampler`` names. A seeded search continued over ``done`` trials already in its study
+    is seeded with ``seed + done``: the first seed again would draw the first launch's points again."""
     import optuna
 
+    seed = None if settings.seed is None else settings.seed + done
     if settings.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=settings.seed)
-    return optuna.samplers.TPESampler(seed=settings.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def check_continuation(settings: Settings, sweep_dir: Path, space: Mapping[str, Param]) -> None:
@@ -331,6 +334,8 @@ def open_study(settings: Settings, sweep_dir: Path, space: Mapping[str, Param]) 
         sampler=_sampler(settings), pruner=make_pruner(settings), load_if_exists=True,
     )  # fmt: skip
     _compare(study, settings, space)
+    if study.trials:
+        study.sampler = _sampler(settings, len(study.trials))
     if "search_space" not in study.user_attrs:
         study.set_user_attr("search_space", space_text(space))
         study.set_user_attr("objective", settings.objective)

@@ -175,6 +175,8 @@ def test_a_study_folder_is_continued_only_by_the_same_search_and_one_process(tmp
     code, stderr = bcd_train(*args, "hydra.sweeper.n_trials=2", cwd=tmp_path)  # the same search: continued
     assert code == 0, stderr
     assert states(sweep) == ["COMPLETE", "COMPLETE"]
+    first, second = (t.params["gamma"] for t in study(sweep).trials)
+    assert first != second  # the continued, seeded sampler does not draw the first launch's point again
     (tmp_path / "grid").mkdir()
     (tmp_path / "grid" / "notes.txt").write_text("mine")
     code, stderr = bcd_train(*SEARCH, GAMMA, f"hydra.sweep.dir={tmp_path / 'grid'}", cwd=tmp_path)
