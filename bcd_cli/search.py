@@ -605,7 +605,7 @@ def best_of(study: optuna.Study, notes: list[str]) -> dict[str, Any]:
     """The best trial's value, parameters, number and job folder (null before any trial is complete)."""
     out: dict[str, Any] = {
         "study": study.study_name, "objective": study.user_attrs.get("objective"),
-        "direction": study.direction.name.lower(), "n_trials": len(study.trials),
+        "direction": study.direction.name.lower(), "trials": len(study.trials),
         "states": {s: sum(t.state.name == s for t in study.trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
     }  # fmt: skip
     try:
