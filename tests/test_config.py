@@ -60,7 +60,8 @@ def data_files(tmp_path_factory, idx_folder: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("override", all_options())
-def test_option_composes_and_trains(override: str, data_files: dict[str, list[str]], tmp_path: Path):
+def test_option_composes_and_trains(override: str, data_files: dict[str, list[str]], tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # what a run writes beside its folder (logger=mlflow: outputs/mlflow.db) stays here
     extra = data_files.get(override, [])
     cfg = compose_config(*tiny_overrides(override, *extra))
     result = run(cfg, tmp_path)
