@@ -209,3 +209,22 @@ def test_a_search_stopped_by_sigterm_continues_with_the_same_command(tmp_path: P
     assert sorted(int(p.name) for p in sweep.iterdir() if p.name.isdigit()) == [0, 1, 2, 3, 4]
     assert status(sweep / "2") == "interrupted" and all(status(sweep / str(n)) == "completed" for n in (0, 1, 3, 4))
     assert not any(math.isnan(t.value) for t in trials if t.value is not None)
+
+
+def test_a_trial_a_killed_process_left_running_is_failed_and_its_values_tried_again(tmp_path: Path, bcd_train):
+    """A launch killed outright (SIGKILL, a lost node) leaves its trial running in the study and its job folder
+    mid-run: the same command settles that trial as failed and runs its values again as a new trial."""
+    sweep = tmp_path / "search"
+    args = [*SEARCH, GAMMA, f"hydra.sweep.dir={sweep}"]
+    assert bcd_train(*args, "hydra.sweeper.n_trials=1", cwd=tmp_path)[0] == 0
+    killed = study(sweep).ask({"gamma": optuna.distributions.FloatDistribution(0.01, 100, log=True)})
+    job = sweep / str(killed.number)
+    job.mkdir()
+    (job / SUMMARY_FILE).write_text(json.dumps({"status": "running", "sweeps": 1, "epochs": 2}))
+    code, stderr = bcd_train(*args, "hydra.sweeper.n_trials=2", cwd=tmp_path)
+    assert code == 0, stderr
+    trials = study(sweep).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[2].params == trials[1].params and trials[2].user_attrs["retry_of"] == 1
+    assert status(job) == "running"  # its folder is left as the killed process left it
+    assert status(sweep / "2") == "completed"
