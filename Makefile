@@ -25,8 +25,8 @@ $(BIN)/bcd-train: pyproject.toml
 run: $(BIN)/bcd-train  ## train the default model (digits, three-splitting BCD); extra overrides in ARGS="..."
 	$(BIN)/bcd-train $(ARGS)
 
-test: $(BIN)/bcd-train  ## run the test suite without the slow tests (GPU tests skip without CUDA)
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+test: $(BIN)/bcd-train  ## run the test suite without the slow tests, one worker per core (GPU tests skip without CUDA)
+	$(BIN)/python -m pytest -n auto --dist worksteal -m "not slow" $(ARGS)
 
 test-all: $(BIN)/bcd-train  ## run every test, slow ones included
 	$(BIN)/python -m pytest $(ARGS)
