@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from bcd_cli.datafiles import Splits, download_cifar, read_cifar_folder, read_csv, read_npz, sha256
+from bcd_cli.datafiles import Splits, download_cifar, read_cifar_folder, read_csv, read_npz, sha256, split_seeded
 from bcd_cli.engine.parallel import local_columns, world_size
 from bcd_cli.errors import ConfigError, DataError
 
@@ -273,18 +273,11 @@ def _to_device(
 def _digits(cfg: DictConfig) -> Splits:
     """scikit-learn's bundled 8x8 digits, split by a stratified, seeded train_test_split."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
-    frac, seed = cfg.get("test_fraction", 0.25), cfg.get("split_seed", 0)
-    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:
-        raise ConfigError("data.test_fraction", frac, "a number strictly between 0 and 1")
+    source = "scikit-learn load_digits"
     X, y = load_digits(return_X_y=True)
-    try:
-        Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=frac, random_state=seed, stratify=y)
-    except ValueError as exc:  # e.g. too few test samples to hold every class
-        allowed = f"a fraction leaving every class both train and test samples ({exc})"
-        raise ConfigError("data.test_fraction", frac, allowed) from exc
-    return Splits(Xtr, ytr, Xte, yte, "scikit-learn load_digits")
+    Xtr, Xte, ytr, yte = split_seeded(X, y, cfg, source)
+    return Splits(Xtr, ytr, Xte, yte, source)
 
 
 def _download(name: str, cfg: DictConfig) -> Splits:

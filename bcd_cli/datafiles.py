@@ -89,10 +89,11 @@ def split_seeded(X: np.ndarray, y: np.ndarray, cfg: Mapping[str, Any], where: st
     try:
         return tuple(train_test_split(X, y, test_size=frac, random_state=seed, stratify=y))
     except ValueError as exc:  # a class too small to be in both splits, or too few test samples for every class
-        raise DataError(
-            f"{where}: cannot be split into train and test samples of every class with data.test_fraction={frac} "
-            f"({' '.join(str(exc).split())}); give more samples per class, another fraction, or a separate test split"
-        ) from exc
+        allowed = (
+            f"a fraction leaving every class of {where} both train and test samples ({' '.join(str(exc).split())}); "
+            "or more samples per class, or a separate test split"
+        )
+        raise ConfigError("data.test_fraction", frac, allowed) from exc
 
 
 def check_features(X: np.ndarray, where: str, what: str) -> np.ndarray:
