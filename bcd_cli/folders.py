@@ -37,6 +37,7 @@ from bcd_cli.stopping import STOP_SIGNALS
 
 LOCK_FILE = ".lock"
 STUDY_FILE = "optuna.db"  # the SQLite storage of an Optuna search, in its sweep folder
+MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a multirun's config, in its sweep folder
 MODES = ("fresh", "exclusive", "resume", "search")
 # files whose presence makes a folder a result worth keeping, even when the run failed or was stopped
 RESULT_FILES = ("metrics.csv", "summary.json")

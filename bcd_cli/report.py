@@ -103,6 +103,18 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     write_json(path, summary)
 
 
+def read_summary(folder: Path) -> dict[str, Any] | None:
+    """The summary.json of a run folder; None when there is none, ``{"status": "unreadable summary.json"}`` when
+    it cannot be read as a JSON object."""
+    try:
+        summary = json.loads((Path(folder) / SUMMARY_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"status": "unreadable summary.json"}
+    return summary if isinstance(summary, dict) else {"status": "unreadable summary.json"}
+
+
 def run_title(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
     """The title of a run's figures, from its config and summary, each part where known: the data set, the
     layer sizes, then the method with its main settings (gamma and alpha for BCD, the step size and batch

@@ -32,9 +32,9 @@ from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from bcd_cli.errors import ConfigError
-from bcd_cli.folders import STUDY_FILE
+from bcd_cli.folders import MULTIRUN_FILE, STUDY_FILE
 from bcd_cli.observers import Pruned, RunObserver
-from bcd_cli.report import SUMMARY_FILE
+from bcd_cli.report import read_summary
 
 if TYPE_CHECKING:
     import optuna
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SWEEPER_TARGET = "hydra_plugins.bcd_cli_optuna.OptunaSweeper"  # the _target_ of conf/hydra/sweeper/optuna.yaml
-MULTIRUN_FILE = "multirun.yaml"
 TRIALS_FILE = "study_trials.csv"
 BEST_FILE = "study_best.json"
 HISTORY_FILE = "study_history.png"
@@ -357,7 +356,7 @@ def settle(study: optuna.Study, number: int, sweep_dir: Path, objective: str, jo
     import optuna
 
     State = optuna.trial.TrialState
-    summary = _summary(Path(sweep_dir) / str(number))
+    summary = read_summary(Path(sweep_dir) / str(number)) or {}
     status = summary.get("status") if job_ok else "failed"
     value = summary.get(objective)
     if status == "completed" and isinstance(value, int | float) and math.isfinite(value):
@@ -371,14 +370,6 @@ def settle(study: optuna.Study, number: int, sweep_dir: Path, objective: str, jo
         study.enqueue_trial(frozen.params, user_attrs={"retry_of": number})
         log.info("trial %d did not finish (%s): its values are tried again", number, status or "not started")
     return State.FAIL.name
-
-
-def _summary(job: Path) -> dict[str, Any]:
-    try:
-        summary = json.loads((job / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
 
 
 def finished(study: optuna.Study) -> int:
@@ -583,22 +574,20 @@ def write_study_report(folder: Path) -> list[Path]:
 
 
 def trials_table(study: optuna.Study) -> Any:
-    """One row per trial: number, state, value, each parameter, job folder, the trial it retries, seconds."""
+    """One row per trial (Optuna's ``trials_dataframe``): number, state, value, each parameter, job folder, the
+    trial it retries, seconds."""
     import pandas as pd
 
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        seconds = (
-            (t.datetime_complete - t.datetime_start).total_seconds()
-            if t.datetime_complete and t.datetime_start
-            else math.nan
-        )
-        rows.append({
-            "number": t.number, "state": t.state.name, "value": t.value if t.value is not None else math.nan,
-            **{f"params_{k}": v for k, v in t.params.items()}, "job": t.user_attrs.get("job", ""),
-            "retry_of": t.user_attrs.get("retry_of", ""), "duration_seconds": seconds,
-        })  # fmt: skip
-    return pd.DataFrame(rows)
+    columns = ["number", "state", "value", "job", "retry_of", "duration_seconds"]
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    frame = frame.rename(columns={"user_attrs_job": "job", "user_attrs_retry_of": "retry_of"})
+    frame["job"] = frame.get("job", "")
+    frame["retry_of"] = frame["retry_of"].astype("Int64") if "retry_of" in frame else pd.NA  # whole trial numbers
+    frame["duration_seconds"] = frame.pop("duration").dt.total_seconds()
+    params = [c for c in frame.columns if c.startswith("params_")]
+    return frame[[*columns[:3], *params, *columns[3:]]]
 
 
 def best_of(study: optuna.Study, notes: list[str]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ A multirun folder holds one job folder per job (``<sweep dir>/<job.num>/``), eac
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,12 +22,11 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from bcd_cli.app import BASIC_SWEEPER
-from bcd_cli.folders import is_locked
-from bcd_cli.report import METRICS_FILE, SUMMARY_FILE, read_metrics
+from bcd_cli.folders import MULTIRUN_FILE, is_locked
+from bcd_cli.report import METRICS_FILE, read_metrics, read_summary
 from bcd_cli.search import is_study_folder, write_study_report
 
 SWEEP_SUMMARY_FILE = "sweep_summary.csv"
-MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a multirun's config, in its sweep folder
 HEATMAP_FILE = "heatmap.png"
 AGGREGATE_FILE = "sweep_aggregate.csv"
 CURVES_BY_CONFIG_FILE = "curves_by_config.png"
@@ -64,16 +62,6 @@ def read_overrides(job: Path) -> dict[str, str]:
         if sep:
             out[key.lstrip("+~")] = value
     return out
-
-
-def _read_summary(job: Path) -> dict[str, Any] | None:
-    try:
-        summary = json.loads((job / SUMMARY_FILE).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {"status": "unreadable summary.json"}
-    return summary if isinstance(summary, dict) else {"status": "unreadable summary.json"}
 
 
 def planned_jobs(folder: Path) -> list[dict[str, str]] | None:
@@ -119,7 +107,7 @@ def sweep_table(folder: Path) -> tuple[pd.DataFrame, list[str]]:
     for job in jobs:
         overrides = read_overrides(job)
         keys += [k for k in overrides if k not in keys]
-        summary = _read_summary(job)
+        summary = read_summary(job)
         row: dict[str, Any] = {"job": job.relative_to(folder).as_posix(), **overrides}
         row["status"] = "missing" if summary is None else summary.get("status", "unknown")
         if row["status"] == "running" and not is_locked(job):  # no process runs it: it was killed
@@ -338,7 +326,7 @@ def comparison_title(folder: Path, table: pd.DataFrame) -> str:
             cfg = yaml.safe_load((Path(folder) / job / ".hydra" / "config.yaml").read_text()) or {}
         except (OSError, yaml.YAMLError):
             continue
-        summary = _read_summary(Path(folder) / job) or {}
+        summary = read_summary(Path(folder) / job) or {}
         trainer = cfg.get("trainer") or {}
         name = str(trainer.get("name", "?"))
         if not head and isinstance(summary.get("sizes"), list):
