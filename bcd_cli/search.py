@@ -292,17 +292,9 @@ def _sampler(settings: Settings, done: int = 0) -> optuna.samplers.BaseSampler:
 def check_continuation(settings: Settings, sweep_dir: Path, space: Mapping[str, Param]) -> None:
     """ConfigError when the sweep folder's study was started with another search space or objective: its trials
     would not be comparable with the new ones. A folder without a study passes."""
-    if settings.storage is None and not (Path(sweep_dir) / STUDY_FILE).exists():
-        return
-    import optuna
-
-    _quiet_optuna()
-    name = study_name(settings, sweep_dir)
-    try:
-        study = optuna.load_study(study_name=name, storage=settings.storage_url(sweep_dir))
-    except KeyError:  # no such study yet: it will be made
-        return
-    _compare(study, settings, space)
+    study = _load(sweep_dir, settings)
+    if study is not None:
+        _compare(study, settings, space)
 
 
 def _compare(study: optuna.Study, settings: Settings, space: Mapping[str, Param]) -> None:

@@ -283,8 +283,7 @@ class _Record:
             title = run_title(self.cfg, summary)
             plot_curves(metrics, self.out_dir / CURVES_FILE, title=title)
             plot_convergence(metrics, self.out_dir / CONVERGENCE_FILE, title=title)
-            files = [self.out_dir / name for name in (METRICS_FILE, SUMMARY_FILE, CURVES_FILE, CONVERGENCE_FILE)]
-            self.finish_observers(status, summary, files)
+            self.finish_observers(status, summary, self.report_files())
         return metrics, summary
 
     def finish_observers(self, status: str, summary: dict[str, Any], files: list[Path]) -> None:
@@ -301,11 +300,13 @@ class _Record:
         """``finish_observers`` for a run that ends without its reports (nothing recorded, or an error in the
         reports themselves): the summary holds the status, the error and the sweeps done; the files are those
         the folder holds."""
-        if not self.observers:
-            return
+        if self.observers:
+            self.finish_observers(status, {"status": status, "sweeps": self.sweep, "error": error}, self.report_files())
+
+    def report_files(self) -> list[Path]:
+        """The run's reports that its folder holds, as an observer's ``finish`` receives them."""
         names = (METRICS_FILE, SUMMARY_FILE, CURVES_FILE, CONVERGENCE_FILE)
-        files = [self.out_dir / name for name in names if (self.out_dir / name).is_file()]
-        self.finish_observers(status, {"status": status, "sweeps": self.sweep, "error": error}, files)
+        return [self.out_dir / name for name in names if (self.out_dir / name).is_file()]
 
     def reports_of_a_stop(self, status: str, error: str | None = None) -> None:
         """``reports`` of a run that stops early, when it recorded anything; never raises."""
