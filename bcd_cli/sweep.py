@@ -24,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from bcd_cli.app import BASIC_SWEEPER
 from bcd_cli.folders import MULTIRUN_FILE, is_locked
 from bcd_cli.report import METRICS_FILE, read_metrics, read_summary
+from bcd_cli.resume import SAVED_CONFIG
 from bcd_cli.search import is_study_folder, write_study_report
 
 SWEEP_SUMMARY_FILE = "sweep_summary.csv"
@@ -323,7 +324,7 @@ def comparison_title(folder: Path, table: pd.DataFrame) -> str:
     head, settings = "", dict[str, str]()
     for job in table["job"]:
         try:
-            cfg = yaml.safe_load((Path(folder) / job / ".hydra" / "config.yaml").read_text()) or {}
+            cfg = yaml.safe_load((Path(folder) / job / SAVED_CONFIG).read_text()) or {}
         except (OSError, yaml.YAMLError):
             continue
         summary = read_summary(Path(folder) / job) or {}

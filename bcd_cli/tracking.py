@@ -29,6 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bcd_cli.errors import ConfigError, first_line
 from bcd_cli.report import METRIC_COLUMNS, write_json
+from bcd_cli.resume import SAVED_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -376,12 +377,12 @@ class MlflowTracker:
             self.client.log_batch(self.run_id, metrics=metrics)
 
     def finish(self, status: str, summary: dict[str, Any], files: list[Path]) -> None:
-        config = self.out_dir / ".hydra" / "config.yaml"
+        config = self.out_dir / SAVED_CONFIG
         for path in files:
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path))
         if config.is_file():
-            self.client.log_artifact(self.run_id, str(config), artifact_path=".hydra")
+            self.client.log_artifact(self.run_id, str(config), artifact_path=SAVED_CONFIG.parent.name)
         self.client.set_tag(self.run_id, "bcd.status", status)
         self.client.set_terminated(self.run_id, status=MLFLOW_STATUS.get(status, "FAILED"))
 
