@@ -208,11 +208,15 @@ def _subset_size(cfg: DictConfig, key: str, size: int) -> int:
 
 def _class_indices(y: np.ndarray, classes: list[Any], where: str, split: str) -> np.ndarray:
     """Labels as classes 0..K-1 (the index of each label in ``classes``); a label outside them is refused."""
-    index = {label: i for i, label in enumerate(classes)}
-    labels = y.tolist()
-    found = np.fromiter((index.get(label, -1) for label in labels), dtype=np.int64, count=len(labels))
-    if (found < 0).any():
-        label = labels[int(np.argmax(found < 0))]
+    known = np.asarray(classes)
+    order = np.argsort(known, kind="stable")
+    if len(known) and (known.dtype.kind in "iu") == (y.dtype.kind in "iu"):  # labels of the classes' kind
+        found = order[np.minimum(np.searchsorted(known[order], y), len(known) - 1)]
+        unknown = known[found] != y
+    else:  # numbers against text, or no classes: no label is known
+        found, unknown = np.zeros(len(y), dtype=np.int64), np.ones(len(y), dtype=bool)
+    if unknown.any():
+        label = y[int(np.argmax(unknown))].item()
         shown = ", ".join(map(repr, classes[:20])) + (", ..." if len(classes) > 20 else "")
         raise DataError(f"{where}: {split} label {label!r} is not among the training labels ({shown})")
     return found
