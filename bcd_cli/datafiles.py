@@ -178,9 +178,8 @@ def read_npz(cfg: Mapping[str, Any]) -> Splits:
                 f"{where}: X_test has {X_test.shape[1]} features per sample but X has {X.shape[1]}"
                 f" (X_test shape {arrays['X_test'].shape}, X shape {arrays['X'].shape})"
             )
-        check_classes(y, where, "y")
-    else:
-        check_classes(y, where, "y")
+    check_classes(y, where, "y")
+    if not has_test:
         X, X_test, y, y_test = split_seeded(X, y, cfg, where)
     return Splits(X, y, X_test, y_test, where, [path], where)
 
@@ -237,14 +236,13 @@ def read_csv(cfg: Mapping[str, Any]) -> Splits:
     if features is not None and target in features:
         raise ConfigError("data.features", features, f"feature columns other than the target column {target!r}")
     X, y, columns = _csv_table(path, target, features)
-    where, files = str(path), [path]
+    where = str(path)
+    check_classes(y, where, f"column {target!r}")
     if cfg.get("test_path") is None:
-        check_classes(y, where, f"column {target!r}")
         X, X_test, y, y_test = split_seeded(X, y, cfg, where)
-        return Splits(X, y, X_test, y_test, where, files, where)
+        return Splits(X, y, X_test, y_test, where, [path], where)
     test_path = data_path(cfg, "test_path", "a CSV file of test samples with the columns of data.path")
     X_test, y_test, _ = _csv_table(test_path, target, columns)
-    check_classes(y, where, f"column {target!r}")
     return Splits(X, y, X_test, y_test, f"{where} and {test_path}", [path, test_path], str(test_path))
 
 
