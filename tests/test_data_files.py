@@ -311,14 +311,19 @@ NPZ_CASES = {
 }
 
 
+def assert_refused(named: Path, expected: str, **cfg) -> None:
+    """Loading ``cfg`` is refused by one line naming the file ``named`` and saying ``expected``, exit status 2."""
+    with pytest.raises(DataError) as info:
+        load(**cfg)
+    message = str(info.value)
+    assert str(named) in message and expected in message and "\n" not in message
+    assert info.value.exit_code == 2
+
+
 @pytest.mark.parametrize("case", NPZ_CASES)
 def test_a_bad_npz_file_is_refused_in_one_line(tmp_path, case):
     path = _npz_case(tmp_path, case)
-    with pytest.raises(DataError) as info:
-        load(name="npz", path=str(path))
-    message = str(info.value)
-    assert str(path) in message and NPZ_CASES[case] in message and "\n" not in message
-    assert info.value.exit_code == 2
+    assert_refused(path, NPZ_CASES[case], name="npz", path=str(path))
 
 
 def _csv_case(tmp_path: Path, case: str) -> tuple[Path, dict]:
@@ -363,10 +368,7 @@ CSV_CASES = {
 @pytest.mark.parametrize("case", CSV_CASES)
 def test_a_bad_csv_file_is_refused_in_one_line(tmp_path, case):
     path, cfg = _csv_case(tmp_path, case)
-    with pytest.raises(DataError) as info:
-        load(name="csv", path=str(tmp_path / "bad.csv"), **cfg)
-    message = str(info.value)
-    assert str(path) in message and CSV_CASES[case] in message and "\n" not in message
+    assert_refused(path, CSV_CASES[case], name="csv", path=str(tmp_path / "bad.csv"), **cfg)
 
 
 class _Shell:
