@@ -259,19 +259,23 @@ def _recorded_statistics(recorded: dict[str, Any], d: int, folder: Path | None) 
 def _to_device(
     X: np.ndarray, y: np.ndarray, stats: dict[str, Any], n_classes: int, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """n x d raw features and n classes -> (d x n normalised X, n_classes x n one-hot Y, int64 classes), on device."""
-    X_t = torch.from_numpy(np.ascontiguousarray(X)).to(device=device, dtype=dtype)
+    """n x d raw features and n classes -> (d x n normalised X, n_classes x n one-hot Y, int64 classes), on device.
+
+    X is normalised in place in its d x n copy: no other n-sized temporary."""
+    source = torch.from_numpy(np.ascontiguousarray(X))
+    X_t = torch.empty(source.shape[::-1], dtype=dtype, device=device)
+    X_t.copy_(source.T)  # its own d x n copy, whatever the shape: the raw arrays are never written
     if "scale" in stats:
-        X_t = X_t.div(stats["scale"])
+        X_t.div_(stats["scale"])
     elif stats["kind"] != "none":
         shift, scale = (stats["mean"], stats["std"]) if stats["kind"] == "standard" else (stats["min"], stats["max"])
         shift_t, scale_t = (torch.tensor(v, dtype=torch.float64) for v in (shift, scale))
         if stats["kind"] == "unit":  # max - min, 1 for a constant feature
             scale_t = torch.where(scale_t > shift_t, scale_t - shift_t, torch.ones_like(scale_t))
-        X_t = (X_t - shift_t.to(device=device, dtype=dtype)) / scale_t.to(device=device, dtype=dtype)
+        X_t.sub_(shift_t.to(device=device, dtype=dtype)[:, None]).div_(scale_t.to(device=device, dtype=dtype)[:, None])
     y_t = torch.from_numpy(y).to(device=device, dtype=torch.int64)
     Y = F.one_hot(y_t, n_classes).T.to(dtype).contiguous()
-    return X_t.T.contiguous(), Y, y_t
+    return X_t, Y, y_t
 
 
 def _digits(cfg: DictConfig) -> Splits:
