@@ -31,8 +31,11 @@ test: $(BIN)/bcd-train  ## run the test suite without the slow tests, one worker
 test-all: $(BIN)/bcd-train  ## run every test, slow ones included
 	$(BIN)/python -m pytest $(ARGS)
 
-figure1: $(BIN)/bcd-train  ## the paper's Figure 1: BCD vs SGD (MNIST, 784-600x10-10), comparison figure and table; shrink with ARGS="..."
-	$(BIN)/bcd-train -m experiment=figure1 trainer=bcd,sgd hydra.sweep.dir=outputs/figure1/$(STAMP) $(ARGS)
+# the methods and seeds of `make figure1` (Hydra choices, comma-separated): make figure1 FIG1_SEEDS=0,1
+FIG1_TRAINERS ?= bcd,bcd_accelerated,sgd,adam
+FIG1_SEEDS    ?= 0,1,2
+figure1: $(BIN)/bcd-train  ## the paper's Figure 1 (MNIST, 784-600x10-10): BCD, accelerated BCD, SGD, Adam over seeds; shrink with ARGS="..."
+	$(BIN)/bcd-train -m experiment=figure1 trainer=$(FIG1_TRAINERS) seed=$(FIG1_SEEDS) hydra.sweep.dir=outputs/figure1/$(STAMP) $(ARGS)
 	@echo "Figure 1: outputs/figure1/$(STAMP)/comparison.png, comparison.md"
 
 sweep: $(BIN)/bcd-train  ## a gamma x alpha grid on digits: sweep_summary.csv and heatmap.png; more overrides in ARGS="..."

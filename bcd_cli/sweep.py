@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from bcd_cli.app import BASIC_SWEEPER
 from bcd_cli.folders import MULTIRUN_FILE, is_locked
-from bcd_cli.report import METRICS_FILE, read_metrics, read_summary
+from bcd_cli.report import METRICS_FILE, descent_failures, read_metrics, read_summary
 from bcd_cli.resume import SAVED_CONFIG
 from bcd_cli.search import is_study_folder, write_study_report
 
@@ -38,6 +38,15 @@ OVERRIDES = Path(".hydra") / "overrides.yaml"
 SUMMARY_FIELDS = ["final_test_acc", "best_test_acc", "final_train_acc", "train_seconds", "wall_seconds", "descent_held"]
 AGGREGATED = ["final_test_acc", "best_test_acc", "final_train_acc"]
 COMPARED = ["final_train_acc", "final_test_acc", "best_test_acc", "train_seconds"]
+# the trainer comparison: the test accuracy each method is timed to reach, and the columns of comparison.csv
+TARGET_ACC = 0.90
+BCD_NAME = "bcd"  # the trainer name of BCD, plain or accelerated (conf/trainer/bcd*.yaml)
+PROGRESS = ["sweep_to_target", "seconds_to_target", "seconds_per_sweep", "descent_failures", "rejected"]
+COMPARISON_COLUMNS = [
+    "trainer", "n_seeds", "n_left_out", *(f"{f}_{s}" for f in COMPARED for s in ("mean", "std")),
+    "seconds_per_sweep_mean", "seconds_per_sweep_std", "target_acc", "n_reached_target", "sweep_to_target_mean",
+    "sweep_to_target_std", "seconds_to_target_mean", "descent_failures", "rejected", "left_out",
+]  # fmt: skip
 
 
 def job_folders(folder: Path) -> list[Path]:
@@ -147,7 +156,7 @@ def write_sweep_report(folder: Path | str, keys: Sequence[str] | None = None) ->
         plot_curves_by_config(table, groups, metrics, folder / CURVES_BY_CONFIG_FILE)
         written += [folder / AGGREGATE_FILE, folder / CURVES_BY_CONFIG_FILE]
     if "trainer" in swept:
-        comparison = compare_trainers(table)
+        comparison = compare_trainers(table, metrics, bcd_methods=bcd_methods(folder, table))
         comparison.to_csv(folder / COMPARISON_CSV, index=False)
         (folder / COMPARISON_MD).write_text(comparison_markdown(comparison))
         plot_comparison(table, metrics, folder / COMPARISON_FILE, title=comparison_title(folder, table))
@@ -247,27 +256,148 @@ def aggregate_over_seeds(table: pd.DataFrame, groups: list[str]) -> pd.DataFrame
     return _mean_std(table, groups, AGGREGATED, "n_seeds")
 
 
-def compare_trainers(table: pd.DataFrame) -> pd.DataFrame:
-    """Per trainer: mean and std over its jobs (seeds) of the final accuracies and seconds, and the job count."""
-    return _mean_std(table, ["trainer"], COMPARED, "n_seeds")
+def comparison_jobs(table: pd.DataFrame, metrics: Mapping[str, pd.DataFrame | None]) -> dict[str, tuple[list, list]]:
+    """Per method (the ``trainer`` choice, in the table's order): its jobs compared, and those left out as
+    "job N (why)". A job is compared when it completed and its metrics.csv reads back; a job that failed, was
+    interrupted or killed, left no summary or was never run would bend the mean over seeds, so it is counted
+    and named instead."""
+    out: dict[str, tuple[list, list]] = {}
+    for _, row in table.iterrows():
+        kept, left = out.setdefault(_method(row), ([], []))
+        if row["status"] == "completed" and metrics.get(row["job"]) is not None:
+            kept.append(row["job"])
+        else:
+            why = "no readable metrics.csv" if row["status"] == "completed" else row["status"]
+            left.append(f"job {row['job']} ({why})")
+    return out
+
+
+def _method(row: pd.Series) -> str:
+    return "default" if pd.isna(row["trainer"]) else str(row["trainer"])
+
+
+def training_seconds(frame: pd.DataFrame) -> pd.Series:
+    """The cumulative training seconds at each sweep, indexed by sweep: the sum of metrics.csv's ``seconds`` up to
+    it, the time of the sweeps' (or epochs') updates with the evaluation after each excluded."""
+    return frame.set_index("sweep")["seconds"].cumsum()
+
+
+def job_progress(frame: pd.DataFrame, target: float = TARGET_ACC) -> dict[str, float]:
+    """One job's figures in the comparison, from its metrics: the first sweep at which the test accuracy reached
+    ``target`` and the training seconds up to it (NaN when it never did), the mean seconds of a sweep, the
+    sweeps at which the objective rose (``report.descent_failures``) and the total of the ``rejected`` column
+    (NaN without that column, or with no value in it)."""
+    elapsed = training_seconds(frame)
+    reached = np.flatnonzero(frame["test_acc"].to_numpy(dtype=float) >= target)
+    first = int(frame["sweep"].iloc[reached[0]]) if reached.size else None
+    rejected = pd.to_numeric(frame["rejected"], errors="coerce") if "rejected" in frame else pd.Series(dtype=float)
+    return {
+        "sweep_to_target": math.nan if first is None else float(first),
+        "seconds_to_target": math.nan if first is None else float(elapsed.loc[first]),
+        "seconds_per_sweep": float(frame.loc[frame["sweep"] > 0, "seconds"].mean()),
+        "descent_failures": float(len(descent_failures(frame))),
+        "rejected": float(rejected.sum(min_count=1)),
+    }
+
+
+def compare_trainers(
+    table: pd.DataFrame,
+    metrics: Mapping[str, pd.DataFrame | None],
+    *,
+    bcd_methods: Collection[str] | None = None,
+    target: float = TARGET_ACC,
+) -> pd.DataFrame:
+    """One row per method (COMPARISON_COLUMNS), over the jobs ``comparison_jobs`` compares: how many (n_seeds) and
+    which were left out; the mean and std over them of the final train, final and best test accuracy, training
+    seconds and seconds per sweep; the first sweep reaching test accuracy ``target`` and the seconds up to it,
+    mean over the seeds that reached it (n_reached_target of them); for BCD methods, the sweeps whose objective
+    rose and the extrapolations rejected, summed over the seeds (NaN for the others, and for ``rejected`` where
+    no metrics file has the column). ``bcd_methods`` names the BCD methods; by default, ``bcd`` and ``bcd_*``."""
+    rows = []
+    for method, (kept, left) in comparison_jobs(table, metrics).items():
+        jobs = table[table["job"].isin(kept)]
+        frames = [frame for job in kept if (frame := metrics.get(job)) is not None]
+        progress = pd.DataFrame([job_progress(frame, target) for frame in frames], columns=PROGRESS)
+        row: dict[str, Any] = {"trainer": method, "n_seeds": len(kept), "n_left_out": len(left)}
+        for field in COMPARED:
+            values = pd.to_numeric(jobs[field], errors="coerce")
+            row[f"{field}_mean"], row[f"{field}_std"] = values.mean(), values.std()
+        row["seconds_per_sweep_mean"] = progress["seconds_per_sweep"].mean()
+        row["seconds_per_sweep_std"] = progress["seconds_per_sweep"].std()
+        row["target_acc"] = target
+        row["n_reached_target"] = int(progress["sweep_to_target"].notna().sum())
+        row["sweep_to_target_mean"] = progress["sweep_to_target"].mean()
+        row["sweep_to_target_std"] = progress["sweep_to_target"].std()
+        row["seconds_to_target_mean"] = progress["seconds_to_target"].mean()
+        bcd = method in bcd_methods if bcd_methods is not None else method == "bcd" or method.startswith("bcd_")
+        row["descent_failures"] = progress["descent_failures"].sum() if bcd and frames else math.nan
+        row["rejected"] = progress["rejected"].sum(min_count=1) if bcd else math.nan
+        row["left_out"] = "; ".join(left)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
 def comparison_markdown(comparison: pd.DataFrame) -> str:
-    """The trainer comparison as a markdown table, mean +- std over seeds."""
-    head = ["trainer", "final train acc", "final test acc", "best test acc", "seconds", "seeds"]
+    """The method comparison as a markdown table, mean ± std over seeds, with what its columns mean and the jobs
+    left out below it."""
+    target = float(comparison["target_acc"].iloc[0]) if len(comparison) else TARGET_ACC
+    head = [
+        "method", "seeds", "final test acc", "best test acc", "final train acc", f"sweep to test acc {target:.2f}",
+        f"seconds to {target:.2f}", "seconds / sweep", "training seconds", "objective rose", "rejected",
+    ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in comparison.iterrows():
-        cells = [str(row["trainer"])]
-        for field in COMPARED:
-            digits = 1 if field == "train_seconds" else 3
-            cells.append(_pm(row[f"{field}_mean"], row[f"{field}_std"], digits))
-        cells.append(str(int(row["n_seeds"])))
+        n = int(row["n_seeds"])
+        reached = int(row["n_reached_target"])
+        sweeps = "—" if n == 0 else f"never (0 of {n})"
+        if reached:
+            sweeps = f"{_pm(row['sweep_to_target_mean'], row['sweep_to_target_std'], 1)} ({reached} of {n})"
+        cells = [
+            str(row["trainer"]),
+            f"{n} ({int(row['n_left_out'])} left out)" if row["n_left_out"] else str(n),
+            *(_pm(row[f"{field}_mean"], row[f"{field}_std"], 3) for field in AGGREGATED),
+            sweeps,
+            _pm_seconds(row["seconds_to_target_mean"], math.nan),
+            _pm_seconds(row["seconds_per_sweep_mean"], row["seconds_per_sweep_std"]),
+            _pm_seconds(row["train_seconds_mean"], row["train_seconds_std"]),
+            _number(row["descent_failures"], ".0f"),
+            _number(row["rejected"], ".0f"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    notes = [
+        "",
+        "Mean ± std over each method's seeds. A BCD sweep updates every block once; an SGD or Adam epoch is one pass "
+        "over the training samples. Seconds are training time (the updates of the sweeps or epochs), evaluation "
+        f"excluded. Sweep to test acc {target:.2f}: the first sweep at which the test accuracy reached it, mean over "
+        "the seeds that did (how many, in brackets); seconds to it: the training seconds up to that sweep. "
+        "Objective rose: the sweeps at which the objective went up, all seeds together (BCD methods). Rejected: the "
+        "sweeps at which the safeguard of accelerated BCD rejected the extrapolation, all seeds together.",
+    ]
+    left = [f"{row['trainer']}: {row['left_out']}" for _, row in comparison.iterrows() if row["n_left_out"]]
+    if left:
+        notes += ["", f"Left out (failed, interrupted or without results): {'; '.join(left)}."]
+    return "\n".join(lines + notes) + "\n"
 
 
 def _pm(mean: float, std: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "—"
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _pm_seconds(mean: float, std: float) -> str:
+    """Seconds as mean ± std, to a precision that suits them: they span milliseconds (a small sweep) to hours."""
+    if math.isnan(mean):
+        return "—"
+    return _seconds(mean) if math.isnan(std) else f"{_seconds(mean)} ± {_seconds(std)}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+
+
+def _number(value: float, spec: str) -> str:
+    return "—" if pd.isna(value) else format(float(value), spec)
 
 
 def _job_metrics(job: Path) -> pd.DataFrame | None:
@@ -319,42 +449,122 @@ def plot_curves_by_config(
     fig.savefig(path, dpi=120)
 
 
-def comparison_title(folder: Path, table: pd.DataFrame) -> str:
-    """What the compared runs trained: data and samples, network, and each trainer's own settings."""
-    head, settings = "", dict[str, str]()
+def _saved_configs(folder: Path, table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Each job's saved config (.hydra/config.yaml) as a dict, for the jobs whose config reads back."""
+    out: dict[str, dict[str, Any]] = {}
     for job in table["job"]:
         try:
-            cfg = yaml.safe_load((Path(folder) / job / SAVED_CONFIG).read_text()) or {}
+            cfg = yaml.safe_load((Path(folder) / job / SAVED_CONFIG).read_text())
         except (OSError, yaml.YAMLError):
             continue
-        summary = read_summary(Path(folder) / job) or {}
+        if isinstance(cfg, dict):
+            out[job] = cfg
+    return out
+
+
+def bcd_methods(folder: Path, table: pd.DataFrame) -> set[str]:
+    """The methods (``trainer`` choices) of the table trained by BCD, by the trainer ``name`` of their saved
+    configs (``bcd`` for trainer=bcd and trainer=bcd_accelerated); a method without a readable config is BCD
+    when it is named ``bcd`` or ``bcd_*``."""
+    configs = _saved_configs(folder, table)
+    out = set()
+    for _, row in table.iterrows():
+        method, cfg = _method(row), configs.get(row["job"])
+        trainer = (cfg or {}).get("trainer")
+        name = trainer.get("name") if isinstance(trainer, dict) else None
+        if name == BCD_NAME or (name is None and (method == BCD_NAME or method.startswith(f"{BCD_NAME}_"))):
+            out.add(method)
+    return out
+
+
+def _sizes_text(sizes: list[Any]) -> str:
+    """Layer sizes with a run of equal widths written once: 784-(600x10)-10."""
+    parts = []
+    for size, run in itertools.groupby(sizes):
+        count = len(list(run))
+        parts.append(f"({size}x{count})" if count > 2 else "-".join([str(size)] * count))
+    return "-".join(parts)
+
+
+def comparison_title(folder: Path, table: pd.DataFrame) -> str:
+    """What the compared runs trained, on two lines: data and samples, network; then each method's own settings
+    (gamma, alpha and the largest extrapolation weight for BCD, step size and batch for SGD/Adam)."""
+    head, settings = "", dict[str, str]()
+    configs = _saved_configs(folder, table)
+    for _, row in table.iterrows():
+        cfg = configs.get(row["job"])
+        if cfg is None:
+            continue
+        summary = read_summary(Path(folder) / row["job"]) or {}
         trainer = cfg.get("trainer") or {}
-        name = str(trainer.get("name", "?"))
+        method = _method(row)
         if not head and isinstance(summary.get("sizes"), list):
-            sizes = "-".join(map(str, summary["sizes"]))
             n = f", n_train={summary['n_train']}" if "n_train" in summary else ""
-            head = f"{(cfg.get('data') or {}).get('name', '?')}{n}, {sizes}"
-        if name == "bcd":
-            settings.setdefault(name, f"bcd: gamma={cfg.get('gamma')}, alpha={cfg.get('alpha')}")
+            head = f"{(cfg.get('data') or {}).get('name', '?')}{n}, {_sizes_text(summary['sizes'])}"
+        if trainer.get("name", BCD_NAME) == BCD_NAME:
+            beta = f", extrapolation={trainer['extrapolation']}" if trainer.get("extrapolation") is not None else ""
+            settings.setdefault(method, f"{method}: gamma={cfg.get('gamma')}, alpha={cfg.get('alpha')}{beta}")
         else:
-            settings.setdefault(name, f"{name}: lr={trainer.get('lr')}, batch={trainer.get('batch_size')}")
-    return "; ".join(filter(None, [head, *settings.values()]))
+            settings.setdefault(method, f"{method}: lr={trainer.get('lr')}, batch={trainer.get('batch_size')}")
+    return "\n".join(filter(None, [head, "; ".join(settings.values())]))
 
 
-def plot_comparison(table: pd.DataFrame, metrics: dict[str, pd.DataFrame | None], path: Path, title: str = "") -> None:
-    """Train and test accuracy against the epoch, one line per trainer (Figure 1 of the paper)."""
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    lines = _grouped_metrics(table, ["trainer"], metrics)
-    for ax, column, name in zip(axes, ["train_acc", "test_acc"], ["train", "test"], strict=True):
-        for n, (label, frames) in enumerate(lines.items()):
-            _band(ax, frames, column, label.removeprefix("trainer="), f"C{n % 10}")
-        ax.set(xlabel="epoch (BCD sweep)", ylabel=f"{name} accuracy", title=f"{name} accuracy")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 2.5
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-    if lines:
-        axes[0].legend()
-    seeds = " (mean ± std over seeds)" if "seed" in table else ""
-    fig.suptitle(f"{title}{seeds}" if title else f"trainer comparison{seeds}")
+# the panels of comparison.png: (metrics column, x axis: sweep or training seconds, y label)
+COMPARISON_PANELS = [
+    ("test_acc", "sweep", "test accuracy"),
+    ("test_acc", "seconds", "test accuracy"),
+    ("train_acc", "sweep", "train accuracy"),
+    ("train_loss", "sweep", "training loss R(net(X); Y)"),
+]
+X_LABELS = {
+    "sweep": "sweep (BCD) / epoch (SGD, Adam)",
+    "seconds": "training seconds (cumulative; evaluation excluded), mean over seeds",
+}
+
+
+def plot_comparison(
+    table: pd.DataFrame, metrics: Mapping[str, pd.DataFrame | None], path: Path, title: str = ""
+) -> None:
+    """Figure 1 of the paper over seeds: per method, the mean ± std band over its seeds of the test accuracy against
+    the sweep (epoch) and against the training seconds, of the train accuracy and of the training loss against the
+    sweep. The legend names each method with its seeds and the jobs left out (``comparison_jobs``)."""
+    fig = Figure(figsize=(13, 9.5), layout="constrained")
+    axes = fig.subplots(2, 2).ravel()
+    groups = comparison_jobs(table, metrics)
+    for n, (method, (kept, left)) in enumerate(groups.items()):
+        frames = [frame for job in kept if (frame := metrics.get(job)) is not None]
+        label = f"{method} ({len(frames)} seed{'s' if len(frames) != 1 else ''}" + (
+            f", {len(left)} left out)" if left else ")"
+        )
+        for ax, (column, x, _) in zip(axes, COMPARISON_PANELS, strict=True):
+            if frames:
+                _comparison_band(ax, frames, column, x, label, f"C{n % 10}")
+    for ax, (column, x, name) in zip(axes, COMPARISON_PANELS, strict=True):
+        ax.set(xlabel=X_LABELS[x], ylabel=name, title=f"{name} against {'training time' if x == 'seconds' else x}")
+        if column.endswith("_acc"):
+            ax.set_ylim(0, 1)
+        elif ax.get_lines() and all(np.nanmin(line.get_ydata()) > 0 for line in ax.get_lines()):
+            ax.set_yscale("log")
+        if x == "sweep":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole sweeps, never 2.5
+        ax.grid(alpha=0.3, which="both")
+    if any(kept for kept, _ in groups.values()):
+        axes[0].legend(fontsize=8, loc="lower right")
+    else:
+        axes[0].text(0.5, 0.5, "no job left metrics", ha="center", va="center", transform=axes[0].transAxes)
+    fig.suptitle("\n".join(filter(None, [title, "mean ± std over seeds"])))
     fig.savefig(path, dpi=120)
+
+
+def _comparison_band(ax: Axes, frames: list[pd.DataFrame], column: str, x: str, label: str, color: str) -> None:
+    """The mean of ``column`` over the frames, sweep by sweep, with a ± std band when several, against the sweep
+    or against the mean over the frames of the training seconds up to each sweep (``training_seconds``)."""
+    stacked = pd.concat([frame.set_index("sweep")[column] for frame in frames], axis=1)
+    mean, std = stacked.mean(axis=1), stacked.std(axis=1)
+    where = mean.index.to_numpy()
+    if x == "seconds":
+        where = pd.concat([training_seconds(frame) for frame in frames], axis=1).mean(axis=1).reindex(mean.index)
+        where = where.to_numpy()
+    ax.plot(where, mean.to_numpy(), label=label, color=color)
+    if len(frames) > 1:
+        ax.fill_between(where, (mean - std).to_numpy(), (mean + std).to_numpy(), alpha=0.2, color=color)

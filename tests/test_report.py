@@ -201,11 +201,13 @@ def test_trainer_comparison(tmp_path: Path):
             assert comparison.loc[i, f"{field}_mean"] == pytest.approx(np.mean(values))
             assert comparison.loc[i, f"{field}_std"] == pytest.approx(np.std(values, ddof=1))
     lines = (folder / "comparison.md").read_text().splitlines()
-    assert lines[0] == "| trainer | final train acc | final test acc | best test acc | seconds | seeds |"
-    assert len(lines) == 4 and lines[2].startswith("| bcd | ") and lines[3].startswith("| sgd | ")
+    assert lines[0] == (
+        "| method | seeds | final test acc | best test acc | final train acc | sweep to test acc 0.90 "
+        "| seconds to 0.90 | seconds / sweep | training seconds | objective rose | rejected |"
+    )
+    assert lines[2].startswith("| bcd | 2 | ") and lines[3].startswith("| sgd | 2 | ") and lines[4] == ""
     bcd_test = [recorded[j]["final_test_acc"] for j in ("0", "1")]
-    assert f"{np.mean(bcd_test):.3f} ± {np.std(bcd_test, ddof=1):.3f}" in lines[2]
-    assert lines[2].endswith("| 2 |")
+    assert lines[2].split(" | ")[2] == f"{np.mean(bcd_test):.3f} ± {np.std(bcd_test, ddof=1):.3f}"
 
 
 def test_comparison_survives_a_job_without_metrics(tmp_path: Path):
@@ -213,9 +215,12 @@ def test_comparison_survives_a_job_without_metrics(tmp_path: Path):
     (folder / "3" / "metrics.csv").unlink()
     (folder / "3" / "summary.json").unlink()
     write_sweep_report(folder)
-    assert pd.read_csv(folder / "comparison.csv")["n_seeds"].tolist() == [2, 1]
+    comparison = pd.read_csv(folder / "comparison.csv")
+    assert comparison["n_seeds"].tolist() == [2, 1] and comparison["n_left_out"].tolist() == [0, 1]
+    assert comparison["left_out"].fillna("").tolist() == ["", "job 3 (missing)"]
     assert_png(folder / "comparison.png")
-    assert "| sgd | " in (folder / "comparison.md").read_text()
+    text = (folder / "comparison.md").read_text()
+    assert "| sgd | 1 (1 left out) | " in text and "sgd: job 3 (missing)" in text
 
 
 # --- the Hydra callback and bcd-report on a real multirun -------------------------------------------------
