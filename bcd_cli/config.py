@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bcd_cli.app import config_dir
 from bcd_cli.baselines import OPTIMIZERS, GradientBaseline
+from bcd_cli.engine.network import INITS
 from bcd_cli.engine.parallel import world_size
 from bcd_cli.engine.scheme import BCDScheme
 from bcd_cli.engine.trainer import DTYPES, Trainer
@@ -58,6 +59,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("dtype", OmegaConf.select(cfg, "dtype"), f"one of {', '.join(DTYPES)}")
 
     _validate_model(cfg)
+    init = OmegaConf.select(cfg, "model.init", default="normal")  # a run folder saved without it drew by Remark 1
+    if init not in INITS:
+        raise ConfigError("model.init", init, f"one of {', '.join(INITS)} (the weights' initialisation)")
     _number(cfg, "model.init_std", lambda x: x >= 0, "a number >= 0")
     _number(cfg, "model.init_bias", lambda x: True, "a finite number")
 

@@ -67,14 +67,17 @@ def observers_for(cfg: DictConfig, out_dir: Path) -> list[RunObserver]:
 
 
 def build_trainer(cfg: DictConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> Trainer:
-    """The network of ``cfg`` initialised as in Remark 1, wrapped in the trainer ``cfg`` names (a BCD scheme, or
-    SGD/Adam)."""
+    """The network of ``cfg`` initialised as ``model.init`` says, wrapped in the trainer ``cfg`` names (a BCD
+    scheme, or SGD/Adam).
+
+    A run folder saved without ``model.init`` was drawn by the paper's Remark 1, so it resumes with ``normal``.
+    """
     loss, act = build(cfg, "loss"), build(cfg, "act")
     sizes, residual = architecture(cfg.model, data.n_features, data.n_classes)
     net = MLP.init(
         sizes, act,
-        init_std=cfg.model.init_std, init_bias=cfg.model.init_bias, seed=cfg.seed, dtype=dtype, device=device,
-        residual=residual,
+        init=cfg.model.get("init", "normal"), init_std=cfg.model.init_std, init_bias=cfg.model.init_bias,
+        seed=cfg.seed, dtype=dtype, device=device, residual=residual,
     )  # fmt: skip
     trainer = trainer_class(cfg).from_config(
         cfg, net, data.X_train, data.Y_train, loss=loss, reg_w=build(cfg, "reg_w"), reg_v=build(cfg, "reg_v")

@@ -13,7 +13,9 @@ controlled by their fields ``grid`` (points) and ``newton_steps``.
 An entry may also have ``prox_(v, b, c, start=None)``: the same minimiser written into b's
 memory (b is consumed), which the engine uses when present to save a temporary the size of
 the block. ``memory`` (an ``ActivationMemory``) is what its prox and forward map allocate,
-for the memory estimate. See docs/math.md §2.3 (the U-block) and §3.2 (every activation's prox).
+for the memory estimate. ``init_gain()`` is the gain g of the variance-preserving initialisation
+(``model.init=scaled``, docs/math.md §1): W ~ N(0, g^2 / fan_in), torch's ``calculate_gain`` wherever
+torch defines it. See docs/math.md §2.3 (the U-block) and §3.2 (every activation's prox).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class Linear:
 
     memory: ClassVar[ActivationMemory] = ActivationMemory(prox=0, forward=0, saved=0)
 
+    def init_gain(self) -> float:
+        """1, torch's gain for the identity: ``model.init=scaled`` draws W ~ N(0, 1 / fan_in) before it."""
+        return float(torch.nn.init.calculate_gain("linear"))
+
     def __call__(self, u: Tensor) -> Tensor:
         return u
 
@@ -68,6 +74,10 @@ class ReLU:
     """sigma(u) = max(u, 0)."""
 
     memory: ClassVar[ActivationMemory] = ActivationMemory(prox=1, forward=0, saved=0)
+
+    def init_gain(self) -> float:
+        """sqrt(2), torch's gain for ReLU: relu halves the mean square of a symmetric input."""
+        return float(torch.nn.init.calculate_gain("relu"))
 
     def __call__(self, u: Tensor) -> Tensor:
         return torch.relu(u)
@@ -117,6 +127,10 @@ class LeakyReLU:
             "a number in [0, 1)",
         )
 
+    def init_gain(self) -> float:
+        """sqrt(2 / (1 + slope^2)), torch's gain for leaky ReLU with this entry's slope."""
+        return float(torch.nn.init.calculate_gain("leaky_relu", self.slope))
+
     def __call__(self, u: Tensor) -> Tensor:
         return torch.where(u >= 0, u, self.slope * u)
 
@@ -154,6 +168,10 @@ class Sigmoid:
     def __post_init__(self) -> None:
         _check_solver(self.grid, self.newton_steps)
 
+    def init_gain(self) -> float:
+        """1, torch's gain for the sigmoid."""
+        return float(torch.nn.init.calculate_gain("sigmoid"))
+
     def __call__(self, u: Tensor) -> Tensor:
         return torch.sigmoid(u)
 
@@ -186,6 +204,10 @@ class Tanh:
 
     def __post_init__(self) -> None:
         _check_solver(self.grid, self.newton_steps)
+
+    def init_gain(self) -> float:
+        """5/3, torch's gain for tanh."""
+        return float(torch.nn.init.calculate_gain("tanh"))
 
     def __call__(self, u: Tensor) -> Tensor:
         return torch.tanh(u)
@@ -226,6 +248,14 @@ class Softplus:
             "a finite number > 0",
         )
         _check_solver(self.grid, self.newton_steps)
+
+    def init_gain(self) -> float:
+        """sqrt(2), ReLU's gain (torch defines none for softplus).
+
+        Softplus is ReLU plus a positive bump of height log(2) / t at 0, which it approaches as t grows; the
+        bump only adds to the mean square of the layer's output, so a gain above ReLU's would let the signal grow.
+        """
+        return float(torch.nn.init.calculate_gain("relu"))
 
     def __call__(self, u: Tensor) -> Tensor:
         tu = self.sharpness * u
@@ -284,6 +314,14 @@ class Polynomial:
         for a in reversed(coefficients[:-1]):
             out = out * u + a
         return out
+
+    def init_gain(self) -> float:
+        """1, the identity's gain (torch defines none for polynomials).
+
+        The default u + u^2/4 is the identity to first order near 0, where small initial weights put U;
+        for other coefficients ``model.init=normal`` with a chosen ``model.init_std`` may suit better.
+        """
+        return float(torch.nn.init.calculate_gain("linear"))
 
     def __call__(self, u: Tensor) -> Tensor:
         return self._horner(self.coefficients, u)

@@ -9,6 +9,7 @@ the identity and the output layer is never residual.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -48,20 +49,29 @@ class MLP:
         dtype: torch.dtype,
         device: torch.device,
         residual: Sequence[bool] | None = None,
+        init: str = "normal",
     ) -> MLP:
-        """Remark 1 of the paper: W_i ~ N(0, init_std^2), b_i = init_bias.
+        """The starting point of docs/math.md §1: b_i = init_bias, and W_i drawn as ``init`` says.
 
-        Drawn on the CPU from a generator seeded with ``seed``, so that every
-        device starts from the same weights.
+        ``normal`` (the paper's Remark 1): W_i ~ N(0, init_std^2). ``scaled`` (variance-preserving, ``init_std``
+        unused): W_i ~ N(0, g_i^2 / fan_in_i), g_i the layer's ``init_gain()`` (the output layer's identity: 1),
+        and a residual layer's draw further divided by L, the number of residual layers, so that V's mean square
+        grows by at most a constant factor over the L layers, whatever L (the bound is in docs/math.md §1).
+
+        Both draw randn(d_out, d_in) in float64 on the CPU from one generator seeded with ``seed``, layer by
+        layer, times the layer's standard deviation: every device starts from the same weights, and
+        ``normal`` gives the same weights for a seed whatever the version that wrote the run.
         """
+        residual = list(residual) if residual is not None else []
+        acts = [act] * (len(sizes) - 2) + [Linear()]
+        stds = _weight_stds(init, sizes, acts, residual, init_std)
         gen = torch.Generator().manual_seed(seed)
         W, b = [], []
-        for d_in, d_out in zip(sizes[:-1], sizes[1:], strict=True):
-            w = torch.randn(d_out, d_in, generator=gen, dtype=torch.float64) * init_std
+        for d_in, d_out, std in zip(sizes[:-1], sizes[1:], stds, strict=True):
+            w = torch.randn(d_out, d_in, generator=gen, dtype=torch.float64) * std
             W.append(w.to(dtype=dtype, device=device))
             b.append(torch.full((d_out,), float(init_bias), dtype=dtype, device=device))
-        acts = [act] * (len(W) - 1) + [Linear()]
-        return cls(W, b, acts, list(residual) if residual is not None else [])
+        return cls(W, b, acts, residual)
 
     @property
     def depth(self) -> int:
@@ -113,3 +123,19 @@ class MLP:
     def accuracy(self, X: Tensor, labels: Tensor) -> float:
         """Fraction of columns of X whose largest output is the label."""
         return (self(X).argmax(dim=0) == labels).double().mean().item()
+
+
+INITS = ("normal", "scaled")  # the values of model.init
+
+
+def _weight_stds(init: str, sizes: Sequence[int], acts: Sequence, residual: Sequence[bool], init_std: float) -> list:
+    """The standard deviation of each layer's weights under ``init`` (see ``MLP.init``)."""
+    if init == "normal":
+        return [init_std] * (len(sizes) - 1)
+    if init != "scaled":
+        raise ValueError(f"init must be one of {', '.join(INITS)}, not {init!r}")
+    branch = 1 / max(1, sum(residual))  # L residual layers: the growth of V is bounded whatever L (docs/math.md §1)
+    return [
+        act.init_gain() / math.sqrt(d_in) * (branch if residual and residual[l] else 1.0)
+        for l, (d_in, act) in enumerate(zip(sizes[:-1], acts, strict=True))
+    ]
