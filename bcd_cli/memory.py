@@ -206,6 +206,7 @@ class _Run:
     momentum: bool = False
     weight_decay: bool = False
     nesterov: bool = False
+    extrapolation: bool = False  # BCD's safeguarded extrapolation: a copy of the state, an objective per sweep
 
     # ---------------------------------------------------------------- sizes
 
@@ -483,7 +484,10 @@ class _Run:
             return self.state()
         s = self.sizes
         moments = (s[0] + 1) ** 2 * self.e if self.cached_moments(0) else 0
-        return self.state() + moments + sum(self._b_storage(l) - s[l + 1] * self.e for l in range(self.depth))
+        previous = self.state() if self.extrapolation else 0  # the previous point, from the first sweep on
+        return (
+            self.state() + previous + moments + sum(self._b_storage(l) - s[l + 1] * self.e for l in range(self.depth))
+        )
 
     def build_peak(self) -> _Tally:
         """Building the network (``MLP.init``: weights drawn in float64 on the CPU) and the state."""
@@ -521,6 +525,8 @@ class _Run:
             return self.epoch_peak()
         t = _Tally(self.live_state() + self.data())
         N = self.depth
+        if self.extrapolation:  # the safeguard's objective at the extrapolated point, without its gradient
+            _replace_grad(self).objective_peak(t)
         if self.scheme == "two":
             for l in reversed(range(N)):
                 block = self.sizes[l + 1] * self.n * self.e
@@ -741,6 +747,7 @@ def estimate(
     momentum: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    extrapolation: bool = False,
 ) -> MemoryEstimate:
     """The memory of a run on the network of layer ``sizes`` (input, hidden..., classes) with ``n_train``
     training and ``n_test`` test samples on this process's ``device``.
@@ -750,7 +757,8 @@ def estimate(
     baseline (sgd, adam, with ``batch_size``, ``momentum``, ``nesterov``, ``weight_decay``).
     ``solve_dtype``: the factorisations' dtype (trainer.solve_dtype; None: ``dtype``);
     ``state_solve_dtype``: that of the V blocks' right-hand sides (None: ``dtype``). ``act``, ``loss``,
-    ``reg_w``, ``reg_v``: catalogue objects or the names of their files in conf/act, conf/loss, conf/reg
+    ``extrapolation``: a BCD scheme's safeguarded extrapolation (``trainer.extrapolation`` > 0), which keeps
+    a copy of the state. ``reg_w``, ``reg_v``: catalogue objects or the names of their files in conf/act, conf/loss, conf/reg
     (relu, square, none, ...; ValueError for another name). Each entry's ``memory`` says what it allocates
     (a smooth activation's prox holds some 45 tensors of its chunk's size); an object without one (a
     ``_target_`` of the user's own) is counted as the most any catalogue entry of its kind allocates.
@@ -771,7 +779,7 @@ def estimate(
         cpu=device.type == "cpu", grad_norm=bool(grad_norm),
         act=_act_memory(act), loss=_loss_memory(loss), reg_w=_reg_memory(reg_w), reg_v=_reg_memory(reg_v),
         batch_size=int(batch_size), momentum=bool(momentum), nesterov=bool(nesterov),
-        weight_decay=bool(weight_decay),
+        weight_decay=bool(weight_decay), extrapolation=bool(extrapolation) and scheme not in BASELINES,
     )  # fmt: skip
     return _estimate_of(run, dtype=str(dtype).removeprefix("torch."), device=str(device))
 
@@ -832,6 +840,7 @@ def estimate_for(cfg: Any, data: Any) -> MemoryEstimate:
         act=build(cfg, "act"), loss=build(cfg, "loss"), reg_w=build(cfg, "reg_w"), reg_v=build(cfg, "reg_v"),
         batch_size=trainer.get("batch_size", 512), momentum=trainer.get("momentum", 0.0),
         nesterov=trainer.get("nesterov", False), weight_decay=trainer.get("weight_decay", 0.0),
+        extrapolation=bool(trainer.get("extrapolation", 0.0)),
     )  # fmt: skip
     ranks = world_size()  # a data-parallel run: each rank holds its share of the samples
     loaded = sum(t.numel() * t.element_size() for t in (data.X_train, data.Y_train, data.y_train, data.X_test,

@@ -23,10 +23,10 @@ CONVERGENCE_FILE = "convergence.png"
 # or grad_norm=false. MAY_BE_EMPTY below is the rule read_metrics holds these cells to.
 METRIC_COLUMNS = [
     "sweep", "seconds", "objective", "loss", "penalty_v", "penalty_u", "reg_w", "reg_v",
-    "D", "descent_ratio", "grad_norm", "train_loss", "train_acc", "test_acc",
+    "D", "descent_ratio", "grad_norm", "train_loss", "train_acc", "test_acc", "extrapolation", "rejected",
 ]  # fmt: skip
-# columns a metrics file may lack: files written before grad_norm was recorded have none
-OPTIONAL_COLUMNS = ["grad_norm"]
+# columns a metrics file may lack: files written before grad_norm, or before the extrapolation columns, was recorded
+OPTIONAL_COLUMNS = ["grad_norm", "extrapolation", "rejected"]
 REQUIRED_COLUMNS = [c for c in METRIC_COLUMNS if c not in OPTIONAL_COLUMNS]
 # The cells bcd-train writes empty (NaN), the one place this rule lives: column -> (where, as read_metrics's
 # messages say it, and the rows where the cell may be empty, from the numeric columns). D and descent_ratio have
@@ -36,6 +36,9 @@ MAY_BE_EMPTY: dict[str, tuple[str, Callable[[pd.DataFrame], pd.Series]]] = {
     "D": ("at sweep 0", lambda m: m["sweep"] == 0),
     "descent_ratio": ("at sweep 0 and where D is 0", lambda m: (m["sweep"] == 0) | (m["D"] == 0)),
     "grad_norm": ("at any sweep", lambda m: pd.Series(True, index=m.index)),
+    # BCD's extrapolation weight beta_k (0: none) and safeguard verdict (1: rejected); none at sweep 0 nor for SGD/Adam
+    "extrapolation": ("at sweep 0 and for the gradient baselines", lambda m: pd.Series(True, index=m.index)),
+    "rejected": ("at sweep 0 and for the gradient baselines", lambda m: pd.Series(True, index=m.index)),
 }
 
 

@@ -133,7 +133,7 @@ def sweeps(
             first = f"; block {origin} went non-finite first" if origin else ""
             raise NumericalError(f"sweep {k}: {err}{first}") from err
         synchronize(device)
-        row = {"sweep": k, "seconds": time.perf_counter() - started, "D": D}
+        row = {"sweep": k, "seconds": time.perf_counter() - started, "D": D, **trainer.last_sweep()}
         row |= trainer.evaluate(data, grad_norm=grad_norm)
         row["descent_ratio"] = (previous["objective"] - row["objective"]) / D if D > 0 else math.nan
         if not (math.isfinite(row["objective"]) and math.isfinite(D)):

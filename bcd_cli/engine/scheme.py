@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from bcd_cli.engine.acceleration import Extrapolation
 from bcd_cli.engine.blocks import ALPHA_CHECKS, feasible, input_moments, output_alpha
 from bcd_cli.engine.chunking import column_chunks
 from bcd_cli.engine.inner import InnerSolver
@@ -33,7 +34,9 @@ class BCDSettings:
     Both are given as torch dtypes or by name (float32, float64) and held as torch dtypes.
     ``inner_iters``/``inner_tol`` bound the monotone inner solvers of blocks without a
     closed form; ``alpha_check`` ('warn' or 'raise') is what happens when alpha fails
-    Theorem 2 for a prox-linear loss (see ``blocks.output_alpha``).
+    Theorem 2 for a prox-linear loss (see ``blocks.output_alpha``). ``extrapolation`` > 0 starts
+    every sweep from a safeguarded extrapolated point (``acceleration.Extrapolation``, with that
+    largest weight); ``safeguard`` is the margin its point must keep (None: Lemma 1's constant).
     """
 
     gamma: float
@@ -44,6 +47,8 @@ class BCDSettings:
     inner_iters: int = 20
     inner_tol: float = 1e-6
     alpha_check: str = "warn"
+    extrapolation: float = 0.0
+    safeguard: float | None = None
 
     TOP_LEVEL: ClassVar[tuple[str, ...]] = ("gamma", "rho", "alpha")  # run-config keys outside the trainer group
 
@@ -56,6 +61,10 @@ class BCDSettings:
                        integer=True)  # fmt: skip
         require_number("inner_tol", self.inner_tol, lambda x: x >= 0, "a number >= 0 (relative step size)")
         require(self.alpha_check in ALPHA_CHECKS, "alpha_check", self.alpha_check, f"one of {', '.join(ALPHA_CHECKS)}")
+        require_number("extrapolation", self.extrapolation, lambda x: 0 <= x < 1,
+                       "a number in [0, 1): the largest extrapolation weight, 0 for none")  # fmt: skip
+        if self.safeguard is not None:
+            require_number("safeguard", self.safeguard, lambda x: x > 0, "a number > 0, or null for Lemma 1's margin")
         names = ", ".join(DTYPES)
         for key, allowed in (("solve_dtype", f"one of {names}"), ("state_solve_dtype", f"one of {names}, or null")):
             value = getattr(self, key)
@@ -71,10 +80,12 @@ class BCDSettings:
         a refused value is reported under its config key (``trainer.inner_iters``).
 
         A run always names its ``trainer.solve_dtype``; ``trainer.state_solve_dtype`` null is the run's dtype.
+        A config without ``trainer.extrapolation`` (a run folder of an earlier version) is plain BCD.
         """
         trainer = cfg.trainer
         values = {key: cfg.get(key) for key in cls.TOP_LEVEL}
         values |= {key: trainer.get(key) for key in ("solve_dtype", "inner_iters", "inner_tol", "alpha_check")}
+        values |= {"extrapolation": trainer.get("extrapolation", 0.0), "safeguard": trainer.get("safeguard")}
         values["state_solve_dtype"] = trainer.get("state_solve_dtype")
         try:
             require(values["solve_dtype"] is not None, "solve_dtype", None, f"one of {', '.join(DTYPES)}")
@@ -131,6 +142,13 @@ class BCDScheme(Trainer):
         self.inner = InnerSolver(iters=int(settings.inner_iters), tol=float(settings.inner_tol))
         self.alpha_out = output_alpha(loss, Y.shape[1], gamma=self.gamma, alpha=self.alpha, check=settings.alpha_check)
         net.W[:] = [feasible(reg_w, w) for w in net.W]
+        self.n_weights = 2 * net.depth  # blocks() starts with W_1..W_N, b_1..b_N
+        self.extrapolation = (
+            Extrapolation(float(settings.extrapolation), self.descent_margin() if settings.safeguard is None
+                          else float(settings.safeguard))
+            if settings.extrapolation > 0 else None
+        )  # fmt: skip
+        self._objective_here: float | None = None  # L at the current point, once evaluated
 
     @classmethod
     def check_config(cls, cfg: DictConfig) -> None:
@@ -159,8 +177,31 @@ class BCDScheme(Trainer):
         return {"method": self.name, "alpha_output_block": self.alpha_out}
 
     def sweep(self) -> float:
-        """One sweep over all blocks; returns D_k = ||P^k - P^(k-1)||_F^2."""
+        """One sweep over all blocks, from the safeguarded extrapolated point when ``trainer.extrapolation`` > 0
+        (``acceleration.Extrapolation``); returns D_k = ||P^k - P^(k-1)||_F^2."""
+        D = self.sweep_blocks() if self.extrapolation is None else self.extrapolation.sweep(self)
+        self._objective_here = None
+        return D
+
+    def sweep_blocks(self) -> float:
+        """The scheme's own sweep (Algorithm 1, 2 or 3) from the current point; returns D_k."""
         raise NotImplementedError
+
+    def descent_margin(self) -> float:
+        """Lemma 1's constant a, L(P^(k-1)) - L(P^k) >= a D_k (docs/math.md §4.1): min(alpha, gamma) / 2 for
+        three-splitting and ResNet, alpha / 2 for two-splitting."""
+        return self.alpha / 2 if self.splitting == "two" else min(self.alpha, self.gamma) / 2
+
+    def last_sweep(self) -> dict[str, float]:
+        """The last sweep's extrapolation weight and safeguard verdict (both 0 for plain BCD)."""
+        return {"extrapolation": 0.0, "rejected": 0.0} if self.extrapolation is None else self.extrapolation.record()
+
+    def current_objective(self) -> float:
+        """L at the current point: the value the last evaluation found, or computed now when none is known."""
+        if self._objective_here is None:
+            self.objective()
+        assert self._objective_here is not None  # set by objective()
+        return self._objective_here
 
     def layer_order(self) -> range:
         """The layers l (the paper's i = l + 1) in the order a sweep visits them: N down to 1, the backward
@@ -199,7 +240,8 @@ class BCDScheme(Trainer):
         return [*self.net.W, *self.net.b, *(t for kind in self.sample_blocks().values() for t in kind)]
 
     def _set_blocks(self, blocks: list[Tensor]) -> None:
-        """Puts the list of ``blocks()``'s layout back."""
+        """Puts the list of ``blocks()``'s layout back (forgetting the objective evaluated at the old point)."""
+        self._objective_here = None
         depth = self.net.depth
         self.net.W[:], self.net.b[:] = blocks[:depth], blocks[depth : 2 * depth]
         rest = blocks[2 * depth :]
@@ -215,12 +257,32 @@ class BCDScheme(Trainer):
         state: dict[str, Any] = {"W": [own(w) for w in self.net.W], "b": [own(b) for b in self.net.b]}
         for kind, tensors in self.sample_blocks().items():
             state[kind] = [own(gather_columns(t, self.n_samples)) for t in tensors]
+        if self.extrapolation is not None:
+            state["extrapolation"] = self._extrapolation_state()
         return state
+
+    def _extrapolation_state(self) -> dict[str, Any]:
+        """The extrapolation's t and previous point (every sample's columns), and the objective known at the
+        current point, which its safeguard compares against: a resumed run decides as the uninterrupted one."""
+        assert self.extrapolation is not None
+        saved = self.extrapolation.state_dict()
+        previous = saved["previous"]
+        if previous is not None:
+            previous = [own(t if i < self.n_weights else gather_columns(t, self.n_samples))
+                        for i, t in enumerate(previous)]  # fmt: skip
+        return {"t": saved["t"], "previous": previous, "objective": self._objective_here}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Puts a ``state_dict`` back (copied, on this scheme's device and dtype; in a data-parallel run each rank
         takes its own columns of the V and U blocks)."""
         current = {"W": list(self.net.W), "b": list(self.net.b), **self.sample_blocks()}
+        state = dict(state)
+        extrapolated = state.pop("extrapolation", None)
+        if (extrapolated is None) != (self.extrapolation is None):
+            raise ValueError(
+                f"the saved state {'lacks' if extrapolated is None else 'holds'} an extrapolation's previous point; "
+                f"this run's trainer.extrapolation is {0.0 if self.extrapolation is None else 'on'}"
+            )
         if set(state) != set(current):
             raise ValueError(f"the saved state holds blocks {sorted(state)}, this scheme {sorted(current)}")
         loaded = {}
@@ -232,6 +294,13 @@ class BCDScheme(Trainer):
             ]
         self.net.W[:], self.net.b[:] = loaded.pop("W"), loaded.pop("b")
         self._set_sample_blocks(loaded)
+        self._objective_here = None
+        if self.extrapolation is not None and extrapolated is not None:
+            previous = extrapolated["previous"]
+            if previous is not None:
+                previous = [t if i < self.n_weights else local_columns(t) for i, t in enumerate(previous)]
+            self.extrapolation.load_state_dict({"t": extrapolated["t"], "previous": previous}, like=self.blocks())
+            self._objective_here = extrapolated["objective"]
 
     def objective(self, *, with_gradient: bool = False) -> dict[str, float]:
         """L(P^k) and its parts, moved to the host in one transfer.
@@ -282,6 +351,7 @@ class BCDScheme(Trainer):
             result["grad_norm"] = (
                 math.sqrt(self._squared_gradient_norm(weight_grads, state_squares)) if differentiable else math.nan
             )
+        self._objective_here = result["objective"]
         return result
 
     def _squared_gradient_norm(self, weight_grads: Sequence[Tensor], state_squares: Tensor) -> float:

@@ -88,7 +88,7 @@ class ThreeSplittingBCD(BCDScheme):
         """What layer l adds to sigma_l(U_l) in its output V_{l+1}: nothing in a plain network."""
         return None
 
-    def sweep(self) -> float:
+    def sweep_blocks(self) -> float:
         """One sweep of Algorithm 2; returns D_k = ||P^k - P^(k-1)||_F^2 over all blocks."""
         net, U, V = self.net, self.U, self.V
         W, b = net.W, net.b
@@ -167,7 +167,9 @@ class ThreeSplittingBCD(BCDScheme):
             tally.sums["train_loss"] += self.loss(output, data.Y_train).double()
             tally.sums["train_correct"] += (output.argmax(dim=0) == data.y_train).sum()
         tally.sums["test_correct"] += (self.net(data.X_test).argmax(dim=0) == data.y_test).sum()
-        return tally.row(self, data.n_train, data.n_test)
+        row = tally.row(self, data.n_train, data.n_test)
+        self._objective_here = row["objective"]  # what the safeguard of an extrapolated sweep starts from
+        return row
 
     def _evaluate_chunk(self, tally: _EvaluationSums, columns: slice, labels: Tensor | None) -> None:
         """Adds the samples ``columns`` to ``tally`` (see ``evaluate``); ``labels``: also run the network on them."""

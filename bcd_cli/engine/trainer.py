@@ -108,6 +108,11 @@ class Trainer(abc.ABC):
         """Puts a ``state_dict`` of a trainer built from the same config back (moved to this one's device and
         dtype); raises ValueError when its blocks do not fit this network."""
 
+    def last_sweep(self) -> dict[str, float]:
+        """What metrics.csv records of the last sweep beyond D: a BCD scheme's extrapolation weight and whether
+        its safeguard rejected the extrapolated point; nothing for the gradient baselines."""
+        return {}
+
     def summary_fields(self) -> dict[str, Any]:
         """What summary.json records about the method."""
         return {"method": self.name}

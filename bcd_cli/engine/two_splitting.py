@@ -53,7 +53,7 @@ class TwoSplittingBCD(BCDScheme):
         _, self.V = net.forward_states(X)
         self.V[1:] = [feasible(self.reg_v, v) for v in self.V[1:]]
 
-    def sweep(self) -> float:
+    def sweep_blocks(self) -> float:
         """One sweep of Algorithm 1; returns D_k = ||P^k - P^(k-1)||_F^2 over all blocks."""
         net, V = self.net, self.V
         W, b, acts = net.W, net.b, net.acts
