@@ -49,8 +49,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # ------------------------------------------------------------------ problems and independent objectives
 
 
-def make(scheme: str, loss, act, reg_w, reg_v, *, seed: int, gamma=1.0, rho=None, alpha=1.0, init_std=0.5):
-    """A small random problem: X uniform in [0, 1], random labels, a 3-4 layer network."""
+def make(scheme: str, loss, act, reg_w, reg_v, *, seed: int, gamma=1.0, rho=None, alpha=1.0, init_std=0.5, **settings):
+    """A small random problem: X uniform in [0, 1], random labels, a 3-4 layer network; ``settings``: more
+    BCDSettings fields (e.g. extrapolation)."""
     gen = torch.Generator().manual_seed(seed)
     n, d0, classes = 24, 6, 3
     if scheme == "resnet":
@@ -63,7 +64,7 @@ def make(scheme: str, loss, act, reg_w, reg_v, *, seed: int, gamma=1.0, rho=None
     net = MLP.init(sizes, act, init_std=init_std, init_bias=0.1, seed=seed, dtype=DT, device=CPU, residual=residual)
     algo = SCHEMES[scheme](
         net, X, Y, loss=loss, reg_w=reg_w, reg_v=reg_v, gamma=gamma, rho=rho, alpha=alpha,
-        inner_iters=30, inner_tol=1e-10,
+        inner_iters=30, inner_tol=1e-10, **settings,
     )  # fmt: skip
     return algo, X, Y
 
