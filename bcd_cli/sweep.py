@@ -40,6 +40,7 @@ AGGREGATED = ["final_test_acc", "best_test_acc", "final_train_acc"]
 COMPARED = ["final_train_acc", "final_test_acc", "best_test_acc", "train_seconds"]
 # the trainer comparison: the test accuracy each method is timed to reach, and the columns of comparison.csv
 TARGET_ACC = 0.90
+TITLE_WIDTH = 130  # characters in a line of comparison.png's title
 BCD_NAME = "bcd"  # the trainer name of BCD, plain or accelerated (conf/trainer/bcd*.yaml)
 PROGRESS = ["sweep_to_target", "seconds_to_target", "seconds_per_sweep", "descent_failures", "rejected"]
 COMPARISON_COLUMNS = [
@@ -487,8 +488,9 @@ def _sizes_text(sizes: list[Any]) -> str:
 
 
 def comparison_title(folder: Path, table: pd.DataFrame) -> str:
-    """What the compared runs trained, on two lines: data and samples, network; then each method's own settings
-    (gamma, alpha and the largest extrapolation weight for BCD, step size and batch for SGD/Adam)."""
+    """What the compared runs trained: data and samples, network; then, on lines of at most TITLE_WIDTH characters,
+    each method's own settings (gamma, alpha and the largest extrapolation weight for accelerated BCD, step size
+    and batch for SGD/Adam)."""
     head, settings = "", dict[str, str]()
     configs = _saved_configs(folder, table)
     for _, row in table.iterrows():
@@ -502,11 +504,22 @@ def comparison_title(folder: Path, table: pd.DataFrame) -> str:
             n = f", n_train={summary['n_train']}" if "n_train" in summary else ""
             head = f"{(cfg.get('data') or {}).get('name', '?')}{n}, {_sizes_text(summary['sizes'])}"
         if trainer.get("name", BCD_NAME) == BCD_NAME:
-            beta = f", extrapolation={trainer['extrapolation']}" if trainer.get("extrapolation") is not None else ""
+            beta = f", extrapolation={trainer['extrapolation']}" if trainer.get("extrapolation") else ""  # 0: plain
             settings.setdefault(method, f"{method}: gamma={cfg.get('gamma')}, alpha={cfg.get('alpha')}{beta}")
         else:
             settings.setdefault(method, f"{method}: lr={trainer.get('lr')}, batch={trainer.get('batch_size')}")
-    return "\n".join(filter(None, [head, "; ".join(settings.values())]))
+    return "\n".join(filter(None, [head, *_packed(list(settings.values()), TITLE_WIDTH)]))
+
+
+def _packed(parts: list[str], width: int) -> list[str]:
+    """``parts`` joined by "; " into lines of at most ``width`` characters where they fit, a part never split."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += f"; {part}"
+        else:
+            lines.append(part)
+    return lines
 
 
 # the panels of comparison.png: (metrics column, x axis: sweep or training seconds, y label)
