@@ -135,7 +135,7 @@ def test_scaled_refuses_an_activation_without_a_gain_and_an_unknown_init():
 
 
 def test_model_init_reaches_the_network(tmp_path: Path, monkeypatch):
-    """The run's network starts from the draw model.init names: bit for bit the paper's with normal, and weights of
+    """The run's network starts from the draw model.init names: bit for bit Remark 1's with normal, and weights of
     std sqrt(2) / sqrt(64) in layer 1 with scaled (digits: 64 features, ReLU)."""
     drawn: list[list[torch.Tensor]] = []
     draw = MLP.init.__func__  # type: ignore[attr-defined]
@@ -150,7 +150,7 @@ def test_model_init_reaches_the_network(tmp_path: Path, monkeypatch):
         run(compose_config(*TINY, f"model.init={init}", "epochs=1", "dtype=float64"), tmp_path / init)
     normal, scaled = drawn
     sizes = [64, 16, 10]
-    assert all(torch.equal(a, b) for a, b in zip(normal, make(sizes, "normal", std=0.01).W, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(normal, make(sizes, "normal", std=0.1).W, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(scaled, make(sizes, "scaled").W, strict=True))
     assert scaled[0].std().item() == pytest.approx(math.sqrt(2) / 8, rel=0.05)
 
@@ -194,9 +194,12 @@ def test_the_shipped_test_run_folder_resumes_as_it_ran(tmp_path: Path, bcd_train
         assert got[column].iloc[0] == pytest.approx(recorded[column].iloc[0], rel=1e-5), column
 
 
-@pytest.mark.parametrize("model", ["mlp", "resnet"])
-def test_default_init_is_scaled_and_figure1_keeps_the_papers(model: str):
-    assert compose_config(f"model={model}").model.init == "scaled"
+def test_defaults_are_the_measured_best_and_figure1_keeps_the_papers():
+    """model=mlp: normal with init_std 0.1 (on digits 0.983 final test accuracy over seeds 0-2 against scaled's
+    0.973-0.978); model=resnet: scaled (0.971-0.980 against normal 0.1's 0.967); experiment=figure1: Remark 1."""
+    mlp, resnet = compose_config().model, compose_config("model=resnet").model
+    assert (mlp.init, mlp.init_std, mlp.init_bias) == ("normal", 0.1, 0.1)
+    assert (resnet.init, resnet.init_bias) == ("scaled", 0.1)
     paper = compose_config("experiment=figure1")
     assert (paper.model.init, paper.model.init_std, paper.model.init_bias) == ("normal", 0.01, 0.1)
 
