@@ -303,7 +303,7 @@ def _download(name: str, cfg: DictConfig) -> Splits:
         for i, name in enumerate(IDX_FILES):  # a damaged file in the cache: name it
             if (raw / name).is_file():
                 try:
-                    _read_idx(raw / name, images=i % 2 == 0)
+                    read_idx(raw / name, images=i % 2 == 0)
                 except DataError as bad:
                     raise DataError(f"{bad}; it is in the download cache: remove it to download it again") from exc
         reason = " ".join(str(exc).split()) or type(exc).__name__
@@ -328,7 +328,7 @@ def _local(root: Path) -> Splits:
                 f"{root / name}: missing (neither {name} nor {name}.gz found); data.root must be {_IDX_HINT}"
             )
         candidates.append(found)
-    read = [[_read_idx(p, images=i % 2 == 0) for p in found] for i, found in enumerate(candidates)]
+    read = [[read_idx(p, images=i % 2 == 0) for p in found] for i, found in enumerate(candidates)]
     for found, tensors in zip(candidates, read, strict=True):
         if len(tensors) == 2 and not torch.equal(*tensors):
             raise DataError(f"{found[0]} and {found[1]} disagree: keep one of them in data.root")
@@ -339,7 +339,7 @@ def _local(root: Path) -> Splits:
     return Splits(Xtr.numpy(), ytr.numpy(), Xte.numpy(), yte.numpy(), str(root), files, str(paths[3]))
 
 
-def _read_idx(path: Path, *, images: bool) -> torch.Tensor:
+def read_idx(path: Path, *, images: bool) -> torch.Tensor:
     """Read one uint8 idx file (plain or .gz) with torchvision's parser, turning any failure into a DataError."""
     from torchvision.datasets import mnist as tv
 

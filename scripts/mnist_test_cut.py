@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bcd_cli.data import IDX_FILES, _read_idx
+from bcd_cli.data import IDX_FILES, read_idx
 from bcd_cli.errors import DataError
 
 IMAGES, LABELS = IDX_FILES[2], IDX_FILES[3]  # t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte
@@ -43,8 +43,8 @@ def idx_file(folder: Path, name: str) -> Path:
 def cut(folder: Path, n_train: int = 8000, n_test: int = 2000) -> dict[str, np.ndarray]:
     """The arrays of the .npz file: X, y from the first ``n_train`` test images, X_test, y_test from the last
     ``n_test``. DataError when a file is missing or damaged, ValueError when the sizes do not fit."""
-    images = _read_idx(idx_file(folder, IMAGES), images=True).numpy()
-    labels = _read_idx(idx_file(folder, LABELS), images=False).numpy()
+    images = read_idx(idx_file(folder, IMAGES), images=True).numpy()
+    labels = read_idx(idx_file(folder, LABELS), images=False).numpy()
     if len(images) != len(labels):
         raise DataError(f"{folder}: {IMAGES} holds {len(images)} images but {LABELS} holds {len(labels)} labels")
     if n_train < 1 or n_test < 1 or n_train + n_test > len(images):
