@@ -91,11 +91,11 @@ def planned_jobs(folder: Path) -> list[dict[str, str]] | None:
         parsed = OverridesParser.create().parse_overrides(arguments)
     except Exception:  # not a multirun folder of this kind: the job folders alone say what ran
         return None
+    last = {o.get_key_element().lstrip("+~"): o for o in parsed}  # a key given twice: its last value ran
     choices = [
-        [(o.get_key_element().lstrip("+~"), str(v)) for v in o.sweep_string_iterator()]
-        if o.is_sweep_override()
-        else [(o.get_key_element().lstrip("+~"), o.get_value_element_as_str())]
-        for o in parsed
+        [(key, str(v)) for v in o.sweep_string_iterator()] if o.is_sweep_override()
+        else [(key, o.get_value_element_as_str())]
+        for key, o in last.items()
     ]  # fmt: skip
     return [dict(combo) for combo in itertools.product(*choices)]  # BasicSweeper's order of the jobs
 

@@ -255,6 +255,16 @@ def test_multirun_writes_the_sweep_report_and_bcd_report_regenerates_it(tmp_path
     assert pd.read_csv(sweep / "sweep_summary.csv").equals(table)
 
 
+def test_a_key_given_twice_reports_the_jobs_that_ran_and_no_phantom(tmp_path: Path, bcd_train):
+    """Hydra runs a key given twice with its last value: ``seed=0,1 ... seed=2`` is two jobs, not four."""
+    sweep = tmp_path / "dup"
+    code, stderr = bcd_train("-m", *TINY, "seed=0,1", "epochs=1,2", "seed=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert code == 0, stderr
+    table = pd.read_csv(sweep / "sweep_summary.csv")
+    assert table["job"].tolist() == [0, 1] and set(table["status"]) == {"completed"}
+    assert table["seed"].tolist() == [2, 2] and table["epochs"].tolist() == [1, 2]
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "binary", "not-metrics"])
 def test_bcd_report_bad_input_is_one_error_line(tmp_path: Path, capsys, case: str):
     target = tmp_path / "run"
