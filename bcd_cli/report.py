@@ -132,6 +132,7 @@ def run_title(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
     if trainer.get("name", "bcd") == "bcd":
         parts += [f"splitting={method}"] if method is not None else []
         parts += [f"{key}={config[key]}" for key in ("gamma", "alpha") if key in config]
+        parts += [f"extrapolation={trainer['extrapolation']}"] if trainer.get("extrapolation") else []
     else:
         parts.append(f"trainer={method if method is not None else trainer['name']}")
         parts += [f"{label}={trainer[key]}" for key, label in (("lr", "lr"), ("batch_size", "batch")) if key in trainer]
@@ -169,8 +170,17 @@ def summarize(metrics: pd.DataFrame, **extra: Any) -> dict[str, Any]:
         "sweeps": int(last["sweep"]),
         "train_seconds": float(metrics["seconds"].sum()),  # the sweeps' updates only
         "descent_held": bool(_descent_held(metrics)),
+        **_extrapolation_counts(metrics),
         **extra,
     }
+
+
+def _extrapolation_counts(metrics: pd.DataFrame) -> dict[str, int]:
+    """How many sweeps started from an extrapolated point, and how many the safeguard refused one (BCD only)."""
+    beta, rejected = _column(metrics, "extrapolation"), _column(metrics, "rejected")
+    if np.isnan(beta).all():
+        return {}
+    return {"extrapolated_sweeps": int((beta > 0).sum()), "rejected_sweeps": int((rejected == 1).sum())}
 
 
 def _descent_held(metrics: pd.DataFrame) -> bool:
@@ -203,7 +213,8 @@ def plot_convergence(metrics: pd.DataFrame, path: Path, title: str = "") -> None
 
     (a) the objective L(P^k); (b) D_k = ||P^k - P^(k-1)||^2 with its running mean (1/K) sum_{k<=K} D_k
     and running min against K on log-log axes, beside the rate c/K; (c) the descent ratio
-    (L(P^(k-1)) - L(P^k)) / D_k, which Lemma 1 bounds below by a positive constant; (d) ||grad L(P^k)||.
+    (L(P^(k-1)) - L(P^k)) / D_k, which Lemma 1 bounds below by a positive constant, the sweeps where the
+    accelerated trainer's safeguard rejected the extrapolation marked; (d) ||grad L(P^k)||.
     """
     fig = Figure(figsize=(11, 8), layout="constrained")
     (obj_ax, d_ax), (ratio_ax, grad_ax) = fig.subplots(2, 2)
@@ -212,6 +223,10 @@ def plot_convergence(metrics: pd.DataFrame, path: Path, title: str = "") -> None
     _plot_step_sizes(d_ax, k, _column(metrics, "D"))
     ratio = _column(metrics, "descent_ratio")
     ratio_ax.plot(k, ratio, marker=".", color="C2")
+    rejected = _column(metrics, "rejected") == 1
+    if rejected.any():  # the accelerated trainer's sweeps whose extrapolated start the safeguard refused
+        ratio_ax.plot(k[rejected], ratio[rejected], "x", color="C3", label=f"extrapolation rejected ({rejected.sum()})")
+        ratio_ax.legend(fontsize=8)
     ratio_ax.axhline(0, color="0.4", lw=0.8, ls="--")
     ratio_ax.set(
         xlabel="sweep k", ylabel="(L(P^{k-1}) - L(P^k)) / D_k", title="(c) descent ratio (Lemma 1: bounded below > 0)"

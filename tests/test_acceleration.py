@@ -15,6 +15,7 @@ Plain BCD (no extrapolation) is held to its float64 objective curve recorded bef
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -199,6 +200,9 @@ def test_the_accelerated_cli_run_records_its_weights_and_rejections(tmp_path: Pa
     assert (metrics["extrapolation"][1:] > 0).any()
     assert (metrics["objective"].diff()[1:] <= 1e-6 * metrics["objective"][:-1].to_numpy()).all()
     assert (metrics["descent_ratio"][1:] > 0).all()
+    summary = json.loads((tmp_path / "acc" / "summary.json").read_text())
+    assert summary["extrapolated_sweeps"] == int((metrics["extrapolation"] > 0).sum())
+    assert summary["rejected_sweeps"] == int((metrics["rejected"] == 1).sum())
 
 
 def test_an_accelerated_run_extended_by_resume_is_the_longer_run(tmp_path: Path, bcd_train):
