@@ -36,7 +36,7 @@ RECORDED = Path(__file__).parent / "data" / "plain_float64" / "metrics.csv"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def accelerated(scheme: str, *, seed: int, safeguard: float | None = None, act: str = "relu", loss: str = "square"):
+def accelerated(scheme: str, *, seed: int, safeguard: float = 1e-4, act: str = "relu", loss: str = "square"):
     return make(scheme, LOSSES[loss], ACTS[act], REGS["none"], REGS["none"], seed=seed, extrapolation=BETA,
                 safeguard=safeguard)  # fmt: skip
 

@@ -9,9 +9,9 @@ over every block (W, b, V and U). The safeguard keeps Q^k only when
 
     L(Q^k) <= L(P^k) - c ||Q^k - P^k||^2,
 
-c the margin (by default Lemma 1's a = min(alpha, gamma) / 2); otherwise the sweep starts from P^k
-itself and the weights restart (t = 1, so the next sweep is not extrapolated either). With Lemma 1
-for the sweep from Q^k, every sweep then lowers the objective by at least
+c the margin (``trainer.safeguard`` times Lemma 1's a = min(alpha, gamma) / 2; by default 1e-4 a); otherwise
+the sweep starts from P^k itself and the weights restart (t = 1, so the next sweep is not extrapolated
+either). With Lemma 1 for the sweep from Q^k, every sweep then lowers the objective by at least
 
     L(P^k) - L(P^(k+1)) >= c ||Q^k - P^k||^2 + a ||P^(k+1) - Q^k||^2 >= min(a, c) / 2 ||P^(k+1) - P^k||^2,
 

@@ -36,7 +36,7 @@ class BCDSettings:
     closed form; ``alpha_check`` ('warn' or 'raise') is what happens when alpha fails
     Theorem 2 for a prox-linear loss (see ``blocks.output_alpha``). ``extrapolation`` > 0 starts
     every sweep from a safeguarded extrapolated point (``acceleration.Extrapolation``, with that
-    largest weight); ``safeguard`` is the margin its point must keep (None: Lemma 1's constant).
+    largest weight); ``safeguard`` is the margin its point must keep, as a multiple of Lemma 1's constant a.
     """
 
     gamma: float
@@ -48,7 +48,7 @@ class BCDSettings:
     inner_tol: float = 1e-6
     alpha_check: str = "warn"
     extrapolation: float = 0.0
-    safeguard: float | None = None
+    safeguard: float = 1e-4
 
     TOP_LEVEL: ClassVar[tuple[str, ...]] = ("gamma", "rho", "alpha")  # run-config keys outside the trainer group
 
@@ -63,8 +63,7 @@ class BCDSettings:
         require(self.alpha_check in ALPHA_CHECKS, "alpha_check", self.alpha_check, f"one of {', '.join(ALPHA_CHECKS)}")
         require_number("extrapolation", self.extrapolation, lambda x: 0 <= x < 1,
                        "a number in [0, 1): the largest extrapolation weight, 0 for none")  # fmt: skip
-        if self.safeguard is not None:
-            require_number("safeguard", self.safeguard, lambda x: x > 0, "a number > 0, or null for Lemma 1's margin")
+        require_number("safeguard", self.safeguard, lambda x: x > 0, "a number > 0 (a multiple of Lemma 1's margin)")
         names = ", ".join(DTYPES)
         for key, allowed in (("solve_dtype", f"one of {names}"), ("state_solve_dtype", f"one of {names}, or null")):
             value = getattr(self, key)
@@ -85,7 +84,7 @@ class BCDSettings:
         trainer = cfg.trainer
         values = {key: cfg.get(key) for key in cls.TOP_LEVEL}
         values |= {key: trainer.get(key) for key in ("solve_dtype", "inner_iters", "inner_tol", "alpha_check")}
-        values |= {"extrapolation": trainer.get("extrapolation", 0.0), "safeguard": trainer.get("safeguard")}
+        values |= {"extrapolation": trainer.get("extrapolation", 0.0), "safeguard": trainer.get("safeguard", 1e-4)}
         values["state_solve_dtype"] = trainer.get("state_solve_dtype")
         try:
             require(values["solve_dtype"] is not None, "solve_dtype", None, f"one of {', '.join(DTYPES)}")
@@ -144,8 +143,7 @@ class BCDScheme(Trainer):
         net.W[:] = [feasible(reg_w, w) for w in net.W]
         self.n_weights = 2 * net.depth  # blocks() starts with W_1..W_N, b_1..b_N
         self.extrapolation = (
-            Extrapolation(float(settings.extrapolation), self.descent_margin() if settings.safeguard is None
-                          else float(settings.safeguard))
+            Extrapolation(float(settings.extrapolation), float(settings.safeguard) * self.descent_margin())
             if settings.extrapolation > 0 else None
         )  # fmt: skip
         self._objective_here: float | None = None  # L at the current point, once evaluated
