@@ -756,12 +756,13 @@ def estimate(
     ``config.architecture`` does, by default every layer but the first and the last for resnet) or a
     baseline (sgd, adam, with ``batch_size``, ``momentum``, ``nesterov``, ``weight_decay``).
     ``solve_dtype``: the factorisations' dtype (trainer.solve_dtype; None: ``dtype``);
-    ``state_solve_dtype``: that of the V blocks' right-hand sides (None: ``dtype``). ``act``, ``loss``,
-    ``extrapolation``: a BCD scheme's safeguarded extrapolation (``trainer.extrapolation`` > 0), which keeps
-    a copy of the state. ``reg_w``, ``reg_v``: catalogue objects or the names of their files in conf/act, conf/loss, conf/reg
-    (relu, square, none, ...; ValueError for another name). Each entry's ``memory`` says what it allocates
-    (a smooth activation's prox holds some 45 tensors of its chunk's size); an object without one (a
-    ``_target_`` of the user's own) is counted as the most any catalogue entry of its kind allocates.
+    ``state_solve_dtype``: that of the V blocks' right-hand sides (None: ``dtype``). ``extrapolation``: a BCD
+    scheme's safeguarded extrapolation (``trainer.extrapolation`` > 0), which keeps a copy of the state.
+    ``act``, ``loss``, ``reg_w``, ``reg_v``: catalogue objects or the names of their files in conf/act,
+    conf/loss, conf/reg (relu, square, none, ...; ValueError for another name). Each entry's ``memory`` says
+    what it allocates (a smooth activation's prox holds some 45 tensors of its chunk's size); an object
+    without one (a ``_target_`` of the user's own) is counted as the most any catalogue entry of its kind
+    allocates.
     """
     if scheme not in SCHEMES + BASELINES:
         raise ValueError(f"scheme={scheme!r}: one of {', '.join(SCHEMES + BASELINES)}")
