@@ -53,9 +53,10 @@ class MetricsWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.size = path.stat().st_size if path.exists() else 0
+        self.columns = _header_columns(path) if self.size else METRIC_COLUMNS
 
     def append(self, row: dict[str, Any]) -> None:
-        text = pd.DataFrame([row], columns=METRIC_COLUMNS).to_csv(header=self.size == 0, index=False)
+        text = pd.DataFrame([row], columns=self.columns).to_csv(header=self.size == 0, index=False)
         data = text.encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -66,6 +67,16 @@ class MetricsWriter:
         finally:
             os.close(fd)
         self.size += len(data)
+
+
+def _header_columns(path: Path) -> list[str]:
+    """The columns of an existing metrics.csv's header, so that a resumed run of an older version (without
+    grad_norm or the extrapolation columns) goes on writing the rows that header describes; METRIC_COLUMNS when
+    the header names none of them."""
+    with open(path, newline="") as f:
+        header = f.readline().strip().split(",")
+    columns = [c for c in header if c in METRIC_COLUMNS]
+    return columns or METRIC_COLUMNS
 
 
 def strict_json(obj: Any) -> Any:

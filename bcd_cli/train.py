@@ -392,7 +392,7 @@ def _out_of_memory(err: BaseException, sweep: int) -> str:
     layer, block = None, None
     for frame, _ in traceback.walk_tb(err.__traceback__):
         name = frame.f_code.co_name
-        if name == "sweep" and isinstance(frame.f_locals.get("i"), int):
+        if name == "sweep_blocks" and isinstance(frame.f_locals.get("i"), int):
             layer = frame.f_locals["i"]
         elif name in kinds and layer is not None:
             block = f"{kinds[name]}{layer}"

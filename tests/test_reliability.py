@@ -318,6 +318,8 @@ def test_a_format_1_run_folder_resumes_and_extends_as_a_fresh_run(tmp_path: Path
     assert code == 0, stderr
     overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
     fresh = [o for o in overrides if not o.startswith("epochs=")]
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")  # its initial weights, whatever today's defaults
+    fresh += ["model.init=normal", f"model.init_std={saved.model.init_std}", f"model.init_bias={saved.model.init_bias}"]
     assert bcd_train(*fresh, "epochs=4", "hydra.run.dir=fresh", cwd=tmp_path)[0] == 0
     resumed, reference = pd.read_csv(run_dir / METRICS_FILE), pd.read_csv(tmp_path / "fresh" / METRICS_FILE)
     assert resumed["sweep"].tolist() == [0, 1, 2, 3, 4]

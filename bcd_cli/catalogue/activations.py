@@ -132,7 +132,7 @@ class LeakyReLU:
         return float(torch.nn.init.calculate_gain("leaky_relu", self.slope))
 
     def __call__(self, u: Tensor) -> Tensor:
-        return torch.where(u >= 0, u, self.slope * u)
+        return torch.where(u > 0, u, self.slope * u)  # at the kink: slope under autograd, as derivative()
 
     def derivative(self, u: Tensor) -> Tensor:
         """sigma'(u) = 1 for u > 0, else slope (the left derivative at the kink u = 0)."""
