@@ -84,7 +84,7 @@ class BCDSettings:
         trainer = cfg.trainer
         values = {key: cfg.get(key) for key in cls.TOP_LEVEL}
         values |= {key: trainer.get(key) for key in ("solve_dtype", "inner_iters", "inner_tol", "alpha_check")}
-        values |= {"extrapolation": trainer.get("extrapolation", 0.0), "safeguard": trainer.get("safeguard", 1e-4)}
+        values |= {key: trainer.get(key, getattr(cls, key)) for key in ("extrapolation", "safeguard")}  # defaults
         values["state_solve_dtype"] = trainer.get("state_solve_dtype")
         try:
             require(values["solve_dtype"] is not None, "solve_dtype", None, f"one of {', '.join(DTYPES)}")
