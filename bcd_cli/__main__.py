@@ -1,3 +1,3 @@
-from bcd_cli.cli import main
+from bcd_cli.cli.command import main
 
 main()

@@ -3,7 +3,7 @@ the up-front checks, the tests and the benchmarks.
 
 ``compose(*overrides)`` composes the config exactly as ``bcd-train`` does, through Hydra's public
 Compose API, and restores Hydra's global state afterwards; ``initialized()`` holds Hydra initialized over the
-config tree for several compositions (the up-front checks of bcd_cli.preflight compose each job of a sweep).
+config tree for several compositions (the up-front checks of bcd_cli.cli.preflight compose each job of a sweep).
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ count and peak memory of the sweep.
     python scripts/bench_sweep.py --memory-only --sizes 784,1024,1024,1024,10 --n 8000 --set trainer=sgd
 
 Each case runs in two fresh Python processes. The first builds the trainer from the real ``conf/``
-as ``bcd-train`` does, on random data (``bcd_cli.bench.build_case``), runs ``--warmup`` sweeps, then
+as ``bcd-train`` does, on random data (``bench.build_case``), runs ``--warmup`` sweeps, then
 times each of ``--sweeps`` sweeps and the evaluation ``bcd-train`` runs after every sweep
 (``trainer.evaluate``). The work of a sweep and of an evaluation is recorded by
-``bcd_cli.bench.MatrixOpRecorder`` (a replay of the first timed sweep, of each one where it depends
+``bench.MatrixOpRecorder`` (a replay of the first timed sweep, of each one where it depends
 on the data: two-splitting; the last warm-up evaluation), which records each matrix product,
 Cholesky factorisation and triangular solve the engine dispatches, with its shape: the FLOP counts
 are those of the work that ran (``sweep_gflop``), and the minimum work that gives the same results
@@ -40,7 +40,7 @@ the naive and its copy of the state are not in it): on the CPU with glibc's mmap
 so that the resident set follows the live tensors (by default glibc keeps freed buffers under 32
 MiB in its heap), minus what stays resident once every tensor is freed (PyTorch's own libraries);
 on CUDA ``torch.cuda.max_memory_allocated``. Beside each peak stands what
-``bcd_cli.memory.estimate_for`` predicts for it before anything is allocated, and their ratio (the
+``bcd_cli.run.memory.estimate_for`` predicts for it before anything is allocated, and their ratio (the
 peak of a sweep against its state + data: the target 1.3). ``--memory-only`` skips the timing and
 adds a third process on the CPU, ``allocator_case``: the same peaks counted in PyTorch's allocator
 (exact bytes of tensors; the resident set is coarse for runs of a few MiB). The baselines run
@@ -69,7 +69,7 @@ from pathlib import Path
 
 import naive_bcd  # scripts/naive_bcd.py: this script's folder is on sys.path when it runs
 
-from bcd_cli.bench import (
+from bench import (
     KINDS,
     PRODUCT,
     Case,
@@ -88,7 +88,7 @@ from bcd_cli.bench import (
     total_flops,
 )
 from bcd_cli.engine.parallel import synchronize
-from bcd_cli.memory import SCHEMES
+from bcd_cli.run.memory import SCHEMES
 
 STANDARD_CPU = [  # few timed sweeps: a sweep of two-splitting or at n=60000 takes a minute or more on two cores
     Case("three", [784, 1024, 1024, 1024, 10], 8000, sweeps=2),
@@ -287,12 +287,12 @@ def memory_case(case: Case) -> dict:
     freed, so the resident set follows the live tensors. The high-water mark of each phase (reset
     through /proc/self/clear_refs) minus the resident set once every tensor is freed (PyTorch's
     libraries, every code path used) is the phase's peak. On CUDA: ``torch.cuda.max_memory_allocated``.
-    Beside each peak, what ``bcd_cli.memory.estimate_for`` predicts for it before anything is allocated
+    Beside each peak, what ``bcd_cli.run.memory.estimate_for`` predicts for it before anything is allocated
     (``estimate_*_mb``) and the ratio estimate / measured (``estimate_*_ratio``; above 1: on the safe side).
     """
     import torch
 
-    from bcd_cli import memory
+    from bcd_cli.run import memory
 
     trainer, data, cfg = build_case(case)
     estimate = memory.estimate_for(cfg, data)
@@ -352,13 +352,13 @@ def _ratio(estimate: float, measured: float) -> float:
 
 def allocator_case(case: Case) -> dict:
     """The same peaks as ``memory_case``, and that of building the algorithm on the data, counted in
-    PyTorch's CPU allocator (``bcd_cli.memory.measured_peaks``: every allocation followed by its address until
+    PyTorch's CPU allocator (``bcd_cli.run.memory.measured_peaks``: every allocation followed by its address until
     freed, through torch.profiler): exact bytes of tensors, without the resident set's page granularity,
     glibc's heap or the libraries; beside them the estimate's ratios to them (``estimate_*_alloc_ratio``).
     On CUDA ``memory_case`` is already exact: nothing to add."""
-    from bcd_cli import memory
-    from bcd_cli.config import DTYPES
-    from bcd_cli.train import build_trainer
+    from bcd_cli.run import memory
+    from bcd_cli.run.spec import DTYPES
+    from bcd_cli.run.train import build_trainer
 
     if case.device != "cpu":
         return {}
@@ -407,7 +407,7 @@ GEMM_TARGET = 0.85  # seconds of a sweep against its minimum work at the measure
 TOTAL_RATIO_TARGET = 0.55  # seconds of sweep + evaluation against the naive implementation's
 PEAK_TARGET = 1.3  # peak memory of a sweep against its state + data
 GROWTH_TARGET = 1.0  # growth of the seconds per sweep in n against linear
-# the memory table: each measured peak beside bcd_cli.memory's estimate of it and their ratio (estimate / measured)
+# the memory table: each measured peak beside bcd_cli.run.memory's estimate of it and their ratio (estimate / measured)
 # (with --memory-only on the CPU also the peaks counted in PyTorch's allocator, "alloc", and est/alloc)
 SHOWN_MEMORY = [
     ("case", "case"), ("n", "n"), ("dtype", "dtype"), ("overrides", "overrides"),
@@ -430,7 +430,7 @@ def memory_table(rows: list[dict]) -> str:
     table = pd.DataFrame([[row.get(key) for key, _ in shown] for row in rows], columns=[label for _, label in shown])
     lines = [
         "peak memory measured (MiB: the resident set on the CPU, torch.cuda.max_memory_allocated on CUDA; alloc: "
-        "PyTorch's CPU allocator) beside bcd_cli.memory's estimate (a ratio above 1: on the safe side)",
+        "PyTorch's CPU allocator) beside bcd_cli.run.memory's estimate (a ratio above 1: on the safe side)",
         table.to_string(index=False, float_format=lambda x: f"{x:.3g}"),
     ]
     for suffix, what in (("ratio", "est/peak"), ("alloc_ratio", "est/alloc")):
@@ -521,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--memory-only",
         action="store_true",
-        help="only the peak memory of each case beside bcd_cli.memory's estimate (memory.csv, memory.json)",
+        help="only the peak memory of each case beside bcd_cli.run.memory's estimate (memory.csv, memory.json)",
     )
     args = parser.parse_args(argv)
     if args.quick and (args.sizes or args.scheme):

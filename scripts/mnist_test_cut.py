@@ -5,7 +5,7 @@
     make figure1 ARGS="data=npz data.path=outputs/mnist_cut.npz data.normalize=none"
 
 FOLDER holds MNIST's two test files, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte, each plain or
-gzipped (.gz); they are read by the idx reader of ``bcd-train data.root=...`` (bcd_cli.data), with its
+gzipped (.gz); they are read by the idx reader of ``bcd-train data.root=...`` (bcd_cli.data.loaders), with its
 checks of the header, size and labels. The file written holds X (the first ``--n-train`` images) and y,
 X_test (the last ``--n-test`` images) and y_test: each image flattened to 784 pixels divided by 255, as
 float32, the labels as int64. The two splits never share an image: their sizes may add up to at most the
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bcd_cli.data import IDX_FILES, read_idx
+from bcd_cli.data.loaders import IDX_FILES, read_idx
 from bcd_cli.errors import DataError
 
 IMAGES, LABELS = IDX_FILES[2], IDX_FILES[3]  # t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte

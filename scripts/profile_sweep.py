@@ -4,7 +4,7 @@
     python scripts/profile_sweep.py --sizes 784,600,600,600,10 --n 8000 --trace outputs/bench/trace.json
     python scripts/profile_sweep.py --memory                           # (5) only: memory per block solver
 
-Builds the case as ``bench_sweep.py`` does (``bcd_cli.bench.build_case``), runs a warm-up sweep,
+Builds the case as ``bench_sweep.py`` does (``bench.build_case``), runs a warm-up sweep,
 then profiles one sweep with ``torch.profiler`` (shapes and memory recorded), each block solver of
 ``three_splitting`` wrapped in a ``record_function`` range (instrumentation only; restored after).
 Prints (1) the inclusive
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from bcd_cli.bench import Case, build_case, cpu_seconds, reset_high_water_mark, size_label, status_mb
+from bench import Case, build_case, cpu_seconds, reset_high_water_mark, size_label, status_mb
 from bcd_cli.engine import blocks, linalg, three_splitting
 
 WRAPPED = {  # module -> the names its sweep looks up at call time

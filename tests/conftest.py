@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from bcd_cli import cli
+from bcd_cli.cli import command as cli
 from bcd_cli.app import compose, config_dir
 
 CONF = config_dir()

@@ -222,7 +222,7 @@ def test_plain_bcd_is_the_recorded_float64_curve(tmp_path: Path):
     """Plain Algorithm 2 on digits (64-256-256-10, the paper's N(0, 0.01^2) weights, float64, 12 sweeps) against
     the curve recorded before the acceleration existed: the same objective, parts, D and accuracies. On the
     recording machine the values are equal bit for bit; other CPUs' kernels round differently, hence 1e-9."""
-    from bcd_cli.train import run
+    from bcd_cli.run.train import run
 
     cfg = compose_config("device=cpu", "dtype=float64", "epochs=12", "model.init=normal", "model.init_std=0.01")
     assert cfg.trainer.extrapolation == 0.0

@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
-from bcd_cli.baselines import GradientBaseline
+from bcd_cli.engine.baselines import GradientBaseline
 from bcd_cli.catalogue.losses import Square
 from bcd_cli.catalogue.regularizers import L2, Box
-from bcd_cli.config import DTYPES, resolve_device, validate
-from bcd_cli.data import load_data
+from bcd_cli.run.spec import DTYPES, resolve_device, validate
+from bcd_cli.data.loaders import load_data
 from bcd_cli.engine.network import MLP
 from bcd_cli.errors import ConfigError
-from bcd_cli.report import METRIC_COLUMNS
-from bcd_cli.train import build_trainer, run, sweeps
+from bcd_cli.reports.run import METRIC_COLUMNS
+from bcd_cli.run.train import build_trainer, run, sweeps
 from tests.conftest import TINY, compose_config
 
 DIGITS = ["device=cpu", "model.widths=[64]", "epochs=15", "model.init_std=0.1", "trainer.batch_size=64"]

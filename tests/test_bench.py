@@ -1,4 +1,4 @@
-"""The work a sweep does, as ``bcd_cli.bench`` records it, and the benchmark script at tiny sizes.
+"""The work a sweep does, as ``bench`` records it, and the benchmark script at tiny sizes.
 
 The recorded FLOPs of a three-splitting sweep and of the evaluation after it are checked against
 their closed forms, written out here from the block updates (docs/math.md §2), and against
@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bcd_cli.bench import (
+from bench import (
     CHOLESKY,
     PRODUCT,
     SOLVE,
@@ -215,7 +215,7 @@ def test_quick_refuses_a_case_of_its_own():
 
 
 def test_memory_only_reports_the_estimate_beside_the_peak(tmp_path, capsys):
-    """``--memory-only``: one process per case measures its peaks; the table shows bcd_cli.memory's estimates."""
+    """``--memory-only``: one process per case measures its peaks; the table shows bcd_cli.run.memory's estimates."""
     rows = bench_script.main(
         ["--sizes", "20,8,8,3", "--n", "60", "--set", "trainer=adam", "--memory-only", "--out", str(tmp_path)]
     )

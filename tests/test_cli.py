@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bcd_cli.report import METRIC_COLUMNS
+from bcd_cli.reports.run import METRIC_COLUMNS
 from tests.conftest import TINY, compose_config, run_cli, write_idx
 
 
@@ -184,7 +184,7 @@ def test_installed_wheel_runs_from_any_directory(tmp_path: Path):
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
-    code = "import bcd_cli.cli as c, bcd_cli.app as a; print(a.config_dir()); c.main()"
+    code = "import bcd_cli.cli.command as c, bcd_cli.app as a; print(a.config_dir()); c.main()"
     proc = subprocess.run(
         [sys.executable, "-c", code, *TINY], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
     )

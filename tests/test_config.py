@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bcd_cli.report import METRIC_COLUMNS
-from bcd_cli.train import run
+from bcd_cli.reports.run import METRIC_COLUMNS
+from bcd_cli.run.train import run
 from tests.conftest import CONF, TINY, compose_config, requires_cuda
 from tests.test_data_files import blobs, write_cifar, write_csv, write_npz
 
@@ -127,7 +127,7 @@ def readme_examples() -> list:
 
 @pytest.mark.parametrize("overrides", readme_examples())
 def test_readme_examples_compose_and_validate(overrides: list[str], idx_folder: Path):
-    from bcd_cli.config import validate
+    from bcd_cli.run.spec import validate
 
     overrides = [f"data.root={idx_folder}" if o.startswith("data.root=") else o for o in overrides]
     validate(compose_config(*overrides))

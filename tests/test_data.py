@@ -1,4 +1,4 @@
-"""Tests for bcd_cli.data: digits, local idx folders, torchvision download path, errors, real data."""
+"""Tests for bcd_cli.data.loaders: digits, local idx folders, torchvision download path, errors, real data."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from bcd_cli.data import IDX_FILES, Dataset, load_data
+from bcd_cli.data.loaders import IDX_FILES, Dataset, load_data
 from bcd_cli.errors import ConfigError, DataError
 
 CPU = torch.device("cpu")
@@ -57,7 +57,7 @@ def make_folder(
 
 
 def test_digits_shapes_range_onehot(caplog):
-    with caplog.at_level(logging.INFO, logger="bcd_cli.data"):
+    with caplog.at_level(logging.INFO, logger="bcd_cli.data.loaders"):
         ds = load(name="digits")
     assert "digits" in caplog.text
     assert ds.name == "digits" and ds.n_classes == 10 and ds.n_features == 64

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bcd_cli import config
+from bcd_cli.run import spec as config
 from bcd_cli.errors import ConfigError
-from bcd_cli.report import METRICS_FILE
-from bcd_cli.resume import read_checkpoint
+from bcd_cli.reports.run import METRICS_FILE
+from bcd_cli.run.resume import read_checkpoint
 from tests.conftest import compose_config
 
 # float64, so that the comparison tests the reductions and not the rounding of their order; an odd number of

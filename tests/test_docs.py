@@ -93,7 +93,7 @@ def test_block_updates_are_documented() -> None:
 
 
 def test_metric_columns_are_documented() -> None:
-    tree = ast.parse((ROOT / "bcd_cli" / "report.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "bcd_cli" / "reports" / "run.py").read_text(encoding="utf-8"))
     columns = next(
         ast.literal_eval(node.value)
         for node in tree.body

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from bcd_cli.bench import Case, build_case
-from bcd_cli.data import Dataset
+from bench import Case, build_case
+from bcd_cli.data.loaders import Dataset
 from bcd_cli.engine import chunking
 from bcd_cli.engine.trainer import Trainer
 

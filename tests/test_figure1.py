@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from bcd_cli.report import read_metrics
-from bcd_cli.sweep import (
+from bcd_cli.reports.run import read_metrics
+from bcd_cli.reports.sweep import (
     COMPARISON_COLUMNS,
     _comparison_band,
     compare_trainers,

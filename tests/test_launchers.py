@@ -16,7 +16,7 @@ import pytest
 
 from bcd_cli.app import compose
 from bcd_cli.errors import ConfigError
-from bcd_cli.preflight import preflight
+from bcd_cli.cli.preflight import preflight
 from tests.conftest import TINY, run_cli
 
 JOB_FILES = ("metrics.csv", "summary.json", "checkpoint.pt", "train.log")

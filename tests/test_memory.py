@@ -1,4 +1,4 @@
-"""The memory estimate (``bcd_cli.memory``): exact for the state and the data, above the measured peak, and
+"""The memory estimate (``bcd_cli.run.memory``): exact for the state and the data, above the measured peak, and
 the check that refuses a run the device cannot hold.
 
 The peaks are measured in PyTorch's own CPU allocator (``memory.measured_peaks``: ``torch.profiler`` with
@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from bcd_cli import memory
+from bcd_cli.run import memory
 from bcd_cli.catalogue._memory import ActivationMemory, LossMemory, RegularizerMemory
 from bcd_cli.catalogue.losses import Logistic
-from bcd_cli.config import DTYPES
-from bcd_cli.data import load_data
+from bcd_cli.run.spec import DTYPES
+from bcd_cli.data.loaders import load_data
 from bcd_cli.engine import chunking
 from bcd_cli.errors import ConfigError, ResourceError
-from bcd_cli.train import build_trainer
+from bcd_cli.run.train import build_trainer
 from tests.conftest import catalogue_entries, compose_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -266,15 +266,15 @@ def test_check_suggests_a_sample_count_that_fits(monkeypatch):
 def test_check_warns_near_the_limit_and_is_silent_below(monkeypatch, caplog):
     estimate = memory.estimate([64, 256, 256, 10], 1000, 300)
     monkeypatch.setenv(memory.ENV_LIMIT, str(int(estimate.peak / 0.9)))
-    with caplog.at_level(logging.WARNING, logger="bcd_cli.memory"):
+    with caplog.at_level(logging.WARNING, logger="bcd_cli.run.memory"):
         assert memory.check(estimate, CPU, what="bcd-train") is None
-    [record] = [r for r in caplog.records if r.name == "bcd_cli.memory"]
+    [record] = [r for r in caplog.records if r.name == "bcd_cli.run.memory"]
     assert record.levelno == logging.WARNING and "90%" in record.getMessage() and "state" in record.getMessage()
     caplog.clear()
     monkeypatch.setenv(memory.ENV_LIMIT, str(2 * estimate.peak))
-    with caplog.at_level(logging.WARNING, logger="bcd_cli.memory"):
+    with caplog.at_level(logging.WARNING, logger="bcd_cli.run.memory"):
         memory.check(estimate, CPU, what="bcd-train")
-    assert not [r for r in caplog.records if r.name == "bcd_cli.memory"]
+    assert not [r for r in caplog.records if r.name == "bcd_cli.run.memory"]
 
 
 def test_check_counts_the_loaded_data_once(monkeypatch):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bcd_cli.app import compose
-from bcd_cli.bench import Case, build_case
+from bench import Case, build_case
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "naive_bcd.py"
 spec = importlib.util.spec_from_file_location("naive_bcd", SCRIPT)

@@ -19,7 +19,7 @@ import math
 import pytest
 import torch
 
-from bcd_cli.baselines import GradientBaseline
+from bcd_cli.engine.baselines import GradientBaseline
 from bcd_cli.catalogue.activations import ReLU
 from bcd_cli.catalogue.losses import Square
 from bcd_cli.catalogue.regularizers import NoReg

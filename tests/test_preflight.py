@@ -14,9 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError
 
-from bcd_cli import cli
+from bcd_cli.cli import command as cli
 from bcd_cli.errors import ConfigError
-from bcd_cli.preflight import JobError, preflight
+from bcd_cli.cli.preflight import JobError, preflight
 from tests.conftest import TINY, run_cli
 
 GROUPS = "one of cross_entropy, exponential, hinge, logistic, square"
@@ -64,7 +64,7 @@ BAD_RUNS = [
         ["hydra.run.dir='${oops:x}' is invalid: an interpolation that resolves", "Unsupported interpolation type oops"],
     ),
     (["-cn", "nope"], ["--config-name='nope' is invalid: one of train"]),
-    (["gamma=0"], ["gamma=0 is invalid: a number > 0"]),  # bcd_cli.config.validate, as before
+    (["gamma=0"], ["gamma=0 is invalid: a number > 0"]),  # bcd_cli.run.spec.validate, as before
     (["gamma=inf"], ["gamma=inf is invalid: a finite value: a number > 0"]),
     (["epochs=1e9"], ["epochs=1000000000.0 is invalid: an integer >= 1 (BCD sweeps), written as an integer: epochs="]),
     (["gamma=range(1,3)"], ["gamma='range(1,3)' is invalid: a sweep: add -m (--multirun)"]),
@@ -102,7 +102,7 @@ def no_training(monkeypatch):
 
 
 def main_in_process(monkeypatch, capsys, *args: str) -> tuple[object, str, str]:
-    """``bcd_cli.cli.main()`` with ``sys.argv[1:] = args``: its exit status (0 when it returns), stdout, stderr."""
+    """``bcd_cli.cli.command.main()`` with ``sys.argv[1:] = args``: its exit status (0 when it returns), stdout, stderr."""
     monkeypatch.setattr(sys, "argv", ["bcd-train", *args])
     status: object = 0
     try:

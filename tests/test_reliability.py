@@ -17,13 +17,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from bcd_cli import cli
-from bcd_cli.checkpoint import CHECKPOINT_FILE
+from bcd_cli.cli import command as cli
+from bcd_cli.run.checkpoint import CHECKPOINT_FILE
 from bcd_cli.errors import NumericalError
-from bcd_cli.folders import run_lock
-from bcd_cli.report import METRICS_FILE, SUMMARY_FILE
-from bcd_cli.resume import read_checkpoint
-from bcd_cli.train import run
+from bcd_cli.run.folders import run_lock
+from bcd_cli.reports.run import METRICS_FILE, SUMMARY_FILE
+from bcd_cli.run.resume import read_checkpoint
+from bcd_cli.run.train import run
 from tests.conftest import TINY, compose_config, run_cli
 
 # digits, two hidden layers of 300: a sweep takes long enough, and a checkpoint is big enough (about 8 MB),
@@ -183,7 +183,7 @@ def test_a_killed_extension_never_claims_completed_and_its_printed_command_exten
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     assert summary["status"] == "running" and summary["epochs"] == 10, summary
     report = subprocess.run(
-        [sys.executable, "-m", "bcd_cli.report_cli", str(run_dir)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "bcd_cli.reports.command", str(run_dir)], capture_output=True, text=True, timeout=120
     )
     assert json.loads((run_dir / SUMMARY_FILE).read_text())["status"] == "killed", report.stderr
     stderr = kill_at(run_dir, [f"resume={run_dir}", "epochs=10"], rows_beyond(run_dir, 6), sig=signal.SIGINT)

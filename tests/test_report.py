@@ -19,8 +19,8 @@ import yaml
 from matplotlib.image import imread
 from omegaconf import OmegaConf
 
-from bcd_cli.callbacks import SweepReport
-from bcd_cli.report import (
+from bcd_cli.reports.callbacks import SweepReport
+from bcd_cli.reports.run import (
     descent_failures,
     descent_verdict,
     plot_convergence,
@@ -29,9 +29,9 @@ from bcd_cli.report import (
     write_json,
     write_summary,
 )
-from bcd_cli.report_cli import main as report_main
-from bcd_cli.sweep import heatmap_grid, job_folders, sweep_table, write_sweep_report
-from bcd_cli.train import run
+from bcd_cli.reports.command import main as report_main
+from bcd_cli.reports.sweep import heatmap_grid, job_folders, sweep_table, write_sweep_report
+from bcd_cli.run.train import run
 from tests.conftest import TINY, compose_config
 
 DATA = Path(__file__).parent / "data"
@@ -52,9 +52,9 @@ def copy(name: str, tmp_path: Path) -> Path:
 
 
 def bcd_report(*args: str) -> subprocess.CompletedProcess:
-    """``bcd-report ARGS`` as its own program (``python -m bcd_cli.report_cli``)."""
+    """``bcd-report ARGS`` as its own program (``python -m bcd_cli.reports.command``)."""
     return subprocess.run(
-        [sys.executable, "-m", "bcd_cli.report_cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "bcd_cli.reports.command", *args], capture_output=True, text=True, timeout=120
     )
 
 
@@ -459,7 +459,7 @@ def test_readers_take_null_where_a_summary_had_nan(tmp_path: Path, capsys):
 
 
 def test_the_comparison_title_says_what_was_compared(tmp_path: Path):
-    from bcd_cli.sweep import comparison_title, sweep_table
+    from bcd_cli.reports.sweep import comparison_title, sweep_table
 
     folder = copy("compare", tmp_path)
     for job, trainer in (("0", {"name": "bcd"}), ("2", {"name": "sgd", "lr": 0.001, "batch_size": 512})):

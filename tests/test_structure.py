@@ -390,10 +390,13 @@ def test_scripts_use_only_public_names():
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
-        ("from bcd_cli.train import _evaluate\n", "from bcd_cli.train import _evaluate (a private name)"),
+        ("from bcd_cli.run.train import _evaluate\n", "from bcd_cli.run.train import _evaluate (a private name)"),
         ("from bcd_cli.catalogue._scalar import f\n", "from bcd_cli.catalogue._scalar import ... (a private module)"),
-        ("import bcd_cli.train as t\nt._evaluate()\n", "t._evaluate (a private name of bcd_cli)"),
-        ("import bcd_cli.train\nbcd_cli.train._evaluate()\n", "bcd_cli.train._evaluate (a private name of bcd_cli)"),
+        ("import bcd_cli.run.train as t\nt._evaluate()\n", "t._evaluate (a private name of bcd_cli)"),
+        (
+            "import bcd_cli.run.train\nbcd_cli.run.train._evaluate()\n",
+            "bcd_cli.run.train._evaluate (a private name of bcd_cli)",
+        ),
         ("from bench_sweep import _status_mb\n", "from bench_sweep import _status_mb (a private name)"),
         ("import sys\nsys.path.insert(0, 'x')\n", "sys.path changed"),
         ("import sys\nsys.path = ['x']\n", "sys.path changed"),
@@ -409,6 +412,6 @@ def test_private_uses_are_found(root_at: Path, source: str, expected: str):
 def test_public_uses_pass(root_at: Path):
     path = root_at / "script.py"
     path.write_text(
-        "import sys\nimport bcd_cli.train as t\nfrom bcd_cli.bench import Case\nprint(sys.path, t.run, Case.__name__)\n"
+        "import sys\nimport bcd_cli.run.train as t\nfrom bench import Case\nprint(sys.path, t.run, Case.__name__)\n"
     )
     assert private_uses(path, set()) == []

@@ -26,12 +26,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
-from bcd_cli import tracking  # noqa: E402
-from bcd_cli.checkpoint import CHECKPOINT_FILE  # noqa: E402
-from bcd_cli.config import validate  # noqa: E402
+from bcd_cli.run import tracking  # noqa: E402
+from bcd_cli.run.checkpoint import CHECKPOINT_FILE  # noqa: E402
+from bcd_cli.run.spec import validate  # noqa: E402
 from bcd_cli.errors import ConfigError, NumericalError  # noqa: E402
-from bcd_cli.report import METRIC_COLUMNS, METRICS_FILE, SUMMARY_FILE  # noqa: E402
-from bcd_cli.train import run  # noqa: E402
+from bcd_cli.reports.run import METRIC_COLUMNS, METRICS_FILE, SUMMARY_FILE  # noqa: E402
+from bcd_cli.run.train import run  # noqa: E402
 from tests.conftest import TINY, compose_config  # noqa: E402
 
 SERIES = [c for c in METRIC_COLUMNS if c != "sweep"]

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bcd_cli.report import METRIC_COLUMNS
-from bcd_cli.train import run
+from bcd_cli.reports.run import METRIC_COLUMNS
+from bcd_cli.run.train import run
 from tests.conftest import TINY, compose_config, requires_cuda
 
 
@@ -205,8 +205,8 @@ def test_tf32_products_on_cuda_learn_as_exact_ones(tmp_path: Path):
 def test_bcd_report_titles_the_figures_as_bcd_train_did(trainer: str, settings: str, tmp_path: Path, monkeypatch):
     from omegaconf import OmegaConf
 
-    import bcd_cli.report_cli as report_cli
-    import bcd_cli.train as train
+    import bcd_cli.reports.command as report_cli
+    import bcd_cli.run.train as train
 
     titles: dict[str, list[str]] = {"train": [], "report": []}
 

@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from bcd_cli.config import DTYPES, trainer_class, validate
-from bcd_cli.data import load_data
+from bcd_cli.run.spec import DTYPES, trainer_class, validate
+from bcd_cli.data.loaders import load_data
 from bcd_cli.engine.trainer import Trainer
 from bcd_cli.errors import ConfigError, ParameterError
-from bcd_cli.train import build_trainer
+from bcd_cli.run.train import build_trainer
 from tests.conftest import TINY, compose_config
 
 CPU = torch.device("cpu")
@@ -127,7 +127,7 @@ def test_a_whole_float_for_an_integer_is_refused_with_how_to_write_it(name, over
 
 
 def test_a_trainer_built_directly_refuses_a_bad_setting_by_its_field():
-    from bcd_cli.baselines import GradientBaseline
+    from bcd_cli.engine.baselines import GradientBaseline
     from bcd_cli.catalogue.losses import Square
     from bcd_cli.catalogue.regularizers import NoReg
     from bcd_cli.engine.network import MLP

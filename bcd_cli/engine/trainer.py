@@ -1,7 +1,7 @@
 """What every training method offers the run loop, the checkpoints and the reports.
 
 A ``Trainer`` owns a network and what trains it: the BCD schemes (``engine.scheme.BCDScheme``,
-Algorithms 1-3 of Zeng et al., ICML 2019) and the gradient baselines (``bcd_cli.baselines``).
+Algorithms 1-3 of Zeng et al., ICML 2019) and the gradient baselines (``bcd_cli.engine.baselines``).
 Like ``torch.optim.Optimizer`` it is driven from outside, one ``sweep`` at a time, and its
 whole state goes in and out as a dict (``state_dict`` / ``load_state_dict``), so the code that
 runs, checkpoints and reports a run never needs to know which method it holds.
@@ -25,7 +25,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class Samples(Protocol):
-    """The train and test samples a trainer is evaluated on (``bcd_cli.data.Dataset`` is one):
+    """The train and test samples a trainer is evaluated on (``bcd_cli.data.loaders.Dataset`` is one):
     this rank's columns, and the totals over the ranks in ``n_train``/``n_test``."""
 
     @property

@@ -9,7 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from bcd_cli.sweep import write_sweep_report
+from bcd_cli.reports.sweep import write_sweep_report
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bcd_cli.errors import ConfigError, DataError
-from bcd_cli.stopping import STOP_SIGNALS
+from bcd_cli.run.signals import STOP_SIGNALS
 
 LOCK_FILE = ".lock"
 STUDY_FILE = "optuna.db"  # the SQLite storage of an Optuna search, in its sweep folder

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from bcd_cli.datafiles import Splits, download_cifar, read_cifar_folder, read_csv, read_npz, sha256, split_seeded
+from bcd_cli.data.files import Splits, download_cifar, read_cifar_folder, read_csv, read_npz, sha256, split_seeded
 from bcd_cli.engine.parallel import local_columns, world_size
 from bcd_cli.errors import ConfigError, DataError
 
@@ -144,7 +144,7 @@ def load_data(
 
 def write_record(folder: Path, data: Dataset) -> None:
     """Writes ``folder``/data.json, how ``data`` was prepared, atomically (nothing for data without a record)."""
-    from bcd_cli.report import write_json
+    from bcd_cli.reports.run import write_json
 
     if data.record is not None:
         write_json(folder / RECORD_FILE, data.record)

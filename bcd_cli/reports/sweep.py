@@ -22,10 +22,10 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from bcd_cli.app import BASIC_SWEEPER
-from bcd_cli.folders import MULTIRUN_FILE, is_locked
-from bcd_cli.report import METRICS_FILE, descent_failures, read_metrics, read_summary
-from bcd_cli.resume import SAVED_CONFIG
-from bcd_cli.search import is_study_folder, write_study_report
+from bcd_cli.run.folders import MULTIRUN_FILE, is_locked
+from bcd_cli.reports.run import METRICS_FILE, descent_failures, read_metrics, read_summary
+from bcd_cli.run.resume import SAVED_CONFIG
+from bcd_cli.search.study import is_study_folder, write_study_report
 
 SWEEP_SUMMARY_FILE = "sweep_summary.csv"
 HEATMAP_FILE = "heatmap.png"
@@ -140,7 +140,7 @@ def write_sweep_report(folder: Path | str, keys: Sequence[str] | None = None) ->
     sweep_summary.csv always; heatmap.png when two keys vary (``keys`` chooses them; an Optuna search, whose
     values hardly ever repeat, has one only when ``keys`` asks); sweep_aggregate.csv and curves_by_config.png
     when ``seed`` was swept; comparison.png/.csv/.md when ``trainer`` was swept; for an Optuna search, the
-    study's report (bcd_cli.search.write_study_report).
+    study's report (bcd_cli.search.study.write_study_report).
     """
     folder = Path(folder)
     table, swept = sweep_table(folder)

@@ -2,7 +2,7 @@
 
 Each reader checks what it reads and refuses a bad file with one line naming the file and what is wrong
 (``DataError``); it returns the raw ``Splits``: features as an n x ... array, labels as read (integers or
-strings), and the files it read, whose content hashes the run folder records (``bcd_cli.data``).
+strings), and the files it read, whose content hashes the run folder records (``bcd_cli.data.loaders``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 files in ``RUN/tensorboard/``, ``logger=mlflow`` one MLflow run per run folder, ``logger=many`` both.
 What each writes, and where, is told in docs/tracking.md.
 
-A tracker watches a run as a run observer (``bcd_cli.observers``) and never decides its fate: every call into a tracking
+A tracker watches a run as a run observer (``bcd_cli.run.observers``) and never decides its fate: every call into a tracking
 library goes through ``Guarded``, which turns the first error into one warning and switches that tracker
 off for the rest of the run, so that metrics.csv, the checkpoints and the reports are written whatever
 happens to a tracking server or its disk. A resumed run continues its tracker's series where the
@@ -28,8 +28,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bcd_cli.errors import ConfigError, first_line
-from bcd_cli.report import METRIC_COLUMNS, write_json
-from bcd_cli.resume import SAVED_CONFIG
+from bcd_cli.reports.run import METRIC_COLUMNS, write_json
+from bcd_cli.run.resume import SAVED_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _plain(value: Any) -> Any:
 
 def loggers(cfg: DictConfig, out_dir: Path) -> list[Guarded]:
     """The trackers ``cfg.logger`` names besides the run folder's own files, each behind its ``Guarded`` wall: run
-    observers (``bcd_cli.observers.RunObserver``)."""
+    observers (``bcd_cli.run.observers.RunObserver``)."""
     names = tracker_names(cfg)
     trackers: list[Guarded] = []
     if "tensorboard" in names:

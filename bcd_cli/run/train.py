@@ -16,17 +16,18 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from bcd_cli import memory, search, tracking
-from bcd_cli.checkpoint import Checkpoint, rng_state, write_checkpoint
-from bcd_cli.config import DTYPES, architecture, build, matmul_precision, resolve_device, trainer_class, validate
-from bcd_cli.data import Dataset, load_data, shard, write_record
+from bcd_cli.run import memory, tracking
+from bcd_cli.search import study
+from bcd_cli.run.checkpoint import Checkpoint, rng_state, write_checkpoint
+from bcd_cli.run.spec import DTYPES, architecture, build, matmul_precision, resolve_device, trainer_class, validate
+from bcd_cli.data.loaders import Dataset, load_data, shard, write_record
 from bcd_cli.engine.network import MLP
 from bcd_cli.engine.parallel import any_rank, rank, synchronize
 from bcd_cli.engine.trainer import Trainer
 from bcd_cli.errors import BCDError, ConfigError, Interrupted, NumericalError, ResourceError, first_line
-from bcd_cli.folders import run_lock
-from bcd_cli.observers import Pruned, RunObserver
-from bcd_cli.report import (
+from bcd_cli.run.folders import run_lock
+from bcd_cli.run.observers import Pruned, RunObserver
+from bcd_cli.reports.run import (
     CONVERGENCE_FILE,
     CURVES_FILE,
     METRIC_COLUMNS,
@@ -39,8 +40,8 @@ from bcd_cli.report import (
     summarize,
     write_summary,
 )
-from bcd_cli.resume import resume_checkpoint, resume_command, resumed_config, run_config
-from bcd_cli.stopping import GracefulStop, stopped_by
+from bcd_cli.run.resume import resume_checkpoint, resume_command, resumed_config, run_config
+from bcd_cli.run.signals import GracefulStop, stopped_by
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class RunResult:
 
 def observers_for(cfg: DictConfig, out_dir: Path) -> list[RunObserver]:
     """The trackers of ``cfg.logger`` and, in a search's trial, its pruner."""
-    return [*tracking.loggers(cfg, out_dir), *search.pruners(cfg, out_dir)]
+    return [*tracking.loggers(cfg, out_dir), *study.pruners(cfg, out_dir)]
 
 
 def build_trainer(cfg: DictConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> Trainer:

@@ -6,9 +6,9 @@ generator for SGD/Adam), the global RNG states, the sweep counter, the metrics r
 sweep, the length of metrics.csv when its row was written, and the run's resolved config. It is
 written to a temporary file, flushed to disk and renamed over the previous one, so a process
 killed at any moment leaves either the previous checkpoint or the new one, never a mixture.
-Reading one back, migrating older formats and checking it against a run are ``bcd_cli.resume``'s.
+Reading one back, migrating older formats and checking it against a run are ``bcd_cli.run.resume``'s.
 
-torch is imported where a tensor is saved or an RNG set: ``bcd_cli.resume``, which bcd-report uses
+torch is imported where a tensor is saved or an RNG set: ``bcd_cli.run.resume``, which bcd-report uses
 to read run folders, imports this module.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 from bcd_cli.errors import first_line
 
 CHECKPOINT_FILE = "checkpoint.pt"
-FORMAT = 2  # the layout written; bcd_cli.resume migrates older ones when it reads them
+FORMAT = 2  # the layout written; bcd_cli.run.resume migrates older ones when it reads them
 
 
 @dataclass

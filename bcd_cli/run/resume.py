@@ -5,7 +5,7 @@ it was started with (DIR/.hydra/config.yaml); only the keys of ``MAY_CHANGE`` ma
 starts again from DIR's checkpoint.pt, whose config and data shape must be the run's, with
 metrics.csv cut back to the checkpoint's sweep; without a checkpoint it starts from sweep 0.
 
-Formats. checkpoint.pt records the number of its layout (``bcd_cli.checkpoint.FORMAT``). An older
+Formats. checkpoint.pt records the number of its layout (``bcd_cli.run.checkpoint.FORMAT``). An older
 file is migrated when read, one version step at a time, by one function per step (``_MIGRATIONS``):
 
 - format 1 -> 2: the training state became the trainer's ``state_dict`` (named blocks W, b, V and,
@@ -33,9 +33,9 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bcd_cli.app import quoted
-from bcd_cli.checkpoint import CHECKPOINT_FILE, FORMAT, Checkpoint, set_rng_state
+from bcd_cli.run.checkpoint import CHECKPOINT_FILE, FORMAT, Checkpoint, set_rng_state
 from bcd_cli.errors import ConfigError, DataError, first_line
-from bcd_cli.report import METRICS_FILE
+from bcd_cli.reports.run import METRICS_FILE
 
 if TYPE_CHECKING:
     from bcd_cli.engine.trainer import Trainer

@@ -265,8 +265,8 @@ def case_data(case: Case) -> tuple[Any, Any]:
     """(data, cfg) of ``case``: its composed and validated config, random data of its shape on its device
     (the time of a sweep does not depend on the values; two-splitting's inner iterations do a little)."""
     from bcd_cli.app import compose
-    from bcd_cli.config import DTYPES, resolve_device, validate
-    from bcd_cli.data import Dataset
+    from bcd_cli.run.spec import DTYPES, resolve_device, validate
+    from bcd_cli.data.loaders import Dataset
 
     cfg = compose(*case.overrides())
     validate(cfg)
@@ -285,8 +285,8 @@ def case_data(case: Case) -> tuple[Any, Any]:
 def build_case(case: Case) -> tuple[Any, Any, Any]:
     """(trainer, data, cfg) of ``case``: the trainer built as ``bcd-train`` builds it. The evaluation
     ``bcd-train`` runs after every sweep is ``trainer.evaluate(data, grad_norm=...)``."""
-    from bcd_cli.config import DTYPES
-    from bcd_cli.train import build_trainer
+    from bcd_cli.run.spec import DTYPES
+    from bcd_cli.run.train import build_trainer
 
     data, cfg = case_data(case)
     trainer = build_trainer(cfg, data, data.X_train.device, DTYPES[cfg.dtype])

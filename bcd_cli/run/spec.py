@@ -13,13 +13,13 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bcd_cli.app import config_dir
-from bcd_cli.baselines import OPTIMIZERS, GradientBaseline
+from bcd_cli.engine.baselines import OPTIMIZERS, GradientBaseline
 from bcd_cli.engine.network import INITS
 from bcd_cli.engine.parallel import world_size
 from bcd_cli.engine.scheme import BCDScheme
 from bcd_cli.engine.trainer import DTYPES, Trainer
 from bcd_cli.errors import ConfigError, ParameterError, require_number
-from bcd_cli.tracking import check as check_logger
+from bcd_cli.run.tracking import check as check_logger
 
 __all__ = ["DTYPES", "architecture", "build", "matmul_precision", "resolve_device", "trainer_class", "validate"]
 TRAINERS = ("bcd", *OPTIMIZERS)

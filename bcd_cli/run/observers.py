@@ -1,9 +1,9 @@
 """What watches a run from outside the training loop: experiment trackers and a search's pruner.
 
-A run (``bcd_cli.train``) calls every observer of its config (``bcd_cli.tracking.loggers`` and
-``bcd_cli.search.pruners``) at its start, after each metrics row and at its end. The training loop, the run
+A run (``bcd_cli.run.train``) calls every observer of its config (``bcd_cli.run.tracking.loggers`` and
+``bcd_cli.search.study.pruners``) at its start, after each metrics row and at its end. The training loop, the run
 folder and its files never depend on an observer: a tracker that fails turns into a warning
-(``bcd_cli.tracking``), and only ``Pruned`` may end a run early, as a finished run with status ``pruned``.
+(``bcd_cli.run.tracking``), and only ``Pruned`` may end a run early, as a finished run with status ``pruned``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class Pruned(Exception):
 
 
 class RunObserver(Protocol):
-    """Called by ``bcd_cli.train.run`` on rank 0."""
+    """Called by ``bcd_cli.run.train.run`` on rank 0."""
 
     def start(self, cfg: DictConfig, out_dir: Path, start_sweep: int) -> None:
         """The run starts (``start_sweep`` 0) or resumes after the checkpoint of sweep ``start_sweep``."""

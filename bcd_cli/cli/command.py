@@ -21,19 +21,20 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
 
-from bcd_cli import folders, search
+from bcd_cli.run import folders
+from bcd_cli.search import study
 from bcd_cli.app import CONFIG_NAME, VERSION_BASE, config_dir, quoted
-from bcd_cli.callbacks import SweepReport, report_sweep
-from bcd_cli.console import progress_display, summary_table
+from bcd_cli.reports.callbacks import SweepReport, report_sweep
+from bcd_cli.cli.console import progress_display, summary_table
 from bcd_cli.engine.parallel import rank
 from bcd_cli.errors import BCDError, ConfigError, DataError, Interrupted
-from bcd_cli.folders import LOCK_FILE, Claim, run_lock
-from bcd_cli.preflight import Launch, preflight
-from bcd_cli.report import SUMMARY_FILE, write_summary
-from bcd_cli.resume import override_key, resume_arguments
-from bcd_cli.stopping import EXIT_STATUSES, exit_status, signal_name, stop_signals, stopped_by
-from bcd_cli.sweep import SWEEP_SUMMARY_FILE, sweep_table
-from bcd_cli.train import run
+from bcd_cli.run.folders import LOCK_FILE, Claim, run_lock
+from bcd_cli.cli.preflight import Launch, preflight
+from bcd_cli.reports.run import SUMMARY_FILE, write_summary
+from bcd_cli.run.resume import override_key, resume_arguments
+from bcd_cli.run.signals import EXIT_STATUSES, exit_status, signal_name, stop_signals, stopped_by
+from bcd_cli.reports.sweep import SWEEP_SUMMARY_FILE, sweep_table
+from bcd_cli.run.train import run
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def join_process_group(argv: list[str]) -> None:
 
 
 def claimed_arguments(argv: list[str], launch: Launch | None) -> tuple[list[str], Claim | None]:
-    """Claims the folder the command will write into (see bcd_cli.folders) and pins it in ``argv``.
+    """Claims the folder the command will write into (see bcd_cli.run.folders) and pins it in ``argv``.
 
     The folder is the one Hydra would use: named on the command line (``hydra.run.dir``, or
     ``hydra.sweep.dir`` for a multirun; it must be new or empty, or, for an Optuna search, hold the study
@@ -167,7 +168,7 @@ def _failed_jobs(folder: Path) -> list[str]:
 
 def _how_to_continue(folder: Path) -> None:
     """After a stop signal, the command that continues the Optuna search of ``folder`` (none for a grid)."""
-    if search.is_study_folder(folder):
+    if study.is_study_folder(folder):
         command = shlex.join(["bcd-train", *sys.argv[1:]])
         print(f"bcd-train: the search in {folder} stopped; continue it with: {command}", file=sys.stderr)
 
@@ -225,8 +226,8 @@ def _launch(claim: Claim | None) -> None:
         where = f"; what was recorded is in {claim.folder}" if kept and claim else "; nothing was recorded"
         print(f"bcd-train: interrupted by {signal_name(signum)}{where}", file=sys.stderr)
         sys.exit(exit_status(signum))
-    if SweepReport.folder is not None and search.is_study_folder(SweepReport.folder):
-        if (short := search.shortfall(SweepReport.folder)) is not None:
+    if SweepReport.folder is not None and study.is_study_folder(SweepReport.folder):
+        if (short := study.shortfall(SweepReport.folder)) is not None:
             print(f"bcd-train: {short}", file=sys.stderr)
             sys.exit(1)
         return  # a failed or pruned trial is part of a search: the study went on without it

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from bcd_cli.errors import ConfigError
-from bcd_cli.folders import is_locked
-from bcd_cli.report import (
+from bcd_cli.run.folders import is_locked
+from bcd_cli.reports.run import (
     CONVERGENCE_FILE,
     CURVES_FILE,
     METRICS_FILE,
@@ -24,8 +24,8 @@ from bcd_cli.report import (
     run_title,
     summarize,
 )
-from bcd_cli.resume import saved_config
-from bcd_cli.sweep import check_sweep, job_folders, write_sweep_report
+from bcd_cli.run.resume import saved_config
+from bcd_cli.reports.sweep import check_sweep, job_folders, write_sweep_report
 
 
 class ReportError(Exception):

@@ -37,7 +37,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bcd_cli.app import config_dir
-from bcd_cli.baselines import OPTIMIZERS
+from bcd_cli.engine.baselines import OPTIMIZERS
 from bcd_cli.catalogue._memory import ActivationMemory, LossMemory, RegularizerMemory
 from bcd_cli.catalogue.activations import Linear
 from bcd_cli.engine.chunking import column_chunk_width, column_chunks, cpu_chunk_rows, wide_chunk_columns
@@ -819,10 +819,10 @@ def _peaks(run: _Run) -> tuple[int, int, int, dict[str, str]]:
 
 def estimate_for(cfg: Any, data: Any) -> MemoryEstimate:
     """The estimate of the run ``cfg`` (the composed run config, as ``train.build_trainer`` reads it) on
-    the loaded ``data`` (a ``bcd_cli.data.Dataset``, this process's shard in a data-parallel run).
+    the loaded ``data`` (a ``bcd_cli.data.loaders.Dataset``, this process's shard in a data-parallel run).
 
     The data is already on its device: ``loaded`` is its size, which ``check`` does not ask for again."""
-    from bcd_cli.config import DTYPES, architecture, bcd_scheme, build
+    from bcd_cli.run.spec import DTYPES, architecture, bcd_scheme, build
 
     sizes, residual = architecture(cfg.model, data.n_features, data.n_classes)
     trainer = cfg.trainer

@@ -41,9 +41,9 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from bcd_cli import search
+from bcd_cli.search import study
 from bcd_cli.app import BASIC_SWEEPER, CONFIG_NAME, config_dir, initialized, quoted
-from bcd_cli.config import OPTIONAL_KEYS, PATH_KEYS, validate
+from bcd_cli.run.spec import OPTIONAL_KEYS, PATH_KEYS, validate
 from bcd_cli.errors import ConfigError, first_line
 
 SLURM_COMMANDS = ("sbatch", "srun")  # what submitit's SLURM executor calls
@@ -82,7 +82,7 @@ class Launch:
     Hydra resolves it) and the relative paths of its config (key -> value) that the run folder should
     record as absolute paths; ``jobs`` holds the overrides of each job in job order, as its
     ``.hydra/overrides.yaml`` will (empty for a sweeper other than Hydra's basic one); ``search`` says that
-    an Optuna search (bcd_cli.search) runs, whose sweep folder may hold the study it continues."""
+    an Optuna search (bcd_cli.search.study) runs, whose sweep folder may hold the study it continues."""
 
     multirun: bool
     folder: Path
@@ -251,7 +251,7 @@ class _Preflight:
         HydraConfig.instance().set_config(master)
         sweep_dir = Path(os.path.abspath(str(_resolve(master, "hydra.sweep.dir"))))
         _check_launcher(master)
-        if search.is_search(master.hydra):
+        if study.is_search(master.hydra):
             return self._check_search(master, parsed, sweep_dir)
         if master.hydra.runtime.choices.get("hydra/sweeper") != BASIC_SWEEPER:
             return Launch(True, sweep_dir, {})  # another sweeper plugin expands the sweep its own way
@@ -285,9 +285,9 @@ class _Preflight:
         same space and objective), and one job, at the lower bound of every interval and the first of every
         choice, so that a bad key or value is refused before the study starts."""
         settings = search.Settings.of(master.hydra.sweeper)
-        space, fixed = search.parse_space(settings.params, [o.input_line or "" for o in _task(parsed)])
-        search.make_pruner(settings)
-        search.check_continuation(settings, sweep_dir, space)
+        space, fixed = study.parse_space(settings.params, [o.input_line or "" for o in _task(parsed)])
+        study.make_pruner(settings)
+        study.check_continuation(settings, sweep_dir, space)
         first = [param.first() for param in space.values()]
         task = self._check_sweep_job(master, parsed, 0, [*fixed, *first], first)
         relative = {k: v for k, v in _relative_paths(task, parsed).items() if k not in space}
