@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bcd_cli.errors import first_line
+from bcd_cli.run.signals import fault_point
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 2  # the layout written; bcd_cli.run.resume migrates older ones when it reads them
@@ -75,6 +76,7 @@ def write_checkpoint(folder: Path, checkpoint: Checkpoint) -> Path:
             torch.save(checkpoint.to_dict(), f)
             f.flush()
             os.fsync(f.fileno())
+        fault_point("checkpoint")
     except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
         tmp.unlink(missing_ok=True)
         reason = first_line(err)

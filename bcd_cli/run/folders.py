@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bcd_cli.errors import ConfigError, DataError
-from bcd_cli.run.signals import STOP_SIGNALS
+from bcd_cli.run.signals import STOP_SIGNALS, fault_point
 
 LOCK_FILE = ".lock"
 STUDY_FILE = "optuna.db"  # the SQLite storage of an Optuna search, in its sweep folder
@@ -94,10 +94,11 @@ def claim(folder: Path, *, mode: str, key: str) -> Claim:
     try:
         made = _claim(folder, mode=mode, key=key)
         _claims.append(made)
-        return made
     finally:
         if blocked:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    fault_point("claim")
+    return made
 
 
 def open_claims() -> list[Claim]:

@@ -5,12 +5,17 @@ KeyboardInterrupt, so that every ``except KeyboardInterrupt`` treats the three a
 sweeps :class:`GracefulStop` replaces that: the first signal asks the run to stop after the current
 sweep, with a checkpoint and its reports; a second one stops it at once. The command then exits with
 status 128 + the signal's number (130, 143, 129), as a shell reports a process ended by that signal.
+
+:func:`fault_point` marks the places where a run is most delicate to stop; the environment variable
+``BCD_CLI_FAULT`` makes the process signal itself at one of them, to reproduce exactly what a run
+stopped or killed there leaves behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -19,6 +24,38 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+FAULT_VARIABLE = "BCD_CLI_FAULT"
+FAULT_POINTS = ("claim", "sweep", "checkpoint")
+_reached: dict[str, int] = {}  # how many times this process reached each fault point
+
+
+def fault_point(name: str) -> None:
+    """A place where a run can be stopped on purpose: with ``BCD_CLI_FAULT=NAME:N:SIGNAL`` in the environment
+    (e.g. ``checkpoint:2:SIGKILL``) the process sends itself SIGNAL the N-th time it reaches the point NAME,
+    counted from 1 over the whole process (every job of a multirun). The points are
+
+    - ``claim``: the run's (or multirun's) folder has just been claimed; nothing is written in it yet;
+    - ``sweep``: a sweep is about to update the blocks (the N-th sweep that this process computes);
+    - ``checkpoint``: a checkpoint's temporary file is written and flushed, and has not replaced the
+      previous checkpoint yet.
+
+    Without the variable, or at another point, nothing happens. A stop signal sent at a point is handled
+    as one from outside: the run stops after the current sweep, or at once outside the sweeps."""
+    spec = os.environ.get(FAULT_VARIABLE)
+    if not spec:
+        return
+    point, _, rest = spec.partition(":")
+    count, _, sig = rest.partition(":")
+    sig = sig.upper() if sig.upper().startswith("SIG") else f"SIG{sig.upper()}"
+    if point not in FAULT_POINTS or not count.isdigit() or sig not in signal.Signals.__members__:
+        raise ValueError(f"{FAULT_VARIABLE}={spec!r}: POINT:N:SIGNAL, POINT one of {', '.join(FAULT_POINTS)}")
+    if point != name:
+        return
+    _reached[name] = _reached.get(name, 0) + 1
+    if _reached[name] == int(count):
+        os.kill(os.getpid(), signal.Signals[sig])
 
 
 def signal_name(signum: int) -> str:

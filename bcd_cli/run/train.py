@@ -41,7 +41,7 @@ from bcd_cli.reports.run import (
     write_summary,
 )
 from bcd_cli.run.resume import resume_checkpoint, resume_command, resumed_config, run_config
-from bcd_cli.run.signals import GracefulStop, stopped_by
+from bcd_cli.run.signals import GracefulStop, fault_point, stopped_by
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ def sweeps(
             )
         yield previous
     for k in range(start + 1, epochs + 1):
+        fault_point("sweep")
         synchronize(device)
         started = time.perf_counter()
         try:
