@@ -265,12 +265,12 @@ def case_data(case: Case) -> tuple[Any, Any]:
     """(data, cfg) of ``case``: its composed and validated config, random data of its shape on its device
     (the time of a sweep does not depend on the values; two-splitting's inner iterations do a little)."""
     from bcd_cli.app import compose
-    from bcd_cli.run.spec import DTYPES, resolve_device, validate
     from bcd_cli.data.loaders import Dataset
+    from bcd_cli.run.spec import resolve
 
     cfg = compose(*case.overrides())
-    validate(cfg)
-    device, dtype = resolve_device(cfg), DTYPES[cfg.dtype]
+    spec = resolve(cfg)
+    device, dtype = spec.device.torch_device(), spec.dtype
     gen = torch.Generator().manual_seed(0)
     d0, classes = case.sizes[0], case.sizes[-1]
 
@@ -285,24 +285,19 @@ def case_data(case: Case) -> tuple[Any, Any]:
 def build_case(case: Case) -> tuple[Any, Any, Any]:
     """(trainer, data, cfg) of ``case``: the trainer built as ``bcd-train`` builds it. The evaluation
     ``bcd-train`` runs after every sweep is ``trainer.evaluate(data, grad_norm=...)``."""
-    from bcd_cli.run.spec import DTYPES
+    from bcd_cli.run.spec import resolve
     from bcd_cli.run.train import build_trainer
 
     data, cfg = case_data(case)
-    trainer = build_trainer(cfg, data, data.X_train.device, DTYPES[cfg.dtype])
+    trainer = build_trainer(resolve(cfg), data)
     return trainer, data, cfg
 
 
 def state_bytes(algorithm: Any, data: Any) -> int:
     """Bytes of the BCD state (W, b, V_1.., U; for the SGD/Adam baselines W and b, and their gradients and
     optimizer state once they exist) plus the data (X, Y, labels, train and test)."""
-    if hasattr(algorithm, "optimizer"):
-        params = [*algorithm.W, *algorithm.b]
-        moments = [v for state in algorithm.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
-        blocks = [*params, *(p.grad for p in params if p.grad is not None), *moments]
-    else:
-        blocks = algorithm.blocks()
-    tensors = [*blocks, data.X_train, data.Y_train, data.y_train, data.X_test, data.Y_test, data.y_test]
+    tensors = [*algorithm.state_tensors(), data.X_train, data.Y_train, data.y_train, data.X_test, data.Y_test]
+    tensors.append(data.y_test)
     return sum(t.numel() * t.element_size() for t in tensors)
 
 

@@ -67,8 +67,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import naive_bcd  # scripts/naive_bcd.py: this script's folder is on sys.path when it runs
+from bcd_cli.engine.parallel import synchronize
+from bcd_cli.run.memory import SCHEMES
 
+import naive_bcd  # scripts/naive_bcd.py: this script's folder is on sys.path when it runs
 from bench import (
     KINDS,
     PRODUCT,
@@ -87,8 +89,6 @@ from bench import (
     time_products,
     total_flops,
 )
-from bcd_cli.engine.parallel import synchronize
-from bcd_cli.run.memory import SCHEMES
 
 STANDARD_CPU = [  # few timed sweeps: a sweep of two-splitting or at n=60000 takes a minute or more on two cores
     Case("three", [784, 1024, 1024, 1024, 10], 8000, sweeps=2),
@@ -293,9 +293,10 @@ def memory_case(case: Case) -> dict:
     import torch
 
     from bcd_cli.run import memory
+    from bcd_cli.run.spec import resolve
 
     trainer, data, cfg = build_case(case)
-    estimate = memory.estimate_for(cfg, data)
+    estimate = memory.estimate_for(resolve(cfg), data)
     device = data.X_train.device
     state = state_bytes(trainer, data) / 2**20
     cpu = device.type == "cpu"
@@ -357,7 +358,7 @@ def allocator_case(case: Case) -> dict:
     glibc's heap or the libraries; beside them the estimate's ratios to them (``estimate_*_alloc_ratio``).
     On CUDA ``memory_case`` is already exact: nothing to add."""
     from bcd_cli.run import memory
-    from bcd_cli.run.spec import DTYPES
+    from bcd_cli.run.spec import resolve
     from bcd_cli.run.train import build_trainer
 
     if case.device != "cpu":
@@ -369,7 +370,7 @@ def allocator_case(case: Case) -> dict:
 
     def build() -> None:
         data, cfg = run["data"], run["cfg"]
-        run["trainer"] = build_trainer(cfg, data, data.X_train.device, DTYPES[cfg.dtype])
+        run["trainer"] = build_trainer(resolve(cfg), data)
 
     def evaluate(grad_norm: bool) -> None:
         run["trainer"].evaluate(run["data"], grad_norm=grad_norm)
@@ -377,7 +378,7 @@ def allocator_case(case: Case) -> dict:
     phases = {"load": load, "build": build, "sweep": lambda: run["trainer"].sweep(),
               "eval": lambda: evaluate(True), "eval_no_grad": lambda: evaluate(False)}  # fmt: skip
     peaks = {key: value / 2**20 for key, value in memory.measured_peaks(phases).items()}
-    estimate = memory.estimate_for(run["cfg"], run["data"])
+    estimate = memory.estimate_for(resolve(run["cfg"]), run["data"])
     estimated = {
         "build": estimate.build_peak / 2**20, "sweep": estimate.sweep_peak / 2**20,
         "eval": estimate.eval_peak / 2**20, "eval_no_grad": estimate.eval_peak_without_grad_norm / 2**20,

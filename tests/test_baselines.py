@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from bcd_cli.engine.baselines import GradientBaseline
 from bcd_cli.catalogue.losses import Square
 from bcd_cli.catalogue.regularizers import L2, Box
-from bcd_cli.run.spec import DTYPES, resolve_device, validate
 from bcd_cli.data.loaders import load_data
+from bcd_cli.engine.baselines import GradientBaseline
 from bcd_cli.engine.network import MLP
 from bcd_cli.errors import ConfigError
 from bcd_cli.reports.run import METRIC_COLUMNS
+from bcd_cli.run.spec import resolve, validate
 from bcd_cli.run.train import build_trainer, run, sweeps
 from tests.conftest import TINY, compose_config
 
@@ -25,10 +25,9 @@ DIGITS = ["device=cpu", "model.widths=[64]", "epochs=15", "model.init_std=0.1", 
 
 def metrics_of(cfg) -> pd.DataFrame:
     """Every metrics row of the run of ``cfg``, without writing its reports."""
-    validate(cfg)
-    dtype = DTYPES[cfg.dtype]
-    data = load_data(cfg.data, dtype=dtype, device=resolve_device(cfg))
-    trainer = build_trainer(cfg, data, resolve_device(cfg), dtype)
+    spec = resolve(cfg)
+    data = load_data(spec.data, dtype=spec.dtype, device=spec.device.torch_device())
+    trainer = build_trainer(spec, data)
     return pd.DataFrame(list(sweeps(trainer, data, cfg.epochs)), columns=METRIC_COLUMNS)
 
 

@@ -15,8 +15,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError
 
 from bcd_cli.cli import command as cli
-from bcd_cli.errors import ConfigError
 from bcd_cli.cli.preflight import JobError, preflight
+from bcd_cli.errors import ConfigError
 from tests.conftest import TINY, run_cli
 
 GROUPS = "one of cross_entropy, exponential, hinge, logistic, square"
@@ -102,7 +102,8 @@ def no_training(monkeypatch):
 
 
 def main_in_process(monkeypatch, capsys, *args: str) -> tuple[object, str, str]:
-    """``bcd_cli.cli.command.main()`` with ``sys.argv[1:] = args``: its exit status (0 when it returns), stdout, stderr."""
+    """``bcd_cli.cli.command.main()`` with ``sys.argv[1:] = args``: its exit status (0 when it returns), stdout,
+    stderr."""
     monkeypatch.setattr(sys, "argv", ["bcd-train", *args])
     status: object = 0
     try:

@@ -26,11 +26,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
-from bcd_cli.run import tracking  # noqa: E402
-from bcd_cli.run.checkpoint import CHECKPOINT_FILE  # noqa: E402
-from bcd_cli.run.spec import validate  # noqa: E402
 from bcd_cli.errors import ConfigError, NumericalError  # noqa: E402
 from bcd_cli.reports.run import METRIC_COLUMNS, METRICS_FILE, SUMMARY_FILE  # noqa: E402
+from bcd_cli.run import tracking  # noqa: E402
+from bcd_cli.run.checkpoint import CHECKPOINT_FILE  # noqa: E402
+from bcd_cli.run.spec import resolve, validate  # noqa: E402
 from bcd_cli.run.train import run  # noqa: E402
 from tests.conftest import TINY, compose_config  # noqa: E402
 
@@ -128,7 +128,7 @@ def test_tensorboard_holds_every_column_per_sweep_the_hparams_and_the_figures(ma
 def test_mlflow_holds_the_flattened_config_every_sweep_and_the_reports(many):
     run_dir, uri, _ = many
     client, mlrun = mlflow_run(run_dir, uri)
-    expected = tracking.flat_config(compose_config(*TINY, "logger=many", f"logger.tracking_uri={uri}"))
+    expected = tracking.flat_config(resolve(compose_config(*TINY, "logger=many", f"logger.tracking_uri={uri}")).config)
     params = mlrun.data.params
     assert params["model.widths"] == "[16]" and params["epochs"] == "2" and params["logger.name"] == "many"
     assert set(params) == set(expected)

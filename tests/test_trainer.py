@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from bcd_cli.run.spec import DTYPES, trainer_class, validate
 from bcd_cli.data.loaders import load_data
 from bcd_cli.engine.trainer import Trainer
 from bcd_cli.errors import ConfigError, ParameterError
+from bcd_cli.run.spec import DTYPES, resolve, validate
 from bcd_cli.run.train import build_trainer
 from tests.conftest import TINY, compose_config
 
@@ -29,9 +29,9 @@ TRAINERS = {
 
 def built(name: str):
     cfg = compose_config(*TRAINERS[name])
-    validate(cfg)
-    data = load_data(cfg.data, dtype=DTYPES[cfg.dtype], device=CPU)
-    trainer = build_trainer(cfg, data, CPU, DTYPES[cfg.dtype])
+    spec = resolve(cfg)
+    data = load_data(spec.data, dtype=DTYPES[cfg.dtype], device=CPU)
+    trainer = build_trainer(spec, data)
     return trainer, data
 
 
@@ -104,7 +104,7 @@ def test_bad_settings_raise_parameter_error_naming_the_key(name, override, key, 
     """The trainer checks its own settings (no data, no network) and names the key as the config spells it."""
     cfg = compose_config(*TRAINERS[name], *override.split())
     with pytest.raises(ParameterError) as refused:
-        trainer_class(cfg).check_config(cfg)
+        validate(cfg)
     assert refused.value.key == key and allowed in refused.value.allowed
     assert isinstance(refused.value, ConfigError) and str(refused.value).startswith(f"{key}=")
     with pytest.raises(ConfigError, match="^" + key.replace(".", r"\.") + "="):
@@ -122,14 +122,14 @@ def test_a_whole_float_for_an_integer_is_refused_with_how_to_write_it(name, over
     """Under its config key, for a BCD scheme and a baseline alike, the refusal ends with the value to write."""
     cfg = compose_config(*TRAINERS[name], override)
     with pytest.raises(ParameterError) as refused:
-        trainer_class(cfg).check_config(cfg)
+        validate(cfg)
     assert str(refused.value).endswith(f"written as an integer: {fix}")
 
 
 def test_a_trainer_built_directly_refuses_a_bad_setting_by_its_field():
-    from bcd_cli.engine.baselines import GradientBaseline
     from bcd_cli.catalogue.losses import Square
     from bcd_cli.catalogue.regularizers import NoReg
+    from bcd_cli.engine.baselines import GradientBaseline
     from bcd_cli.engine.network import MLP
     from bcd_cli.engine.three_splitting import ThreeSplittingBCD
 

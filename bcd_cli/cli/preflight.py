@@ -41,10 +41,10 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from bcd_cli.search import study
 from bcd_cli.app import BASIC_SWEEPER, CONFIG_NAME, config_dir, initialized, quoted
-from bcd_cli.run.spec import OPTIONAL_KEYS, PATH_KEYS, validate
 from bcd_cli.errors import ConfigError, first_line
+from bcd_cli.run.spec import OPTIONAL_KEYS, PATH_KEYS, validate
+from bcd_cli.search import study
 
 SLURM_COMMANDS = ("sbatch", "srun")  # what submitit's SLURM executor calls
 MULTIRUN = "hydra.mode=MULTIRUN"  # what Hydra adds to the overrides of a multirun
@@ -284,7 +284,7 @@ class _Preflight:
         """An Optuna search: its settings and search space, a study its sweep folder holds (started with the
         same space and objective), and one job, at the lower bound of every interval and the first of every
         choice, so that a bad key or value is refused before the study starts."""
-        settings = search.Settings.of(master.hydra.sweeper)
+        settings = study.Settings.of(master.hydra.sweeper)
         space, fixed = study.parse_space(settings.params, [o.input_line or "" for o in _task(parsed)])
         study.make_pruner(settings)
         study.check_continuation(settings, sweep_dir, space)

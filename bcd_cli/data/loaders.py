@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 
 from bcd_cli.data.files import Splits, download_cifar, read_cifar_folder, read_csv, read_npz, sha256, split_seeded
 from bcd_cli.engine.parallel import local_columns, world_size
@@ -96,20 +95,20 @@ def shard(data: Dataset) -> Dataset:
 
 
 def load_data(
-    cfg: DictConfig | Mapping[str, Any],
+    cfg: Mapping[str, Any],
     *,
     dtype: torch.dtype,
     device: torch.device,
     folder: Path | None = None,
     resumed: bool = False,
 ) -> Dataset:
-    """Load the data set named by ``cfg.name`` (the ``data`` config node, or a plain dict).
+    """Load the data set named by ``cfg["name"]`` (the run spec's ``data`` settings: plain values).
 
     A ``resumed`` run in ``folder`` takes the classes and the normalisation's statistics from the folder's
     data.json (when it has one), after checking that every file read has the SHA-256 recorded there.
     Subsets are deterministic: the first ``n_train`` and ``n_test`` samples of each split, in file (or split) order.
     """
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    cfg = dict(cfg)
     name = cfg.get("name")
     if name not in NAMES:
         raise ConfigError("data.name", name, f"one of {', '.join(NAMES)}")
@@ -168,7 +167,7 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     return record
 
 
-def _read(name: str, cfg: DictConfig) -> Splits:
+def _read(name: str, cfg: Mapping[str, Any]) -> Splits:
     """The raw splits of data set ``name``."""
     readers = {"digits": _digits, "npz": read_npz, "csv": read_csv}
     if name in readers:
@@ -196,7 +195,7 @@ def _files(splits: Splits, recorded: dict[str, Any] | None, folder: Path | None)
     return files
 
 
-def _subset_size(cfg: DictConfig, key: str, size: int) -> int:
+def _subset_size(cfg: Mapping[str, Any], key: str, size: int) -> int:
     """Validate ``cfg[key]`` (None means all) against the split size."""
     n = cfg.get(key)
     if n is None:
@@ -278,7 +277,7 @@ def _to_device(
     return X_t, Y, y_t
 
 
-def _digits(cfg: DictConfig) -> Splits:
+def _digits(cfg: Mapping[str, Any]) -> Splits:
     """scikit-learn's bundled 8x8 digits, split by a stratified, seeded train_test_split."""
     from sklearn.datasets import load_digits
 
@@ -288,7 +287,7 @@ def _digits(cfg: DictConfig) -> Splits:
     return Splits(Xtr, ytr, Xte, yte, source)
 
 
-def _download(name: str, cfg: DictConfig) -> Splits:
+def _download(name: str, cfg: Mapping[str, Any]) -> Splits:
     """MNIST / Fashion-MNIST through torchvision, downloading into ``cfg.download_dir`` if needed."""
     from torchvision import datasets
 

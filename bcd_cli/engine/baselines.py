@@ -25,17 +25,17 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 
-from bcd_cli.engine.blocks import feasible
+from bcd_cli.engine.blocks import feasible, feasible_workspace
 from bcd_cli.engine.network import MLP
 from bcd_cli.engine.scheme import first_nonfinite
 from bcd_cli.engine.trainer import Trainer, check_shapes, own
-from bcd_cli.errors import ParameterError, require, require_number
+from bcd_cli.engine.workspace import BACKWARD_BLOCKS, Footprint, Shapes, Tally, workspace_of
+from bcd_cli.errors import require, require_number
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -54,8 +54,6 @@ class BaselineSettings:
     nesterov: bool = False
     weight_decay: float = 0.0
     betas: Sequence[float] = (0.9, 0.999)
-
-    CONFIG_KEYS: ClassVar[dict[str, str]] = {"optimizer": "name"}  # fields whose trainer-group key differs
 
     def __post_init__(self) -> None:
         require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, " or ".join(OPTIMIZERS))
@@ -76,22 +74,6 @@ class BaselineSettings:
             "betas", betas, "a list of two numbers in [0, 1)",
         )  # fmt: skip
         object.__setattr__(self, "betas", tuple(float(x) for x in betas))
-
-    @classmethod
-    def from_config(cls, trainer: DictConfig) -> BaselineSettings:
-        """The settings of the ``trainer`` config node (sgd or adam); a refused value is reported under its config
-        key (``trainer.lr``). SGD's keys are not read for Adam, nor Adam's for SGD."""
-        values: dict[str, Any] = {"optimizer": trainer.get("name")}
-        values |= {key: trainer.get(key) for key in ("lr", "batch_size", "weight_decay")}
-        if values["optimizer"] == "sgd":
-            values |= {key: trainer.get(key) for key in ("momentum", "nesterov")}
-        elif values["optimizer"] == "adam":
-            betas = trainer.get("betas")
-            values["betas"] = list(betas) if isinstance(betas, ListConfig) else betas
-        try:
-            return cls(**values)
-        except ParameterError as err:
-            raise err.within("trainer", cls.CONFIG_KEYS.get(err.key)) from None
 
 
 class GradientBaseline(Trainer):
@@ -135,17 +117,17 @@ class GradientBaseline(Trainer):
         self._publish()
 
     @classmethod
-    def check_config(cls, cfg: DictConfig) -> None:
-        BaselineSettings.from_config(cfg.trainer)
-
-    @classmethod
-    def from_config(
-        cls, cfg: DictConfig, net: MLP, X: Tensor, Y: Tensor, *, loss: Any, reg_w: Any, reg_v: Any
+    def build(
+        cls, settings: Any, net: MLP, X: Tensor, Y: Tensor, *, loss: Any, reg_w: Any, reg_v: Any, seed: int = 0
     ) -> GradientBaseline:
-        """The baseline of the ``trainer`` config group (sgd or adam); the state regularizer ``reg_v`` has no
-        part in it (no state variables)."""
-        settings = dataclasses.asdict(BaselineSettings.from_config(cfg.trainer))
-        return cls(net, X, Y, loss=loss, reg_w=reg_w, seed=cfg.seed, **settings)
+        """The baseline with ``settings`` (``BaselineSettings``); the state regularizer ``reg_v`` has no part in it
+        (no state variables)."""
+        return cls(net, X, Y, loss=loss, reg_w=reg_w, seed=seed, **dataclasses.asdict(settings))
+
+    def state_tensors(self) -> list[Tensor]:
+        params = [*self.W, *self.b]
+        moments = [v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+        return [*params, *(p.grad for p in params if p.grad is not None), *moments]
 
     def state_dict(self) -> dict[str, Any]:
         """{"W": [...], "b": [...], "optimizer": the torch.optim state, "generator": the shuffling generator's state}.
@@ -240,3 +222,65 @@ class GradientBaseline(Trainer):
             squares = [g.square().sum() for g in grads if g is not None]
             result["grad_norm"] = math.sqrt(float(torch.stack(squares).sum())) if differentiable else math.nan
         return result
+
+    # ---------------------------------------------------------------- memory (``engine.workspace``)
+
+    @classmethod
+    def memory_footprint(
+        cls, s: Shapes, *, optimizer: str = "sgd", batch_size: int = 512, momentum: bool = False,
+        nesterov: bool = False, weight_decay: bool = False,
+    ) -> Footprint:  # fmt: skip
+        """The baseline's memory on ``s``: W and b, their gradients and the optimizer's moments (and Adam's step
+        counts); the workspaces of building it, of an epoch and of ``evaluate``."""
+        adam = optimizer == "adam"
+        state = (2 + (2 if adam else int(momentum))) * s.weights() * s.e + (2 * s.depth * 4 if adam else 0)
+        epoch = workspace_of("a mini-batch step", cls.epoch_workspace, s, adam, batch_size, nesterov, weight_decay)
+        build, evaluation = workspace_of("", cls.build_workspace, s), workspace_of("", cls.evaluation_workspace, s)
+        return Footprint(state, state, build, (epoch,), evaluation)
+
+    @staticmethod
+    def build_workspace(t: Tally, s: Shapes) -> None:
+        """``MLP.init``, W made feasible, and the trained copies while the network's own are alive."""
+        MLP.init_workspace(t, s)
+        feasible_workspace(t, s.reg_w, s.weights() * s.e, s.largest_weight() * s.e)
+        t.touch(s.weights() * s.e)
+
+    @staticmethod
+    def epoch_workspace(t: Tally, s: Shapes, adam: bool, batch_size: int, nesterov: bool, decay: bool) -> None:
+        """What ``sweep`` allocates: the parameters before the epoch, a permutation, each mini-batch's forward and
+        backward pass, the optimizer step, the prox of r, D."""
+        sizes, e = s.sizes, s.e
+        B = min(batch_size, s.n)
+        params = s.weights() * e
+        largest = (s.largest_weight() + max(sizes[1:])) * e
+        t.alloc(params, 8 * s.n)  # the parameters before the epoch, the permutation
+        t.alloc((sizes[0] + sizes[-1]) * B * e)  # the mini-batch's X and Y
+        saved = sum((1 + s.act.saved + s.residual[l]) * sizes[l + 1] for l in range(s.depth - 1)) * B * e
+        widest = max(sizes) * B * e
+        t.touch(saved + s.loss.saved * sizes[-1] * B * e, BACKWARD_BLOCKS * widest, s.act.forward * widest)
+        # the optimizer step: on the CPU one parameter at a time (Adam: the sqrt of its second moments, their
+        # scaling, and the previous parameter's, which its loop variable keeps), on CUDA all at once
+        # (torch._foreach_*); the gradient plus weight decay; Nesterov's gradient
+        copies = ((3 if s.cpu else 2) if adam else int(nesterov)) + int(decay)
+        t.touch(copies * (largest if s.cpu else params))
+        t.touch(s.reg_w.prox * s.largest_weight() * e)  # the prox of r
+        t.touch(2 * largest)  # D: the change of each parameter, squared
+
+    @staticmethod
+    def evaluation_workspace(t: Tally, s: Shapes) -> None:
+        """``Trainer.evaluate``: ``objective`` over all samples at once (autograd for the gradient norm), then the
+        network on the training and test samples."""
+        sizes, e, n, N = s.sizes, s.e, s.n, s.depth
+        differentiable = s.grad_norm and s.reg_w.quadratic
+        t.label = "the objective over all samples" + (" and its gradient" if differentiable else "")
+        if differentiable:
+            saved = sum((1 + s.act.saved + s.residual[l]) * sizes[l + 1] for l in range(N - 1)) * n * e
+            widest = max(sizes[1:]) * n * e
+            t.touch(saved, s.loss.saved * sizes[-1] * n * e, s.weights() * e, BACKWARD_BLOCKS * widest)
+        else:
+            for l in range(N):
+                out = 2 + s.act_of(l).forward + s.residual[l]  # W V + b, sigma of it (+ V)
+                t.touch((sizes[l] if l else 0) * n * e, out * sizes[l + 1] * n * e)
+            t.touch(s.loss.value * sizes[-1] * n * e)
+        MLP.evaluate_workspace(t, s, n, loss=True)
+        MLP.evaluate_workspace(t, s, s.n_test, loss=False)

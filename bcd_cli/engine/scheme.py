@@ -10,17 +10,17 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
 from bcd_cli.engine.acceleration import Extrapolation
-from bcd_cli.engine.blocks import ALPHA_CHECKS, feasible, input_moments, output_alpha
-from bcd_cli.engine.chunking import column_chunks
+from bcd_cli.engine.blocks import ALPHA_CHECKS, feasible, feasible_workspace, input_moments, output_alpha
+from bcd_cli.engine.chunking import column_chunk_width, column_chunks
 from bcd_cli.engine.inner import InnerSolver
 from bcd_cli.engine.network import MLP
 from bcd_cli.engine.parallel import all_reduce_sum_, gather_columns, local_columns, world_size
 from bcd_cli.engine.trainer import DTYPES, Trainer, check_shapes, own
-from bcd_cli.errors import ParameterError, require, require_number
+from bcd_cli.engine.workspace import BACKWARD_BLOCKS, Footprint, Shapes, Tally, Workspace, workspace_of
+from bcd_cli.errors import require, require_number
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,6 @@ class BCDSettings:
     extrapolation: float = 0.0
     safeguard: float = 1e-4
 
-    TOP_LEVEL: ClassVar[tuple[str, ...]] = ("gamma", "rho", "alpha")  # run-config keys outside the trainer group
-
     def __post_init__(self) -> None:
         require_number("gamma", self.gamma, lambda x: x > 0, "a number > 0")
         if self.rho is not None:
@@ -73,30 +71,6 @@ class BCDSettings:
             else:
                 require(value in DTYPES.values(), key, value, allowed)
 
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> BCDSettings:
-        """The settings of the run config ``cfg``: gamma, rho, alpha at its top level, the others in ``trainer``;
-        a refused value is reported under its config key (``trainer.inner_iters``).
-
-        A run always names its ``trainer.solve_dtype``; ``trainer.state_solve_dtype`` null is the run's dtype.
-        A config without ``trainer.extrapolation`` (a run folder of an earlier version) is plain BCD.
-        """
-        trainer = cfg.trainer
-        values = {key: cfg.get(key) for key in cls.TOP_LEVEL}
-        values |= {key: trainer.get(key) for key in ("solve_dtype", "inner_iters", "inner_tol", "alpha_check")}
-        values |= {key: trainer.get(key, getattr(cls, key)) for key in ("extrapolation", "safeguard")}  # defaults
-        values["state_solve_dtype"] = trainer.get("state_solve_dtype")
-        try:
-            require(values["solve_dtype"] is not None, "solve_dtype", None, f"one of {', '.join(DTYPES)}")
-            if values["state_solve_dtype"] is None:
-                require(
-                    cfg.get("dtype") in DTYPES, "state_solve_dtype", None, "null only with dtype float32 or float64"
-                )
-                values["state_solve_dtype"] = cfg.dtype
-            return cls(**values)
-        except ParameterError as err:
-            raise err.within(None if err.key in cls.TOP_LEVEL else "trainer") from None
-
     def dtypes(self) -> tuple[torch.dtype | None, torch.dtype | None]:
         """(solve_dtype, state_solve_dtype) as torch dtypes, the second defaulting to the first."""
         solve, state = self.solve_dtype, self.state_solve_dtype or self.solve_dtype
@@ -117,10 +91,8 @@ class BCDScheme(Trainer):
     """
 
     name: str
-    residual: ClassVar[bool] = False  # whether the scheme trains networks with residual layers
-    # the objective a sweep descends: "two" (docs/math.md §1.1) or "three" (§1.2, §1.3); the memory model
-    # and the data-parallel check go by it, so a variant inheriting a scheme's blocks inherits it too
-    splitting: ClassVar[str]
+    # the objective a sweep descends (``splitting``): "two" (docs/math.md §1.1) or "three" (§1.2, §1.3); the memory
+    # model and the data-parallel check go by it, so a variant inheriting a scheme's blocks inherits it too
     layer_blocks: ClassVar[tuple[str, ...]]  # the blocks of layer i in the order ``sweep`` updates them ("W": W_i, b_i)
     divergence_hint = "a larger alpha"
     V: list[Tensor]  # the states V_0 = X, V_1, ..., V_N (set by each scheme)
@@ -149,14 +121,11 @@ class BCDScheme(Trainer):
         self._objective_here: float | None = None  # L at the current point, once evaluated
 
     @classmethod
-    def check_config(cls, cfg: DictConfig) -> None:
-        BCDSettings.from_config(cfg)
-
-    @classmethod
-    def from_config(
-        cls, cfg: DictConfig, net: MLP, X: Tensor, Y: Tensor, *, loss: Any, reg_w: Any, reg_v: Any
+    def build(
+        cls, settings: Any, net: MLP, X: Tensor, Y: Tensor, *, loss: Any, reg_w: Any, reg_v: Any, seed: int = 0
     ) -> BCDScheme:
-        return cls(net, X, Y, loss=loss, reg_w=reg_w, reg_v=reg_v, **BCDSettings.from_config(cfg).keywords())
+        """The scheme with ``settings`` (``BCDSettings``); BCD draws nothing at random, so ``seed`` is unused."""
+        return cls(net, X, Y, loss=loss, reg_w=reg_w, reg_v=reg_v, **settings.keywords())
 
     @property
     def mean_loss(self) -> bool:
@@ -245,6 +214,9 @@ class BCDScheme(Trainer):
         rest = blocks[2 * depth :]
         kinds = list(self.sample_blocks())
         self._set_sample_blocks({kind: rest[i * depth : (i + 1) * depth] for i, kind in enumerate(kinds)})
+
+    def state_tensors(self) -> list[Tensor]:
+        return list(self.blocks())
 
     def state_dict(self) -> dict[str, Any]:
         """{"W": [W_1..W_N], "b": [b_1..b_N], "V": [V_1..V_N], and "U": [U_1..U_N] in three-splitting}.
@@ -360,6 +332,87 @@ class BCDScheme(Trainer):
             all_reduce_sum_(g)
         weights = sum(g.double().square().sum() for g in weight_grads)
         return float(weights + all_reduce_sum_(state_squares))
+
+    # ---------------------------------------------------------------- memory (``engine.workspace``)
+
+    sample_kinds: ClassVar[int] = 1  # the kinds of blocks with one column per sample (``sample_blocks``)
+
+    @classmethod
+    def memory_footprint(cls, s: Shapes, *, extrapolation: bool = False) -> Footprint:
+        """The scheme's memory on ``s``: its state; what stays live between sweeps (b of a closed-form W block a
+        view of its (d+1) x m solution, ``data_moments`` from the first sweep on, with ``extrapolation`` the
+        previous point); the workspaces of building it, of each block of a sweep (with ``extrapolation`` the
+        safeguard's objective first) and of ``evaluate``."""
+        e, sizes = s.e, s.sizes
+        state = (s.weights() + cls.sample_kinds * s.widths() * s.n) * e
+        moments = (sizes[0] + 1) ** 2 * e if cls.caches_moments(s) else 0
+        views = sum(sizes[l] * sizes[l + 1] * e for l in range(s.depth) if cls.closed_form_weights(s, l))
+        live = state + moments + views + (state if extrapolation else 0)
+        sweep = cls.sweep_workspaces(s)
+        if extrapolation:
+            without = dataclasses.replace(s, grad_norm=False)
+            sweep = [workspace_of("the objective", cls.objective_workspace, without), *sweep]
+        build, evaluation = workspace_of("", cls.build_workspace, s), workspace_of("", cls.evaluation_workspace, s)
+        return Footprint(state, live, build, tuple(sweep), evaluation)
+
+    @classmethod
+    def caches_moments(cls, s: Shapes) -> bool:
+        """Whether the W_1 block is solved from ``data_moments``, which stay allocated from the first sweep on."""
+        return True
+
+    @classmethod
+    def closed_form_weights(cls, s: Shapes, l: int) -> bool:
+        """Whether the W_l block is solved by its normal equations, b then a view of the (d+1) x m solution."""
+        return s.reg_w.quadratic
+
+    @classmethod
+    def sweep_workspaces(cls, s: Shapes) -> list[Workspace]:
+        """The workspace of each block of ``sweep_blocks``, in its order."""
+        raise NotImplementedError
+
+    @classmethod
+    def build_workspace(cls, t: Tally, s: Shapes) -> None:
+        """Building the scheme on the data: ``MLP.init``, W made feasible, the first forward pass, V made feasible."""
+        e = s.e
+        MLP.init_workspace(t, s)
+        feasible_workspace(t, s.reg_w, s.weights() * e, s.largest_weight() * e)
+        MLP.forward_states_workspace(t, s)
+        feasible_workspace(t, s.reg_v, s.widths() * s.n * e, max(s.sizes[1:]) * s.n * e)
+
+    @classmethod
+    def evaluation_workspace(cls, t: Tally, s: Shapes) -> None:
+        """``Trainer.evaluate``: ``objective`` (its gradient by autograd), the network on the training and test
+        samples."""
+        cls.objective_workspace(t, s)
+        MLP.evaluate_workspace(t, s, s.n, loss=True)
+        MLP.evaluate_workspace(t, s, s.n_test, loss=False)
+
+    @staticmethod
+    def objective_workspace(t: Tally, s: Shapes) -> None:
+        """What ``objective`` allocates over its column chunks: the largest chunk's terms, and with the gradient
+        norm what autograd keeps of them, the gradients of the state's chunk and of every W and b."""
+        sizes, e, N, c = s.sizes, s.e, s.depth, s.sizes[-1]
+        w = column_chunk_width(s.n)
+        differentiable = s.grad_norm and s.reg_w.quadratic and s.reg_v.quadratic
+        t.label = "the objective" + (" and its gradient" if differentiable else "")
+        if not differentiable:
+            t.touch(s.loss.value * c * w * e)
+            for l in range(N):
+                out = (1 + s.act_of(l).forward + int(s.residual[l])) * sizes[l + 1] * w * e
+                t.touch(out, s.chunk(sizes[l + 1], w) * e)  # sigma(U) (+ V), squared distance
+            return
+        t.alloc(s.weights() * e)  # the W and b gradients, summed over the chunks
+        saved = s.loss.saved * c * w * e
+        for l in range(N):
+            saved += (1 + s.act_of(l).saved + int(s.residual[l])) * sizes[l + 1] * w * e  # sigma(W V + b) (+ V)
+        grads = s.widths() * w * e  # of the state's chunk (the last chunk's stay until the objective returns)
+        widest = max(sizes[1:]) * w * e
+        double = 2 if e != 8 else 1  # a gradient in float64 (a copy unless it is float64), its square
+        t.alloc(grads)
+        t.touch(saved, BACKWARD_BLOCKS * widest)
+        t.touch(double * widest * 8 // e)  # the state's gradients, squared in float64
+        t.touch(double * s.largest_weight() * 8)  # the weight gradients, squared in float64
+        t.free(grads, s.weights() * e)
 
 
 def _total_columns(X: Tensor) -> int:

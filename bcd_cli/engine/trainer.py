@@ -14,7 +14,6 @@ import math
 from typing import Any, ClassVar, Protocol
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
 from bcd_cli.engine.network import MLP
@@ -62,23 +61,17 @@ class Trainer(abc.ABC):
     net: MLP
     loss: Any
     divergence_hint: ClassVar[str]
+    splitting: ClassVar[str | None] = None  # a BCD scheme's objective (two, three); None for a gradient method
+    residual: ClassVar[bool] = False  # whether a BCD scheme trains networks with residual layers
 
     @classmethod
     @abc.abstractmethod
-    def check_config(cls, cfg: DictConfig) -> None:
-        """Raises ConfigError naming the first invalid key of the run config ``cfg`` that this method reads.
-
-        Builds the method's settings only (no data, no network), so every job of a multirun is
-        checked before any starts.
-        """
-
-    @classmethod
-    @abc.abstractmethod
-    def from_config(
-        cls, cfg: DictConfig, net: MLP, X: Tensor, Y: Tensor, *, loss: Any, reg_w: Any, reg_v: Any
+    def build(
+        cls, settings: Any, net: MLP, X: Tensor, Y: Tensor, *, loss: Any, reg_w: Any, reg_v: Any, seed: int = 0
     ) -> Trainer:
-        """The trainer of ``net`` on samples X (features x samples) with one-hot targets Y, with the settings of
-        the run config ``cfg`` and the catalogue entries built from it."""
+        """The trainer of ``net`` on samples X (features x samples) with one-hot targets Y: ``settings`` are the
+        method's checked settings (``BCDSettings``, ``BaselineSettings``), ``loss``, ``reg_w``, ``reg_v`` the
+        catalogue entries of the objective, ``seed`` that of any randomness the method draws itself."""
 
     @abc.abstractmethod
     def sweep(self) -> float:
@@ -94,6 +87,11 @@ class Trainer(abc.ABC):
     def nonfinite_block(self) -> str | None:
         """The first block, in the order a sweep updates them, holding a NaN or an infinity; None if all are
         finite."""
+
+    @abc.abstractmethod
+    def state_tensors(self) -> list[Tensor]:
+        """The tensors of the training state as they live on the device: a BCD scheme's blocks; a baseline's
+        weights, their gradients and the optimizer's moments once they exist."""
 
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:

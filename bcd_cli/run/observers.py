@@ -1,6 +1,6 @@
 """What watches a run from outside the training loop: experiment trackers and a search's pruner.
 
-A run (``bcd_cli.run.train``) calls every observer of its config (``bcd_cli.run.tracking.loggers`` and
+A run (``bcd_cli.run.train``) calls every observer of its spec (``bcd_cli.run.tracking.loggers`` and
 ``bcd_cli.search.study.pruners``) at its start, after each metrics row and at its end. The training loop, the run
 folder and its files never depend on an observer: a tracker that fails turns into a warning
 (``bcd_cli.run.tracking``), and only ``Pruned`` may end a run early, as a finished run with status ``pruned``.
@@ -9,9 +9,10 @@ folder and its files never depend on an observer: a tracker that fails turns int
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from omegaconf import DictConfig
+if TYPE_CHECKING:
+    from bcd_cli.run.spec import RunSpec
 
 
 class Pruned(Exception):
@@ -21,8 +22,8 @@ class Pruned(Exception):
 class RunObserver(Protocol):
     """Called by ``bcd_cli.run.train.run`` on rank 0."""
 
-    def start(self, cfg: DictConfig, out_dir: Path, start_sweep: int) -> None:
-        """The run starts (``start_sweep`` 0) or resumes after the checkpoint of sweep ``start_sweep``."""
+    def start(self, spec: RunSpec, out_dir: Path, start_sweep: int) -> None:
+        """The run of ``spec`` starts (``start_sweep`` 0) or resumes after the checkpoint of sweep ``start_sweep``."""
 
     def sweep(self, row: dict[str, Any]) -> None:
         """The metrics row of a sweep (sweep 0 is the initial point), as metrics.csv records it."""

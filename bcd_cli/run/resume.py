@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +33,9 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bcd_cli.app import quoted
-from bcd_cli.run.checkpoint import CHECKPOINT_FILE, FORMAT, Checkpoint, set_rng_state
 from bcd_cli.errors import ConfigError, DataError, first_line
 from bcd_cli.reports.run import METRICS_FILE
+from bcd_cli.run.checkpoint import CHECKPOINT_FILE, FORMAT, Checkpoint, set_rng_state
 
 if TYPE_CHECKING:
     from bcd_cli.engine.trainer import Trainer
@@ -121,10 +121,9 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     return config
 
 
-def run_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config of a run without the keys a resume may change: what must match to continue it."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(plain, dict)
+def run_config(plain: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's resolved config (plain values) without the keys a resume may change: what must match to continue
+    it."""
     dropped = {key.split(".")[0] for key in MAY_CHANGE} | {"hydra"}  # the checkpoint node holds only its cadence
     return {str(k): v for k, v in plain.items() if k not in dropped}
 
@@ -194,10 +193,17 @@ assert sorted(_MIGRATIONS) == list(range(1, FORMAT)), "one migration step per fo
 
 
 def resume_checkpoint(
-    cfg: DictConfig, out_dir: Path, trainer: Trainer, data_shape: list[int], *, writer: bool = True
+    record: Mapping[str, Any],
+    epochs: int,
+    out_dir: Path,
+    trainer: Trainer,
+    data_shape: list[int],
+    *,
+    writer: bool = True,
 ) -> Checkpoint | None:
     """Loads out_dir's checkpoint into ``trainer`` (and the RNG states) and cuts metrics.csv back to its sweep;
     None: there is no checkpoint yet, and the run starts again from sweep 0 (metrics.csv removed).
+    ``record`` is the run's resolved config (``RunSpec.record``), ``epochs`` the sweeps it runs to.
     ``writer``: whether this process writes the run's files (rank 0 of a data-parallel run).
 
     Refuses (DataError, ConfigError) a checkpoint written by another config or for other data, or
@@ -210,7 +216,7 @@ def resume_checkpoint(
         if writer:
             metrics.unlink(missing_ok=True)
         return None
-    _check_compatible(cfg, out_dir, checkpoint, data_shape)
+    _check_compatible(record, epochs, out_dir, checkpoint, data_shape)
     try:
         trainer.load_state_dict(checkpoint.trainer)
     except ValueError as err:
@@ -218,14 +224,16 @@ def resume_checkpoint(
     set_rng_state(checkpoint.rng)
     if writer:
         truncate_metrics(metrics, checkpoint.metrics_bytes)
-    log.info("resuming %s at sweep %d of %d", out_dir, checkpoint.sweep, cfg.epochs)
+    log.info("resuming %s at sweep %d of %d", out_dir, checkpoint.sweep, epochs)
     return checkpoint
 
 
-def _check_compatible(cfg: DictConfig, out_dir: Path, checkpoint: Checkpoint, data_shape: list[int]) -> None:
-    """The checkpoint was written by the run ``cfg`` (all but the keys that may change), for data of this shape,
-    and holds no more sweeps than ``cfg.epochs``."""
-    config, saved = run_config(cfg), run_config(OmegaConf.create(checkpoint.config))
+def _check_compatible(
+    record: Mapping[str, Any], epochs: int, out_dir: Path, checkpoint: Checkpoint, data_shape: list[int]
+) -> None:
+    """The checkpoint was written by the run whose config is ``record`` (all but the keys that may change), for
+    data of this shape, and holds no more sweeps than ``epochs``."""
+    config, saved = run_config(record), run_config(checkpoint.config)
     if saved != config:
         changed = sorted(k for k in {*saved, *config} if saved.get(k) != config.get(k))
         raise DataError(
@@ -235,10 +243,10 @@ def _check_compatible(cfg: DictConfig, out_dir: Path, checkpoint: Checkpoint, da
     if checkpoint.data_shape != data_shape:
         raise DataError(
             f"{out_dir / CHECKPOINT_FILE}: written for data of {_shape_text(checkpoint.data_shape)}, "
-            f"but {cfg.data.name} now loads as {_shape_text(data_shape)}; was its file changed?"
+            f"but {config.get('data', {}).get('name')} now loads as {_shape_text(data_shape)}; was its file changed?"
         )
-    if checkpoint.sweep > cfg.epochs:
-        raise ConfigError("epochs", cfg.epochs, f"at least {checkpoint.sweep}, the sweeps {out_dir} already holds")
+    if checkpoint.sweep > epochs:
+        raise ConfigError("epochs", epochs, f"at least {checkpoint.sweep}, the sweeps {out_dir} already holds")
 
 
 def _shape_text(shape: list[int]) -> str:

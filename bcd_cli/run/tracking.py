@@ -4,8 +4,8 @@
 files in ``RUN/tensorboard/``, ``logger=mlflow`` one MLflow run per run folder, ``logger=many`` both.
 What each writes, and where, is told in docs/tracking.md.
 
-A tracker watches a run as a run observer (``bcd_cli.run.observers``) and never decides its fate: every call into a tracking
-library goes through ``Guarded``, which turns the first error into one warning and switches that tracker
+A tracker watches a run as a run observer (``bcd_cli.run.observers``) and never decides its fate: every call into
+a tracking library goes through ``Guarded``, which turns the first error into one warning and switches that tracker
 off for the rest of the run, so that metrics.csv, the checkpoints and the reports are written whatever
 happens to a tracking server or its disk. A resumed run continues its tracker's series where the
 checkpoint left it: TensorBoard discards the steps written after the checkpoint (``purge_step``), and
@@ -14,28 +14,25 @@ MLflow's run, whose id ``RUN/mlflow_run.json`` records, skips the steps it alrea
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
 import os
 import struct
-import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from bcd_cli.errors import ConfigError, first_line
+from bcd_cli.errors import first_line
 from bcd_cli.reports.run import METRIC_COLUMNS, write_json
 from bcd_cli.run.resume import SAVED_CONFIG
+from bcd_cli.run.spec import LoggerSettings, RunSpec
 
 log = logging.getLogger(__name__)
 
-# tracker -> the package it needs, from the optional extra ``tracking``
-PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
-EXTRA = "pip install 'bcd-cli[tracking]'"
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_RUN_FILE = "mlflow_run.json"
 DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"
@@ -56,49 +53,10 @@ MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAILE
 SERIES = [c for c in METRIC_COLUMNS if c != "sweep"]  # the metrics.csv columns a tracker records, step = sweep
 
 
-def tracker_names(cfg: DictConfig) -> list[str]:
-    """The trackers ``cfg.logger`` names (``check`` has accepted them); none for a config without ``logger``, as
-    run folders older than the key have: they resume as ``logger=csv`` ran."""
-    names = OmegaConf.select(cfg, "logger.trackers", default=[])
-    return [str(n) for n in names] if isinstance(names, ListConfig | list) else []
-
-
-def check(cfg: DictConfig) -> None:
-    """Raises ConfigError for a ``logger`` that names an unknown tracker, has settings of the wrong type, or needs a
-    package that is not installed: before any run starts, rather than as a warning once it has."""
-    given = OmegaConf.select(cfg, "logger.trackers", default=[])
-    if not isinstance(given, ListConfig | list) or any(n not in PACKAGES for n in given):
-        allowed = f"a list of {', '.join(PACKAGES)} ([] for the run folder's files only)"
-        raise ConfigError("logger.trackers", _plain(given), allowed)
-    names = tracker_names(cfg)
-    for key in ("tracking_uri", "artifact_location", "experiment"):
-        value = OmegaConf.select(cfg, f"logger.{key}", default=None)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ConfigError(f"logger.{key}", value, "a non-empty string, or null for the default")
-    for name in names:
-        if not _installed(PACKAGES[name]):
-            logger = OmegaConf.select(cfg, "logger.name", default=name)
-            raise ConfigError("logger", logger, f"logger={logger} needs the {PACKAGES[name]} package: {EXTRA}")
-
-
-def _installed(module: str) -> bool:
-    """Whether ``module`` can be imported, without importing it (MLflow takes seconds to import)."""
-    if module in sys.modules:
-        return sys.modules[module] is not None
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
-
-
-def loggers(cfg: DictConfig, out_dir: Path) -> list[Guarded]:
-    """The trackers ``cfg.logger`` names besides the run folder's own files, each behind its ``Guarded`` wall: run
+def loggers(logger: LoggerSettings, out_dir: Path) -> list[Guarded]:
+    """The trackers ``logger`` names besides the run folder's own files, each behind its ``Guarded`` wall: run
     observers (``bcd_cli.run.observers.RunObserver``)."""
-    names = tracker_names(cfg)
+    names = logger.trackers
     trackers: list[Guarded] = []
     if "tensorboard" in names:
         trackers.append(Guarded("tensorboard", TensorBoardTracker()))
@@ -107,23 +65,18 @@ def loggers(cfg: DictConfig, out_dir: Path) -> list[Guarded]:
     return trackers
 
 
-def flat_config(cfg: DictConfig) -> dict[str, Any]:
-    """The composed config as ``{"model.widths": [16], ...}``: nested keys joined by dots, lists kept whole,
-    Hydra's own node left out."""
-    try:
-        plain = OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # an interpolation that resolves only inside Hydra: its text is recorded
-        plain = OmegaConf.to_container(cfg, resolve=False)
+def flat_config(plain: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's resolved config (``RunSpec.config``) as ``{"model.widths": [16], ...}``: nested keys joined by dots,
+    lists kept whole, Hydra's own node left out."""
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
+        if isinstance(node, Mapping) and node:
             for key, value in node.items():
                 walk(value, f"{prefix}{key}.")
         else:
             flat[prefix[:-1]] = node
 
-    assert isinstance(plain, dict)
     walk({k: v for k, v in plain.items() if k != "hydra"}, "")
     return flat
 
@@ -148,8 +101,8 @@ class Guarded:
             except Exception as again:
                 log.debug("%s tracker not closed: %s", self.name, _error(again))
 
-    def start(self, cfg: DictConfig, out_dir: Path, start_sweep: int) -> None:
-        self._call("start", cfg, out_dir, start_sweep)
+    def start(self, spec: RunSpec, out_dir: Path, start_sweep: int) -> None:
+        self._call("start", spec, out_dir, start_sweep)
 
     def sweep(self, row: dict[str, Any]) -> None:
         self._call("sweep", row)
@@ -178,10 +131,10 @@ class TensorBoardTracker:
 
     def __init__(self) -> None:
         self.writer: Any = None
-        self.cfg: DictConfig | None = None
+        self.params: dict[str, Any] = {}
         self.last_sweep = 0
 
-    def start(self, cfg: DictConfig, out_dir: Path, start_sweep: int) -> None:
+    def start(self, spec: RunSpec, out_dir: Path, start_sweep: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         folder = out_dir / TENSORBOARD_DIR
@@ -190,7 +143,7 @@ class TensorBoardTracker:
         if earlier:  # a resumed run: readers drop what the stopped process wrote after the checkpoint
             purge_step = start_sweep + 1 if start_sweep > 0 else 0
             _after_second_of(earlier)
-        self.cfg, self.last_sweep = cfg, start_sweep
+        self.params, self.last_sweep = flat_config(spec.config), start_sweep
         self.writer = SummaryWriter(log_dir=str(folder), purge_step=purge_step)
 
     def sweep(self, row: dict[str, Any]) -> None:
@@ -205,10 +158,9 @@ class TensorBoardTracker:
     def finish(self, status: str, summary: dict[str, Any], files: list[Path]) -> None:
         from torch.utils.tensorboard.summary import hparams
 
-        assert self.cfg is not None
         metrics = {key: value for key in FINAL_METRICS if (value := _finite(summary.get(key))) is not None}
         if metrics:
-            params = {key: _hparam(value) for key, value in flat_config(self.cfg).items()}
+            params = {key: _hparam(value) for key, value in self.params.items()}
             params["status"] = status
             file_writer = self.writer._get_file_writer()
             for part in hparams(params, metrics):
@@ -316,7 +268,7 @@ class MlflowTracker:
         self.out_dir = Path()
         self.logged: dict[str, set[int]] = {}  # metric -> the steps the MLflow run already holds
 
-    def start(self, cfg: DictConfig, out_dir: Path, start_sweep: int) -> None:
+    def start(self, spec: RunSpec, out_dir: Path, start_sweep: int) -> None:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
@@ -331,29 +283,31 @@ class MlflowTracker:
             self.logged = {k: {m.step for m in self.client.get_metric_history(self.run_id, k)} for k in SERIES}
             self.client.update_run(self.run_id, status="RUNNING")
         else:
-            uri = tracking_uri(OmegaConf.select(cfg, "logger.tracking_uri", default=None), self.launch.cwd)
+            uri = tracking_uri(spec.logger.tracking_uri, self.launch.cwd)
             self.client, params = MlflowClient(tracking_uri=uri), {}
             tags = {"bcd.run_dir": str(out_dir.resolve())}
-            run = self.client.create_run(self._experiment(cfg, uri), run_name=self.launch.shown(out_dir), tags=tags)
+            experiment = self._experiment(spec.logger, uri)
+            run = self.client.create_run(experiment, run_name=self.launch.shown(out_dir), tags=tags)
             self.run_id = run.info.run_id
             write_json(record, {"run_id": self.run_id, "tracking_uri": uri, "experiment_id": run.info.experiment_id})
         self.client.set_tag(self.run_id, "bcd.status", "running")
-        self.client.set_tag(self.run_id, "bcd.epochs", str(cfg.epochs))
-        new = [Param(k, v) for k, v in _params(cfg).items() if k not in params]  # a resume keeps the first values
+        self.client.set_tag(self.run_id, "bcd.epochs", str(spec.epochs))
+        # a resume keeps the first values
+        new = [Param(k, v) for k, v in _params(spec.config).items() if k not in params]
         for i in range(0, len(new), PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=new[i : i + PARAMS_PER_BATCH])
 
-    def _experiment(self, cfg: DictConfig, uri: str) -> str:
+    def _experiment(self, logger: LoggerSettings, uri: str) -> str:
         """The id of the run's experiment: ``logger.experiment``, else the sweep folder of a multirun's job, else
         ``bcd-cli``; created when new (with its artifacts beside a SQLite file, or where ``logger.artifact_location``
         says)."""
-        name = OmegaConf.select(cfg, "logger.experiment", default=None)
+        name = logger.experiment
         if name is None:
             name = self.launch.shown(self.launch.sweep_dir) if self.launch.sweep_dir else DEFAULT_EXPERIMENT
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return str(found.experiment_id)
-        location = OmegaConf.select(cfg, "logger.artifact_location", default=None)
+        location = logger.artifact_location
         if location is None and uri.startswith("sqlite:///"):
             location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
         try:
@@ -390,10 +344,10 @@ class MlflowTracker:
         """Nothing stays open between calls: each call of ``MlflowClient`` is complete when it returns."""
 
 
-def _params(cfg: DictConfig) -> dict[str, str]:
+def _params(config: Mapping[str, Any]) -> dict[str, str]:
     """The flattened config as MLflow params: values as text, cut to MLflow's length limit."""
     params = {}
-    for key, value in flat_config(cfg).items():
+    for key, value in flat_config(config).items():
         text = json.dumps(value) if isinstance(value, list | dict) else str(value)
         params[key] = text if len(text) <= PARAM_LENGTH else text[: PARAM_LENGTH - 3] + "..."
     return params

@@ -1,4 +1,5 @@
-"""One training run: build everything from the config, run the BCD sweeps, write the reports."""
+"""One training run: the config resolved into a run spec at the door, everything built from the spec, the sweeps
+run, the reports written."""
 
 from __future__ import annotations
 
@@ -16,17 +17,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from bcd_cli.run import memory, tracking
-from bcd_cli.search import study
-from bcd_cli.run.checkpoint import Checkpoint, rng_state, write_checkpoint
-from bcd_cli.run.spec import DTYPES, architecture, build, matmul_precision, resolve_device, trainer_class, validate
 from bcd_cli.data.loaders import Dataset, load_data, shard, write_record
 from bcd_cli.engine.network import MLP
 from bcd_cli.engine.parallel import any_rank, rank, synchronize
 from bcd_cli.engine.trainer import Trainer
 from bcd_cli.errors import BCDError, ConfigError, Interrupted, NumericalError, ResourceError, first_line
-from bcd_cli.run.folders import run_lock
-from bcd_cli.run.observers import Pruned, RunObserver
 from bcd_cli.reports.run import (
     CONVERGENCE_FILE,
     CURVES_FILE,
@@ -40,8 +35,14 @@ from bcd_cli.reports.run import (
     summarize,
     write_summary,
 )
-from bcd_cli.run.resume import resume_checkpoint, resume_command, resumed_config, run_config
+from bcd_cli.run import memory, tracking
+from bcd_cli.run.checkpoint import Checkpoint, rng_state, write_checkpoint
+from bcd_cli.run.folders import run_lock
+from bcd_cli.run.observers import Pruned, RunObserver
+from bcd_cli.run.resume import resume_checkpoint, resume_command
 from bcd_cli.run.signals import GracefulStop, fault_point, stopped_by
+from bcd_cli.run.spec import RunSpec, resolve
+from bcd_cli.search import study
 
 log = logging.getLogger(__name__)
 
@@ -62,34 +63,17 @@ class RunResult:
     data: Dataset
 
 
-def observers_for(cfg: DictConfig, out_dir: Path) -> list[RunObserver]:
-    """The trackers of ``cfg.logger`` and, in a search's trial, its pruner."""
-    return [*tracking.loggers(cfg, out_dir), *study.pruners(cfg, out_dir)]
-
-
-def build_trainer(cfg: DictConfig, data: Dataset, device: torch.device, dtype: torch.dtype) -> Trainer:
-    """The network of ``cfg`` initialised as ``model.init`` says, wrapped in the trainer ``cfg`` names (a BCD
-    scheme, or SGD/Adam).
-
-    A run folder saved without ``model.init`` was drawn by the paper's Remark 1, so it resumes with ``normal``.
-    """
-    loss, act = build(cfg, "loss"), build(cfg, "act")
-    sizes, residual = architecture(cfg.model, data.n_features, data.n_classes)
-    net = MLP.init(
-        sizes, act,
-        init=cfg.model.get("init", "normal"), init_std=cfg.model.init_std, init_bias=cfg.model.init_bias,
-        seed=cfg.seed, dtype=dtype, device=device, residual=residual,
-    )  # fmt: skip
-    trainer = trainer_class(cfg).from_config(
-        cfg, net, data.X_train, data.Y_train, loss=loss, reg_w=build(cfg, "reg_w"), reg_v=build(cfg, "reg_v")
-    )
+def build_trainer(spec: RunSpec, data: Dataset) -> Trainer:
+    """The network of ``spec`` initialised as ``model.init`` says, on ``data``'s device, wrapped in the trainer
+    the spec names (a BCD scheme, or SGD/Adam)."""
+    device, dtype = data.X_train.device, spec.dtype
+    net = spec.model.build(data.n_features, data.n_classes, spec.catalogue.act, seed=spec.seed, dtype=dtype,
+                           device=device)  # fmt: skip
+    trainer = spec.method.build(net, data.X_train, data.Y_train, spec.catalogue, seed=spec.seed)
     log.info(
-        "network %s, %d parameters, on %s (%s)",
-        "-".join(map(str, sizes)),
-        net.n_parameters(),
-        device,
-        str(dtype).removeprefix("torch."),
-    )
+        "network %s, %d parameters, on %s (%s)", "-".join(map(str, net.sizes)), net.n_parameters(), device,
+        spec.dtype_name,
+    )  # fmt: skip
     return trainer
 
 
@@ -147,18 +131,6 @@ def sweeps(
         previous = row
 
 
-def _config_of(cfg: DictConfig, out_dir: Path) -> DictConfig:
-    """A fresh run's config is ``cfg``; ``resume=DIR`` continues DIR with the config it was started with."""
-    if cfg.get("resume") is None:
-        if (out_dir / METRICS_FILE).exists():
-            raise ConfigError(
-                "hydra.run.dir", str(out_dir),
-                f"a new or empty folder: it holds a run; continue it with resume={out_dir}, or choose a new folder",
-            )  # fmt: skip
-        return cfg
-    return resumed_config(cfg)
-
-
 def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> RunResult:
     """Trains the network of ``cfg`` and writes metrics.csv, summary.json, curves.png and checkpoints to ``out_dir``.
 
@@ -169,28 +141,38 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
     numerical error or Ctrl-C, summary.json (status ``failed`` or ``interrupted``) and the
     figures of the sweeps done are still written before the error propagates.
     """
-    resumed = cfg.get("resume") is not None
-    cfg = _config_of(cfg, out_dir)
-    validate(cfg)
+    spec = resolve(cfg)  # the door: nothing below reads the config
+    if spec.resume is None and (out_dir / METRICS_FILE).exists():
+        raise ConfigError(
+            "hydra.run.dir", str(out_dir),
+            f"a new or empty folder: it holds a run; continue it with resume={out_dir}, or choose a new folder",
+        )  # fmt: skip
+    return run_spec(spec, out_dir, progress)
+
+
+def run_spec(spec: RunSpec, out_dir: Path, progress: Progress | None = None) -> RunResult:
+    """``run`` of a resolved spec: ``out_dir`` is new, or the folder ``spec.resume`` continues."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = run_lock(out_dir) if rank() == 0 else contextlib.nullcontext()  # rank 0 alone writes
-    with lock, matmul_precision(cfg) as precision:
-        device, dtype = resolve_device(cfg), DTYPES[cfg.dtype]
-        data = shard(load_data(cfg.data, dtype=dtype, device=device, folder=out_dir, resumed=resumed))
+    with lock, spec.device.precision() as precision:
+        device, resumed = spec.device.torch_device(), spec.resume is not None
+        data = shard(load_data(spec.data, dtype=spec.dtype, device=device, folder=out_dir, resumed=resumed))
         if rank() == 0:
             write_record(out_dir, data)  # data.json: how the data was prepared, which a resumed run reads back
-        memory.check(memory.estimate_for(cfg, data), device, what="this run")  # before the network exists
+        memory.check(memory.estimate_for(spec, data), device, what="this run")  # before the network exists
         if precision != "highest":
             log.info("float32 matrix products at precision %s (torch.set_float32_matmul_precision)", precision)
         try:
-            trainer = build_trainer(cfg, data, device, dtype)
+            trainer = build_trainer(spec, data)
         except torch.OutOfMemoryError as err:
             raise ResourceError(f"out of memory while building the network on {device}: {first_line(err)}") from None
         with GracefulStop() as stop:
             checkpoint = None
             if resumed:
-                checkpoint = resume_checkpoint(cfg, out_dir, trainer, _data_shape(data), writer=rank() == 0)
-            return _train(_Record.begin(cfg, out_dir, trainer, data, checkpoint), stop, progress)
+                checkpoint = resume_checkpoint(
+                    spec.record, spec.epochs, out_dir, trainer, _data_shape(data), writer=rank() == 0
+                )
+            return _train(_Record.begin(spec, out_dir, trainer, data, checkpoint), stop, progress)
 
 
 def _data_shape(data: Dataset) -> list[int]:
@@ -201,34 +183,33 @@ def _data_shape(data: Dataset) -> list[int]:
 class _Record:
     """What a run has recorded: its metrics rows (on disk in metrics.csv), its last checkpoint, its reports."""
 
-    cfg: DictConfig
+    spec: RunSpec
     out_dir: Path
     trainer: Trainer
     data: Dataset
     writer: MetricsWriter
     started: float  # time.perf_counter() at the run's start, less the time of the sweeps a resumed run did before
-    config: dict[str, Any] = field(default_factory=dict)  # run_config(cfg): what a checkpoint records
     rows: list[dict[str, Any]] = field(default_factory=list)
     saved_sweep: int | None = None  # the sweep of the last checkpoint
     main: bool = True  # rank 0, which alone writes files in a data-parallel run
     observers: list[RunObserver] = field(default_factory=list)  # trackers and a search's pruner (rank 0)
 
     @classmethod
-    def begin(cls, cfg: DictConfig, out_dir: Path, trainer: Trainer, data: Dataset, checkpoint: Checkpoint | None):
+    def begin(cls, spec: RunSpec, out_dir: Path, trainer: Trainer, data: Dataset, checkpoint: Checkpoint | None):
         """The record of a run starting at sweep 0 or at ``checkpoint``; summary.json says ``running``, so a
         killed run, or a killed extension of a finished one, never claims to be completed."""
         elapsed = checkpoint.elapsed if checkpoint is not None else 0.0
         record = cls(
-            cfg, out_dir, trainer, data, MetricsWriter(out_dir / METRICS_FILE), time.perf_counter() - elapsed,
-            config=run_config(cfg), rows=list(checkpoint.rows) if checkpoint is not None else [],
+            spec, out_dir, trainer, data, MetricsWriter(out_dir / METRICS_FILE), time.perf_counter() - elapsed,
+            rows=list(checkpoint.rows) if checkpoint is not None else [],
             saved_sweep=checkpoint.sweep if checkpoint is not None else None, main=rank() == 0,
         )  # fmt: skip
         if record.main:
-            write_summary(out_dir / SUMMARY_FILE, {"status": "running", "sweeps": record.sweep, "epochs": cfg.epochs})
-            record.observers = observers_for(cfg, out_dir)
+            write_summary(out_dir / SUMMARY_FILE, {"status": "running", "sweeps": record.sweep, "epochs": spec.epochs})
+            record.observers = [*tracking.loggers(spec.logger, out_dir), *study.pruners()]
             try:
                 for observer in record.observers:
-                    observer.start(cfg, out_dir, record.sweep)
+                    observer.start(spec, out_dir, record.sweep)
             except BaseException as err:  # the observers started before it are closed
                 record.close_observers(_stopped_status(err), first_line(err))
                 raise
@@ -250,13 +231,13 @@ class _Record:
 
     def due(self, k: int) -> bool:
         """Whether sweep k is one that ``checkpoint.every`` checkpoints (the last and a stop are checkpointed too)."""
-        every = int(self.cfg.checkpoint.every)
+        every = self.spec.checkpoint_every
         return bool(every) and k > 0 and k % every == 0
 
     def save(self, row: dict[str, Any]) -> None:
         """The checkpoint of the sweep of ``row`` (every rank gathers its part; rank 0 writes it)."""
         checkpoint = Checkpoint(
-            sweep=int(row["sweep"]), config=self.config, trainer=self.trainer.state_dict(), rng=rng_state(),
+            sweep=int(row["sweep"]), config=self.spec.record, trainer=self.trainer.state_dict(), rng=rng_state(),
             rows=self.rows, metrics_bytes=self.writer.size, elapsed=time.perf_counter() - self.started,
             data_shape=_data_shape(self.data),
         )  # fmt: skip
@@ -280,12 +261,12 @@ class _Record:
         summary = summarize(
             metrics, status=status, **({"error": error} if error else {}),
             wall_seconds=time.perf_counter() - self.started, device=str(data.X_train.device),
-            dtype=self.cfg.dtype, parameters=net.n_parameters(),
+            dtype=self.spec.dtype_name, parameters=net.n_parameters(),
             sizes=net.sizes, n_train=data.n_train, n_test=data.n_test, **self.trainer.summary_fields(),
         )  # fmt: skip
         if self.main:
             write_summary(self.out_dir / SUMMARY_FILE, summary)
-            title = run_title(self.cfg, summary)
+            title = run_title(self.spec.config, summary)
             plot_curves(metrics, self.out_dir / CURVES_FILE, title=title)
             plot_convergence(metrics, self.out_dir / CONVERGENCE_FILE, title=title)
             self.finish_observers(status, summary, self.report_files())
@@ -341,8 +322,8 @@ def _train(record: _Record, stop: GracefulStop, progress: Progress | None) -> Ru
 def _sweeps_of(record: _Record, stop: GracefulStop, progress: Progress | None) -> RunResult:
     """The sweep loop of ``run``: metrics row, checkpoint and stop check after every sweep; a run that stops
     early writes the reports of the sweeps done and raises an error saying what its folder keeps."""
-    cfg, trainer, data, out_dir = record.cfg, record.trainer, record.data, record.out_dir
-    epochs, start = int(cfg.epochs), record.sweep
+    spec, trainer, data, out_dir = record.spec, record.trainer, record.data, record.out_dir
+    epochs, start = spec.epochs, record.sweep
     if progress is not None:
         progress.start(epochs)
         for row in record.rows[-1:]:
@@ -350,7 +331,7 @@ def _sweeps_of(record: _Record, stop: GracefulStop, progress: Progress | None) -
     previous = record.rows[-1] if record.rows else None
     status = "completed"
     try:
-        for row in sweeps(trainer, data, epochs, start=start, previous=previous, grad_norm=cfg.grad_norm):
+        for row in sweeps(trainer, data, epochs, start=start, previous=previous, grad_norm=spec.grad_norm):
             try:
                 record.add(row, progress)
             except Pruned:  # a search's pruner ends this trial: its folder is a finished run of fewer sweeps

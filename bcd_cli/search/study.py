@@ -32,9 +32,9 @@ from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from bcd_cli.errors import ConfigError
+from bcd_cli.reports.run import read_summary
 from bcd_cli.run.folders import MULTIRUN_FILE, STUDY_FILE
 from bcd_cli.run.observers import Pruned, RunObserver
-from bcd_cli.reports.run import read_summary
 
 if TYPE_CHECKING:
     import optuna
@@ -457,7 +457,7 @@ def shortfall(folder: Path) -> str | None:
 # ------------------------------------------------------------------------------------------------ the pruner
 
 
-def pruners(cfg: DictConfig, out_dir: Path) -> list[RunObserver]:
+def pruners() -> list[RunObserver]:
     """The pruner of a search's trial; none outside a search (Optuna is not imported then) or with pruner none."""
     if not HydraConfig.initialized():
         return []
@@ -479,7 +479,7 @@ class TrialPruner:
         self.settings, self.sweep_dir, self.number = settings, sweep_dir, number
         self.trial: optuna.trial.Trial | None = None
 
-    def start(self, cfg: DictConfig, out_dir: Path, start_sweep: int) -> None:
+    def start(self, spec: Any, out_dir: Path, start_sweep: int) -> None:
         import optuna
 
         _quiet_optuna()
