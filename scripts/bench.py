@@ -327,3 +327,40 @@ def cpu_seconds() -> tuple[float, float]:
     busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return busy / os.sysconf("SC_CLK_TCK"), usage.ru_utime + usage.ru_stime
+
+
+def measured_peaks(phases: dict[str, Callable[[], object]]) -> dict[str, int]:
+    """The most bytes PyTorch's CPU allocator holds during each of ``phases`` (run in order, in one
+    ``torch.profiler`` session with ``profile_memory=True``), counting only what the phases allocate: every
+    allocation is followed by its address until it is freed. Exact, and independent of the machine's malloc,
+    page size, thread count or load. For the tests and ``bench_sweep.py``, against ``bcd_cli.run.memory``'s
+    estimate; a run does not call it."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        for name, run in phases.items():
+            with record_function(f"phase:{name}"):
+                run()
+    events: list[tuple[int, int, int, int, str]] = []
+
+    def walk(nodes: Any, phase: str) -> None:
+        for node in nodes:
+            if node.name.startswith("phase:"):
+                phase = node.name.removeprefix("phase:")
+            fields = node.extra_fields
+            if type(fields).__name__ == "_ExtraFields_Allocation" and str(fields.device) == "cpu":
+                events.append((node.start_time_ns, len(events), fields.ptr, fields.alloc_size, phase))
+            walk(node.children, phase)
+
+    walk(prof.profiler.kineto_results.experimental_event_tree(), "")
+    live: dict[int, int] = {}
+    total, peaks = 0, dict.fromkeys(phases, 0)
+    for _, _, ptr, size, label in sorted(events):
+        if size > 0:
+            live[ptr] = size
+            total += size
+        else:
+            total -= live.pop(ptr, 0)  # memory allocated before the session is not followed
+        if label in peaks:
+            peaks[label] = max(peaks[label], total)
+    return peaks

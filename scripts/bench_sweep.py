@@ -79,6 +79,7 @@ from bench import (
     case_data,
     cpu_seconds,
     gemm_bound_seconds,
+    measured_peaks,
     product_shapes,
     record_matrix_ops,
     replayed_ops,
@@ -353,7 +354,7 @@ def _ratio(estimate: float, measured: float) -> float:
 
 def allocator_case(case: Case) -> dict:
     """The same peaks as ``memory_case``, and that of building the algorithm on the data, counted in
-    PyTorch's CPU allocator (``bcd_cli.run.memory.measured_peaks``: every allocation followed by its address until
+    PyTorch's CPU allocator (``bench.measured_peaks``: every allocation followed by its address until
     freed, through torch.profiler): exact bytes of tensors, without the resident set's page granularity,
     glibc's heap or the libraries; beside them the estimate's ratios to them (``estimate_*_alloc_ratio``).
     On CUDA ``memory_case`` is already exact: nothing to add."""
@@ -377,7 +378,7 @@ def allocator_case(case: Case) -> dict:
 
     phases = {"load": load, "build": build, "sweep": lambda: run["trainer"].sweep(),
               "eval": lambda: evaluate(True), "eval_no_grad": lambda: evaluate(False)}  # fmt: skip
-    peaks = {key: value / 2**20 for key, value in memory.measured_peaks(phases).items()}
+    peaks = {key: value / 2**20 for key, value in measured_peaks(phases).items()}
     estimate = memory.estimate_for(resolve(run["cfg"]), run["data"])
     estimated = {
         "build": estimate.build_peak / 2**20, "sweep": estimate.sweep_peak / 2**20,

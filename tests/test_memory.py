@@ -1,7 +1,7 @@
 """The memory estimate (``bcd_cli.run.memory``): exact for the state and the data, above the measured peak, and
 the check that refuses a run the device cannot hold.
 
-The peaks are measured in PyTorch's own CPU allocator (``memory.measured_peaks``: ``torch.profiler`` with
+The peaks are measured in PyTorch's own CPU allocator (``bench.measured_peaks``: ``torch.profiler`` with
 ``profile_memory=True`` reports every allocation and free with its address), so the bytes live at each moment
 are counted exactly, whatever the machine's malloc, page size, thread count or load (no resident-set or
 timing measurement).
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench import measured_peaks
 
 from bcd_cli.run import memory
 from bcd_cli.catalogue._memory import ActivationMemory, LossMemory, RegularizerMemory
@@ -91,7 +92,7 @@ def test_measured_peaks_follow_each_allocation_until_it_is_freed():
         temporary = torch.empty(2000, dtype=torch.float64)
         del temporary, before
 
-    peaks = memory.measured_peaks({"first": lambda: kept.append(torch.empty(1000)), "second": second})
+    peaks = measured_peaks({"first": lambda: kept.append(torch.empty(1000)), "second": second})
     assert peaks == {"first": 4000, "second": 4000 + 16000}
 
 
@@ -114,7 +115,7 @@ def test_peak_estimate_bounds_the_measured_peak(name):
         "evaluation": lambda: run["algorithm"].evaluate(run["data"], grad_norm=cfg.grad_norm),
         "third sweep": lambda: run["algorithm"].sweep(),  # the first one an accelerated scheme extrapolates
     }
-    measured = memory.measured_peaks(phases)
+    measured = measured_peaks(phases)
     estimate = memory.estimate_for(cfg, run["data"])
     sweep = max(measured["sweep"], measured["sweep again"], measured["third sweep"])
     assert measured["build"] <= estimate.build_peak <= 1.5 * measured["build"]
@@ -162,7 +163,7 @@ def test_closed_form_evaluation_over_several_chunks_is_estimated(name, extra):
         "sweep": lambda: run["algorithm"].sweep(),
         "evaluation": lambda: run["algorithm"].evaluate(run["data"], grad_norm=cfg.grad_norm),
     }
-    measured = memory.measured_peaks(phases)["evaluation"]
+    measured = measured_peaks(phases)["evaluation"]
     assert len(chunking.column_chunks(run["data"].X_train.shape[1])) == 3
     estimate = memory.estimate_for(cfg, run["data"])
     assert measured <= estimate.eval_peak <= 1.5 * measured
@@ -378,7 +379,7 @@ def test_two_splitting_sweep_holds_one_new_state_block_and_the_estimate_follows(
         "sweep": lambda: run["algorithm"].sweep(),
         "sweep again": lambda: run["algorithm"].sweep(),
     }
-    measured = memory.measured_peaks(phases)
+    measured = measured_peaks(phases)
     data, algorithm = run["data"], run["algorithm"]
     assert data.X_train.shape[1] == n
     held = _nbytes(_state_tensors(algorithm)) + _nbytes(_data_tensors(data))

@@ -2,8 +2,8 @@
 
 Every entry declares one of these as ``memory`` (a class attribute, or a property when it depends on a
 field, as a loss's ``solver`` does). The numbers are counts of tensors the size of the block the entry
-works on, besides the ones the engine allocates around it; ``bcd_cli.run.memory`` multiplies them by the
-block's bytes. They are measured on the entry itself (``torch.profiler`` with ``profile_memory=True``),
+works on, besides the ones the engine allocates around it; the engine's workspace declarations
+(``bcd_cli.engine.workspace``) multiply them by the block's bytes. They are measured on the entry itself (``torch.profiler`` with ``profile_memory=True``),
 and ``tests/test_memory.py`` checks the estimates built from them against measured peaks.
 """
 

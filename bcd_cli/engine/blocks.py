@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from bcd_cli.catalogue._memory import RegularizerMemory
 from bcd_cli.engine.chunking import cpu_row_chunks
 from bcd_cli.engine.inner import (
     ColumnGradient,
@@ -23,13 +24,23 @@ from bcd_cli.engine.inner import (
     InnerSolver,
     columnwise_prox_gradient,
     fista,
+    fista_workspace,
     largest_eigenvalue,
+    largest_eigenvalue_workspace,
     prox_gradient,
     sample_chunks,
     spectral_norm_squared,
 )
-from bcd_cli.engine.linalg import add_to_diagonal, gram, shifted_gram_solve, spd_solve
+from bcd_cli.engine.linalg import (
+    add_to_diagonal,
+    gram,
+    shifted_gram_solve,
+    shifted_gram_solve_workspace,
+    spd_solve,
+    spd_solve_workspace,
+)
 from bcd_cli.engine.parallel import all_reduce_sum_, world_size
+from bcd_cli.engine.workspace import Shapes, Tally
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +76,14 @@ def feasible(reg, X: Tensor) -> Tensor:
     return reg.prox(X, 0.0)
 
 
+def feasible_workspace(t: Tally, reg: RegularizerMemory, total: int, largest: int) -> None:
+    """What ``feasible`` of blocks of ``total`` bytes in all (the largest ``largest``) allocates when the prox
+    returns new tensors (``copies``): the new blocks, all made before the old are freed, and the prox's
+    temporaries on the largest."""
+    if reg.copies:
+        t.touch(total, max(0, reg.prox - 1) * largest)
+
+
 def update_output_state(loss, reg_v, Y: Tensor, target: Tensor, V_old: Tensor, *, gamma: float, alpha: float) -> Tensor:
     """Returns argmin_V R(V; Y) + s_N(V) + gamma/2 ||V - target||^2 + alpha/2 ||V - V_old||^2 (step 1 of Algorithm 2).
 
@@ -82,6 +101,16 @@ def update_output_state(loss, reg_v, Y: Tensor, target: Tensor, V_old: Tensor, *
     center = V_old * (alpha / weight)
     center.add_(target, alpha=gamma / weight)
     return reg_v.prox_with(lambda c, w: loss.prox(Y, c, w), center, weight)
+
+
+def update_output_state_workspace(t: Tally, s: Shapes) -> None:
+    """What ``update_output_state`` allocates (``engine.workspace``) on the classes x n block V_N: at its peak
+    the loss's ``output`` blocks and the regularizer's, the result among them, which stays allocated."""
+    t.label = f"the V{s.depth} block"
+    block = s.sizes[-1] * s.n * s.e
+    peak = s.loss.output + s.reg_v.output
+    t.alloc(peak * block)
+    t.free((peak - 1) * block)
 
 
 def update_preactivation(
@@ -108,6 +137,13 @@ def update_preactivation(
         else:
             b.copy_(act.prox(v, b, c, start=U_old[rows]))
     return Z
+
+
+def update_preactivation_workspace(t: Tally, s: Shapes, l: int) -> None:
+    """What ``update_preactivation`` of layer l allocates besides Z (the caller's new tensor, its result): per
+    row chunk V - V_in for a residual layer and the activation's prox temporaries (its ``prox`` profile)."""
+    chunk = s.chunk(s.sizes[l + 1], s.n) * s.e
+    t.touch(chunk if s.residual[l] else 0, s.act_of(l).prox * chunk)
 
 
 def input_moments(V_in: Tensor) -> Tensor:
@@ -204,6 +240,35 @@ def update_weights(
     return Theta[:, :d].contiguous(), Theta[:, d].contiguous()
 
 
+def update_weights_workspace(t: Tally, s: Shapes, l: int, *, moments: bool) -> int:
+    """What ``update_weights`` of layer l allocates (``moments``: given the data's): H and G of the (d+1) x (d+1)
+    normal equations, their solve, and for a nonsmooth r FISTA from the prox of the solution; the new W and b
+    stay allocated. Returns the bytes b holds: all of the (d+1) x m solution of the closed form (b is a view
+    of it), else its own copy."""
+    d, m, e = s.sizes[l], s.sizes[l + 1], s.e
+    k = d + 1
+    t.label = f"the W{l + 1} block, its {k} x {k} normal equations"
+    t.alloc(k * k * e)  # H: [V;1][V;1]^T, V V^T written into it (``linalg.gram``); or the data's, copied
+    if not moments:
+        t.touch(d * e)  # V's row sums
+    t.alloc(m * k * e)  # G
+    t.touch(m * d * e, m * e, k * e)  # U V^T + alpha W, U's row sums, the diagonal
+    if s.reg_w.quadratic:
+        X = spd_solve_workspace(t, k, m, e=e, es=s.es, G=e, rhs=s.es, overwrite=False)
+        t.alloc(m * d * e)  # W = Theta[:, :d].contiguous(); b stays a view of X
+        t.free(k * k * e, m * k * e)  # H, G
+        return X
+    largest_eigenvalue_workspace(t, k, e, cpu=s.cpu)
+    X = spd_solve_workspace(t, k, m, e=e, es=s.es, G=e, rhs=s.es, overwrite=False)
+    prox = s.reg_w.prox * m * d * e
+    t.alloc(prox, m * k * e)  # prox of the solution, the candidate (torch.cat)
+    t.free(X, prox)
+    fista_workspace(t, m * k * e, prox)
+    t.alloc(m * d * e, m * e)  # W, b (copies)
+    t.free(m * k * e, k * k * e, m * k * e)  # the candidate, H, G
+    return m * e
+
+
 def update_hidden_state(
     reg_v,
     target: Tensor,
@@ -252,6 +317,26 @@ def update_hidden_state(
         lipschitz=L, prox=reg_v.prox, penalty=reg_v, solver=inner or InnerSolver(),
         candidate=reg_v.prox(solution, 1.0 / L),  # the minimiser without h, moved into dom h
     )  # fmt: skip
+
+
+def update_hidden_state_workspace(t: Tally, s: Shapes, l: int) -> None:
+    """What ``update_hidden_state`` of V_{l+1} allocates with ``overwrite_target`` (the target, allocated by the
+    caller, becomes G, then V): W^T b, the closed form's solve in G's memory, or for a nonsmooth s H, the
+    solution without s, FISTA, and the result, which replaces G."""
+    m, p, e, n = s.sizes[l + 1], s.sizes[l + 2], s.e, s.n
+    t.touch(m * e)  # W^T b
+    if s.reg_v.quadratic:
+        shifted_gram_solve_workspace(t, p, m, n, e=e, es=s.es, er=s.er)
+        return
+    block, prox = m * n * e, s.reg_v.prox
+    t.alloc(m * m * e)  # rho W^T W (``linalg.gram``), shifted in place
+    X = spd_solve_workspace(t, m, n, e=e, es=s.es, G=e, rhs=s.er, overwrite=False)
+    largest_eigenvalue_workspace(t, m, e, cpu=s.cpu)
+    t.alloc(prox * block)  # the candidate and its prox's temporaries
+    t.free((prox - 1) * block)
+    fista_workspace(t, block, prox * block)
+    t.alloc(block)  # the result
+    t.free(X, block, block, m * m * e)  # the solution, the candidate, G, H
 
 
 def update_hidden_state_nonlinear(
@@ -308,6 +393,42 @@ def update_hidden_state_nonlinear(
     return columnwise_prox_gradient(
         local, V_old, chunks=chunks, step=1.0 / curvature, prox=reg_v.prox, penalty=reg_v, solver=inner
     )
+
+
+def update_hidden_state_nonlinear_workspace(t: Tally, s: Shapes, l: int) -> None:
+    """What ``update_hidden_state_nonlinear`` of V_{l+1} (two-splitting) allocates: one new block, the iterate
+    (the new V, which stays), and one column chunk's temporaries at a time: the target's columns, the gradient
+    there, a trial point and its terms."""
+    m, p, n, e = s.sizes[l + 1], s.sizes[l + 2], s.n, s.e
+    w = sample_chunk_columns(s, max(m, p))
+    mc, pc = m * w * e, p * w * e
+    forward, prox = s.act.forward, s.reg_v.prox
+    t.label = f"the V{l + 1} block"
+    t.alloc(m * n * e)  # the iterate
+    t.alloc(mc, (1 + forward) * mc)  # the target's columns: W V + b, sigma of it (then T, in place)
+    t.free(mc + forward * mc)
+    t.alloc(pc, (1 + forward) * pc, pc)  # the gradient: the next layer's W V + b, sigma of it, the residual
+    t.free(forward * pc)
+    t.touch(pc / e, (1 + forward) * pc)  # sigma'
+    t.free(2 * pc)
+    t.alloc(mc, mc)  # V - T, the gradient
+    t.free(mc + pc)
+    t.alloc(mc, mc)  # a trial point: step g, V - step g, then its prox
+    t.free(mc)
+    t.alloc(prox * mc)
+    t.free(max(prox - 1, 0) * mc + (mc if prox else 0))
+    t.touch(mc)  # Z - V
+    t.alloc(pc, (1 + forward) * pc)  # its W Z + b, sigma of it
+    t.free(pc + forward * pc)
+    t.touch(max(mc, pc), prox * mc)  # squared distances, the penalty
+    t.free(pc, mc, mc, mc)  # sigma, the trial, the gradient, the target
+
+
+def sample_chunk_columns(s: Shapes, rows: int) -> int:
+    """Samples per chunk of the solvers that sweep a block's samples chunk by chunk (``inner.sample_chunks``),
+    ``rows`` the most rows of their temporaries."""
+    first = sample_chunks(s.n, rows, cpu=s.cpu)[0]
+    return first.stop - first.start
 
 
 def update_weights_nonlinear(
@@ -372,6 +493,35 @@ def update_weights_nonlinear(
     return Theta[:, :d].contiguous(), Theta[:, d].contiguous()
 
 
+def update_weights_nonlinear_workspace(t: Tally, s: Shapes, l: int) -> int:
+    """What ``update_weights_nonlinear`` of layer l allocates: [W_old b_old], the iterate and its gradient, a
+    trial point and its gradient, one column chunk's temporaries; the new W and b (copies) stay. Returns b's
+    bytes."""
+    d, m, e = s.sizes[l], s.sizes[l + 1], s.e
+    theta, W = m * (d + 1) * e, m * d * e
+    mc = m * sample_chunk_columns(s, max(d, m)) * e
+    forward, prox = s.act.forward, s.reg_w.prox
+    t.label = f"the W{l + 1} block"
+    t.alloc(theta, theta, theta)  # [W_old b_old], an iterate after a step, its gradient
+    t.alloc(theta, theta)  # a trial point: step g, Theta - step g, then its prox (and torch.cat)
+    t.free(theta)
+    t.alloc(prox * W, theta)
+    t.free(prox * W, theta)
+    t.touch(theta, prox * W)  # Z - Theta, the penalty
+    t.alloc(theta)  # the trial's gradient, summed over the chunks
+    t.touch(s.chunk(m, d + 1) * e)  # the proximal term
+    t.alloc(mc, (1 + forward) * mc)  # a chunk: W V + b, sigma of it, the squared distance, the residual
+    t.free(forward * mc)
+    t.touch(mc)
+    t.alloc(mc)
+    t.touch(mc / e, (1 + forward) * mc)  # sigma'
+    t.free(3 * mc)
+    t.free(theta, theta, theta)  # accepted: the trial and its gradient replace the iterate's
+    t.alloc(W, m * e)  # W, b (copies)
+    t.free(theta, theta)  # the last iterate and its gradient
+    return m * e
+
+
 def squared_distance(A: Tensor, B: Tensor) -> Tensor:
     """||A - B||_F^2 as a 0-dim tensor on A's device (no host synchronisation).
 
@@ -385,3 +535,8 @@ def squared_distance(A: Tensor, B: Tensor) -> Tensor:
     if len(chunks) == 1:
         return torch.sub(A, B).square_().sum()
     return torch.stack([torch.sub(A[rows], B[rows]).square_().sum() for rows in chunks]).sum()
+
+
+def squared_distance_workspace(s: Shapes, rows: int, cols: int) -> int:
+    """Bytes ``squared_distance`` of two rows x cols blocks allocates: one row chunk's difference."""
+    return s.chunk(rows, cols) * s.e

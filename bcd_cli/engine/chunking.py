@@ -14,8 +14,8 @@ Three kinds of work are cut, each for its own reason (docs/math.md §2.7):
   (``wide_column_chunks``).
 
 Each kind has a function of the tensor the engine calls and a function of the shape alone, which the
-memory estimate (``bcd_cli.run.memory``) calls to follow the same pieces on paper. The constants are read
-when a function is called, so that a test may shrink them.
+workspace declarations of the memory estimate (``engine.workspace``) call to count the same pieces.
+The constants are read when a function is called, so that a test may shrink them.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from bcd_cli.engine import chunking
+from bcd_cli.engine.workspace import Tally
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,16 @@ def fista(
         Hy = Hx + beta * (Hx - Hx_prev)  # H (x + beta (x - x_prev)) by linearity: no extra product
         t = t_next
     return x
+
+
+# blocks of live iterates (x, H x, y, H y, z, H z, moved, previous x, H x) in monotone FISTA
+FISTA_BLOCKS = 10
+
+
+def fista_workspace(t: Tally, block: float, prox: float) -> None:
+    """What ``fista`` on a block of ``block`` bytes allocates besides G, x0 and the candidate: its iterates and
+    their products with H, and the ``prox`` bytes of a prox's temporaries."""
+    t.touch(FISTA_BLOCKS * block, prox)
 
 
 def prox_gradient(
@@ -317,6 +328,13 @@ def _column_chunk(
 def largest_eigenvalue(H: Tensor) -> float:
     """The largest eigenvalue of the symmetric matrix H (the step size of a gradient method on 1/2 <X, H X>)."""
     return float(torch.linalg.eigvalsh(H.double())[-1])
+
+
+def largest_eigenvalue_workspace(t: Tally, k: int, e: int, *, cpu: bool) -> None:
+    """What ``largest_eigenvalue`` of a k x k H of ``e`` bytes an element allocates: H in float64 (unless it is),
+    ``eigvalsh``'s copy and LAPACK's (CPU) or cuSOLVER's workspace."""
+    work = 4 * k * 8 if cpu else k * k * 8
+    t.touch(k * k * 8 if e != 8 else 0, k * k * 8, work)
 
 
 def spectral_norm_squared(A: Tensor, iters: int = 30) -> float:

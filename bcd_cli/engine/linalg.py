@@ -8,7 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from bcd_cli.engine.chunking import wide_column_chunks
+from bcd_cli.engine.chunking import wide_chunk_columns, wide_column_chunks
+from bcd_cli.engine.workspace import Tally
 from bcd_cli.errors import NumericalError
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,56 @@ def woodbury_is_cheaper(m: int, d: int) -> bool:
     m^2 + 2 m d < d^2, the work per right-hand side of the m x m triangular solves and the two m-row
     products against the d^2 of the d x d triangular solves."""
     return m * m + 2 * m * d < d * d
+
+
+def spd_solve_workspace(t: Tally, k: int, cols: int, *, e: int, es: int, G: int, rhs: int, overwrite: bool) -> int:
+    """What ``spd_solve`` of a k x k H (``e`` bytes an element, allocated by the caller) for a k x cols G of
+    ``G`` bytes an element allocates (``workspace``): H in the solve dtype (``es``) and its factor L,
+    ``isfinite(H)``'s temporaries, L in the right-hand sides' dtype (``rhs``), the solution (none with
+    ``overwrite``) and ``_map_columns``' wide chunks. Returns the solution's bytes, which stay allocated."""
+    cast = k * k * es if es != e else 0
+    t.alloc(cast, k * k * es)  # H in the solve dtype, its factor L
+    t.free(cast)
+    t.touch(k * k * e, 2 * k * k)  # isfinite(H): |H| and two masks
+    L_rhs = k * k * rhs if rhs != es else 0
+    t.alloc(L_rhs)
+    X = 0 if overwrite else k * cols * G
+    t.alloc(X)
+    if G != rhs:
+        t.touch(map_columns_workspace(k, cols, G, rhs))
+    t.free(k * k * es, L_rhs)
+    return X
+
+
+def shifted_gram_solve_workspace(t: Tally, p: int, m: int, n: int, *, e: int, es: int, er: int) -> None:
+    """What ``shifted_gram_solve`` for W of shape p x m and G of shape m x n (``e`` bytes an element) allocates
+    into G's memory (``overwrite``): W^T W and its solve, or Woodbury's p x p K, W in the right-hand sides'
+    dtype (``er``) and W G, its column chunks and their ``torch.cat``."""
+    if not woodbury_is_cheaper(p, m):  # the m x m system
+        t.alloc(m * m * e)  # W^T W (``gram``), scaled and shifted in place
+        spd_solve_workspace(t, m, n, e=e, es=es, G=e, rhs=er, overwrite=True)
+        t.free(m * m * e)
+        return
+    wide = p * m * er if er != e else 0  # W_wide, K = shift I + scale W W^T (p x p)
+    t.alloc(wide, p * p * e)
+    width = wide_chunk_columns(m, n, widened=er != e)
+    t.alloc(p * n * er)  # W G (column chunks in the wider dtype)
+    if er != e:
+        t.touch(m * width * er)
+    t.alloc(p * n * er)  # their torch.cat: WG
+    t.free(p * n * er)
+    spd_solve_workspace(t, p, n, e=e, es=es, G=er, rhs=er, overwrite=True)
+    if er != e:
+        t.touch(map_columns_workspace(m, n, e, er))  # G - scale W^T R, column chunk by column chunk
+    t.free(p * n * er, p * p * e, wide)
+
+
+def map_columns_workspace(rows: int, cols: int, G: int, wide: int) -> int:
+    """Bytes of the wide copies ``_map_columns`` holds at once for a rows x cols G of ``G`` bytes an element
+    worked on in a dtype of ``wide`` bytes: two chunks (the next one is made before the loop variable lets the
+    previous one go), or the only one."""
+    width = wide_chunk_columns(rows, cols, widened=G != wide)
+    return min(2, -(-cols // width)) * rows * width * wide
 
 
 def _map_columns(

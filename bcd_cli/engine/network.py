@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from bcd_cli.catalogue.activations import Linear
-from bcd_cli.engine.chunking import column_chunks
+from bcd_cli.engine.chunking import column_chunk_width, column_chunks
+from bcd_cli.engine.workspace import Shapes, Tally
 
 
 @dataclass
@@ -73,6 +74,27 @@ class MLP:
             b.append(torch.full((d_out,), float(init_bias), dtype=dtype, device=device))
         return cls(W, b, acts, residual)
 
+    @staticmethod
+    def init_workspace(t: Tally, s: Shapes) -> None:
+        """What ``init`` allocates on ``s``: each layer's float64 draw and its scaling on the CPU, the previous
+        layer's draw kept until the next one's replaces it, and W and b in the run's dtype (the draw itself in
+        float64; elsewhere than the CPU only the result is on the device). W and b stay."""
+        sizes, e = s.sizes, s.e
+        t.label = "drawing the weights"
+        drawn = 0  # the previous layer's float64 draw: its variable lets it go at the next one's
+        for l in range(s.depth):
+            w = sizes[l + 1] * sizes[l]
+            if s.cpu:
+                t.alloc(8 * w, 8 * w)  # randn, times the std
+                t.free(8 * w, drawn)
+                if e != 8:  # .to(dtype): a copy
+                    drawn = 8 * w
+                    t.alloc(e * w)
+            else:
+                t.alloc(e * w)
+            t.alloc(sizes[l + 1] * e)
+        t.free(drawn)
+
     @property
     def depth(self) -> int:
         return len(self.W)
@@ -98,6 +120,21 @@ class MLP:
             return out + V
         return out.clone() if out is U else out
 
+    @staticmethod
+    def layer_output_workspace(t: Tally, s: Shapes, l: int, cols: int) -> None:
+        """What ``layer_output`` of layer l on ``cols`` samples allocates: sigma's temporaries and its result, which
+        stays (for a residual layer sigma(U) while sigma(U) + V is made)."""
+        block = s.sizes[l + 1] * cols * s.e
+        forward = s.act_of(l).forward
+        if s.residual[l]:
+            t.alloc(block)
+            t.touch(forward * block)
+            t.alloc(block)
+            t.free(block)
+        else:
+            t.touch(forward * block)
+            t.alloc(block)
+
     def forward_states(self, X: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """U and V of one forward pass: ``V[0] = X``, ``U[l] = W_l V[l] + b_l``, ``V[l+1]`` = layer l's output."""
         V, U = [X], []
@@ -105,6 +142,14 @@ class MLP:
             U.append(self.pre_activation(l, V[l]))
             V.append(self.layer_output(l, V[l], U[l]))
         return U, V
+
+    @staticmethod
+    def forward_states_workspace(t: Tally, s: Shapes) -> None:
+        """What ``forward_states`` on the n training samples allocates: U and V of every layer, which stay, and
+        sigma's temporaries (and sigma(U) + V's) on the widest layer."""
+        t.label = "the first forward pass"
+        t.alloc(2 * s.widths() * s.n * s.e)
+        t.touch((s.act.forward + any(s.residual)) * max(s.sizes[1:]) * s.n * s.e)
 
     @torch.no_grad()
     def __call__(self, X: Tensor) -> Tensor:
@@ -119,6 +164,31 @@ class MLP:
         for l in range(self.depth):
             X = self.layer_output(l, X, self.pre_activation(l, X))
         return X
+
+    @staticmethod
+    def call_workspace(t: Tally, s: Shapes, cols: int) -> None:
+        """What ``__call__`` on ``cols`` samples allocates: the output (classes x cols, which stays), one column
+        chunk's layers at their widest, and the ``torch.cat`` of the chunks' outputs."""
+        sizes, e, c = s.sizes, s.e, s.sizes[-1]
+        w = column_chunk_width(cols)
+        chunk = max(
+            ((sizes[l] if l else 0) + (2 + s.act_of(l).forward + int(s.residual[l])) * sizes[l + 1]) * w * e
+            for l in range(s.depth)
+        )
+        t.alloc(c * cols * e)  # the chunks' outputs
+        t.touch(chunk)
+        if len(column_chunks(cols)) > 1:
+            t.touch(c * cols * e)
+
+    @classmethod
+    def evaluate_workspace(cls, t: Tally, s: Shapes, cols: int, *, loss: bool) -> None:
+        """What ``Trainer.evaluate`` allocates for the network on ``cols`` samples: ``__call__``, then (with
+        ``loss``) R of its output, and its accuracy (argmax == labels, as float64); the output stays."""
+        if cols < 1:
+            return
+        t.label = f"the forward pass on the {'training' if loss else 'test'} samples"
+        cls.call_workspace(t, s, cols)
+        t.touch(s.loss.value * s.sizes[-1] * cols * s.e if loss else 0, 17 * cols)
 
     def accuracy(self, X: Tensor, labels: Tensor) -> float:
         """Fraction of columns of X whose largest output is the label."""

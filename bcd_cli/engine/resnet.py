@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from bcd_cli.engine.network import MLP
 from bcd_cli.engine.three_splitting import ThreeSplittingBCD
+from bcd_cli.engine.workspace import Shapes, Tally
 
 
 class ResNetBCD(ThreeSplittingBCD):
@@ -36,6 +38,16 @@ class ResNetBCD(ThreeSplittingBCD):
             target.add_(V[l + 2]).sub_(net.acts[l + 1](U[l + 1])).mul_(0.5)  # layer_output: a new tensor
             weight = 2 * gamma
         return self.with_proximal_term(l, target, weight)
+
+    @classmethod
+    def hidden_state_target_workspace(cls, t: Tally, s: Shapes, l: int) -> None:
+        """Three-splitting's, and before the proximal term sigma(U_{l+1}) of a residual successor."""
+        block = s.sizes[l + 1] * s.n * s.e
+        MLP.layer_output_workspace(t, s, l, s.n)
+        if s.residual[l + 1]:
+            t.touch(block, s.act.forward * block)
+        if not s.reg_v.quadratic:
+            t.touch(block)
 
     def residual_input(self, l: int) -> Tensor | None:
         return self.V[l] if self.net.residual[l] else None

@@ -34,15 +34,26 @@ from torch import Tensor
 from bcd_cli.engine.blocks import (
     feasible,
     squared_distance,
+    squared_distance_workspace,
     update_hidden_state,
+    update_hidden_state_workspace,
     update_output_state,
+    update_output_state_workspace,
     update_preactivation,
+    update_preactivation_workspace,
     update_weights,
+    update_weights_workspace,
 )
-from bcd_cli.engine.chunking import column_chunks
+from bcd_cli.engine.chunking import column_chunk_width, column_chunks
+from bcd_cli.engine.network import MLP
 from bcd_cli.engine.parallel import all_reduce_sum_
 from bcd_cli.engine.scheme import BCDScheme
 from bcd_cli.engine.trainer import Samples
+from bcd_cli.engine.workspace import LINEAR, Shapes, Tally, Workspace, workspace_of
+
+# blocks of grad U = sigma'(U) ... and its square: sigma'(U) holds at most three, its result included, in any
+# catalogue entry (Sigmoid: sigma(U), 1 - sigma(U) and their product; ReLU a byte mask and the result)
+DERIVATIVE_BLOCKS = 3
 
 
 class ThreeSplittingBCD(BCDScheme):
@@ -54,6 +65,7 @@ class ThreeSplittingBCD(BCDScheme):
 
     name = "three"
     splitting = "three"
+    sample_kinds = 2  # V and U: the blocks with one column per sample
     layer_blocks = ("V", "U", "W")  # sweep: V_N, U_N, W_N, V_{N-1}, U_{N-1}, W_{N-1}, ..., W_1
 
     def block_tensors(self, kind: str, l: int) -> list[Tensor]:
@@ -127,6 +139,54 @@ class ThreeSplittingBCD(BCDScheme):
             D += squared_distance(W_new, W[l]) + squared_distance(b_new, b[l])
             W[l], b[l] = W_new, b_new
         return (D + all_reduce_sum_(D_states)).item()
+
+    @classmethod
+    def sweep_workspaces(cls, s: Shapes) -> list[Workspace]:
+        """The workspace of each block of ``sweep_blocks`` on ``s``, in its order (``engine.workspace``)."""
+        found = []
+        for l in reversed(range(s.depth)):
+            found.append(workspace_of(f"the V{l + 1} block", cls.state_block_workspace, s, l))
+            found.append(workspace_of(f"the U{l + 1} block", cls.preactivation_block_workspace, s, l))
+            found.append(workspace_of(f"the W{l + 1} block", cls.weights_block_workspace, s, l))
+        return found
+
+    @classmethod
+    def state_block_workspace(cls, t: Tally, s: Shapes, l: int) -> None:
+        """The V_{l+1} block of ``sweep_blocks``: its target, the update, D's term; the new V replaces the old."""
+        m, n = s.sizes[l + 1], s.n
+        if l == s.depth - 1:
+            update_output_state_workspace(t, s)
+        else:
+            cls.hidden_state_target_workspace(t, s, l)
+            update_hidden_state_workspace(t, s, l)
+        t.touch(squared_distance_workspace(s, m, n))
+        t.free(m * n * s.e)  # the old V
+
+    @classmethod
+    def hidden_state_target_workspace(cls, t: Tally, s: Shapes, l: int) -> None:
+        """What ``hidden_state_target`` allocates: sigma(U_l) (+ V_l), which stays, and with a nonsmooth s the
+        target with the proximal term in its place."""
+        MLP.layer_output_workspace(t, s, l, s.n)
+        if not s.reg_v.quadratic:
+            t.touch(s.sizes[l + 1] * s.n * s.e)
+
+    @staticmethod
+    def preactivation_block_workspace(t: Tally, s: Shapes, l: int) -> None:
+        """The U_l block of ``sweep_blocks``: W V + b, the prox into it, D's term; the new U replaces the old."""
+        block = s.sizes[l + 1] * s.n * s.e
+        t.alloc(block)
+        update_preactivation_workspace(t, s, l)
+        t.touch(squared_distance_workspace(s, s.sizes[l + 1], s.n))
+        t.free(block)
+
+    @classmethod
+    def weights_block_workspace(cls, t: Tally, s: Shapes, l: int) -> None:
+        """The W_l block of ``sweep_blocks``: the update (from ``data_moments`` for the first layer), D's term;
+        the new W and b replace the old."""
+        d, m = s.sizes[l], s.sizes[l + 1]
+        b = update_weights_workspace(t, s, l, moments=l == 0 and cls.caches_moments(s))
+        t.touch(squared_distance_workspace(s, m, d))
+        t.free(m * d * s.e, b)
 
     def objective_parts(self):
         """The terms of (2.5) (or (3.4) for residual layers, whose penalty is ||V_i - V_{i-1} - sigma(U_i)||^2)."""
@@ -211,6 +271,70 @@ class ThreeSplittingBCD(BCDScheme):
                 tally.W_grads[l].addmm_(E, V[l].T, alpha=-rho)
                 tally.b_grads[l].sub_(E.sum(dim=1), alpha=rho)
             E_next, P_next = E, P
+
+    @classmethod
+    def evaluation_workspace(cls, t: Tally, s: Shapes) -> None:
+        """What ``evaluate`` allocates on ``s``: the W and b gradients (with the gradient norm), the widest column
+        chunk's forward pass and objective terms, its closed-form gradient, then the test samples' forward pass
+        and the squares of the W and b gradients. The chunks allocate alike: the widest one's work is followed.
+        (Samples other than the trainer's own, which a run never passes, would add a forward pass over them.)"""
+        sizes, e, N = s.sizes, s.e, s.depth
+        w = column_chunk_width(s.n)
+        gradient = s.grad_norm and s.reg_w.quadratic and s.reg_v.quadratic
+        t.label = "the objective" + (" and its gradient" if gradient else "")
+        if gradient:
+            t.alloc(s.weights() * e)  # the W and b gradients
+        blocks = [sizes[l + 1] * w * e for l in range(N)]  # one chunk of layer l's U, V (and E, P, gradients)
+        t.alloc(blocks[0])  # Z_1 = W_1 X + b_1: the forward pass's first pre-activation, then E_1
+        _chunk_forward_workspace(t, s, blocks, w)
+        t.touch(s.loss.value * blocks[-1], max(blocks))  # R(V_N), r(V_l) (|V|, V^2 or a mask)
+        for l in reversed(range(N)):
+            _chunk_layer_workspace(t, s, l, blocks[l], gradient)
+            if l < N - 1:
+                t.free(2 * blocks[l + 1])  # E and P of layer l + 1
+        t.free(2 * blocks[0])
+        MLP.evaluate_workspace(t, s, s.n_test, loss=False)
+        t.label = "the gradient norm"
+        t.touch(s.largest_weight() * e)  # r(W): W^2 or |W|
+        if gradient:  # the square of each W and b gradient in turn
+            t.touch(s.largest_weight() * e)
+
+
+def _chunk_forward_workspace(t: Tally, s: Shapes, blocks: list[int], w: int) -> None:
+    """The network's forward pass on one chunk in ``_evaluate_chunk`` (Z_1 allocated): each layer's
+    pre-activation and output, R of the output, its accuracy."""
+    H = 0  # the previous layer's output (the chunk of X itself before the first)
+    for l, block in enumerate(blocks):
+        Z = 0 if l == 0 else block  # Z_1 is shared
+        t.alloc(Z, block)  # W V + b, sigma of it (or sigma of it + V)
+        t.touch(s.act_of(l).forward * block)  # sigma's temporaries
+        t.touch(block if s.residual[l] else 0)  # sigma(U) while sigma(U) + V is made
+        t.free(Z, H)
+        H = block
+    t.touch(s.loss.value * blocks[-1], 9 * w)  # R, argmax == labels
+    t.free(H)
+
+
+def _chunk_layer_workspace(t: Tally, s: Shapes, l: int, block: int, gradient: bool) -> None:
+    """Layer l of ``_evaluate_chunk``'s pass down the layers: E_l and P_l, which stay for layer l - 1, their
+    squares, and with the gradient norm grad V_l and grad U_l and their squares."""
+    act = s.act_of(l)
+    if l:
+        t.alloc(block)  # E_l = U_l - (W_l V_{l-1} + b_l), in place
+    t.alloc(block)  # P_l = V_l - sigma(U_l) (- V_{l-1}): sigma's result (or sigma(U) + V), written into
+    t.touch(act.forward * block)  # sigma's temporaries
+    t.touch(block if s.residual[l] else 0)  # sigma(U) while sigma(U) + V is made
+    t.touch(block)  # E^2, then P^2
+    if not gradient:
+        return
+    if l == s.depth - 1:  # grad R(V_N) + gamma P_N: at most the loss's V_N block (``LossMemory.output``)
+        t.alloc(s.loss.output * block)
+        t.free((s.loss.output - 1) * block)
+    else:
+        t.alloc(block)  # gamma P_l - rho W_{l+1}^T E_{l+1}
+    t.touch(block)  # its square
+    t.free(block)
+    t.touch((2 if act is LINEAR else DERIVATIVE_BLOCKS) * block)  # grad U_l: sigma'(U_l), scaled, its square
 
 
 @dataclass

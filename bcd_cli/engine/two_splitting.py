@@ -30,15 +30,23 @@ from torch import Tensor
 from bcd_cli.catalogue.activations import Linear
 from bcd_cli.engine.blocks import (
     feasible,
+    sample_chunk_columns,
     squared_distance,
+    squared_distance_workspace,
     update_hidden_state,
     update_hidden_state_nonlinear,
+    update_hidden_state_nonlinear_workspace,
+    update_hidden_state_workspace,
     update_output_state,
+    update_output_state_workspace,
     update_weights,
     update_weights_nonlinear,
+    update_weights_nonlinear_workspace,
+    update_weights_workspace,
 )
 from bcd_cli.engine.inner import sample_chunks
 from bcd_cli.engine.scheme import BCDScheme
+from bcd_cli.engine.workspace import LINEAR, Shapes, Tally, Workspace, workspace_of
 
 
 class TwoSplittingBCD(BCDScheme):
@@ -97,6 +105,56 @@ class TwoSplittingBCD(BCDScheme):
             D += squared_distance(W_new, W[l]) + squared_distance(b_new, b[l])
             W[l], b[l] = W_new, b_new
         return D.item()
+
+    @classmethod
+    def caches_moments(cls, s: Shapes) -> bool:
+        return s.act_of(0) is LINEAR  # the W_1 block by ``update_weights`` only when sigma_1 is the identity
+
+    @classmethod
+    def closed_form_weights(cls, s: Shapes, l: int) -> bool:
+        return s.reg_w.quadratic and s.act_of(l) is LINEAR
+
+    @classmethod
+    def sweep_workspaces(cls, s: Shapes) -> list[Workspace]:
+        """The workspace of each block of ``sweep_blocks`` on ``s``, in its order (``engine.workspace``)."""
+        found = []
+        for l in reversed(range(s.depth)):
+            found.append(workspace_of(f"the V{l + 1} block", cls.state_block_workspace, s, l))
+            found.append(workspace_of(f"the W{l + 1} block", cls.weights_block_workspace, s, l))
+        return found
+
+    @staticmethod
+    def state_block_workspace(t: Tally, s: Shapes, l: int) -> None:
+        """The V_{l+1} block of ``sweep_blocks``: its target (whole, by chunks, or column by column inside the
+        solver), the update, D's term; the new V replaces the old."""
+        m, n, e = s.sizes[l + 1], s.n, s.e
+        block = m * n * e
+        if l == s.depth - 1:
+            t.alloc(block)  # the target W V + b
+            update_output_state_workspace(t, s)
+        elif s.act_of(l + 1) is LINEAR:  # sigma_{l+2} = Id: the closed form, in the target's memory
+            chunk = m * sample_chunk_columns(s, m) * e
+            t.alloc(block)  # the target, chunk by chunk: W V + b, sigma of it
+            t.touch(chunk, (1 + s.act.forward) * chunk)
+            update_hidden_state_workspace(t, s, l)
+        else:  # the target's columns made chunk by chunk inside the solver
+            update_hidden_state_nonlinear_workspace(t, s, l)
+        t.touch(squared_distance_workspace(s, m, n))
+        t.free(block)  # the old V
+        if l == s.depth - 1:
+            t.free(block)  # the target
+
+    @classmethod
+    def weights_block_workspace(cls, t: Tally, s: Shapes, l: int) -> None:
+        """The W_l block of ``sweep_blocks``: by the normal equations when sigma_l is the identity (from
+        ``data_moments`` for the first layer), else proximal gradient; D's term; the new W, b replace the old."""
+        d, m = s.sizes[l], s.sizes[l + 1]
+        if s.act_of(l) is LINEAR:
+            b = update_weights_workspace(t, s, l, moments=l == 0 and cls.caches_moments(s))
+        else:
+            b = update_weights_nonlinear_workspace(t, s, l)
+        t.touch(squared_distance_workspace(s, m, d))
+        t.free(m * d * s.e, b)
 
     def _target_columns(self, l: int, V_in: Tensor, V_old: Tensor, cols: slice) -> Tensor:
         """The columns ``cols`` of the target T of the V_{l+1} block (docs/math.md §2.2), the penalty and the
