@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import logging
+import os
+import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -19,6 +22,8 @@ from omegaconf import OmegaConf
 
 from bcd_cli.cli import command as cli
 from bcd_cli.app import compose, config_dir
+from bcd_cli.run import signals
+from bcd_cli.run.signals import FAULT_VARIABLE
 
 CONF = config_dir()
 # a run small enough for a unit test (conf/debug/fast.yaml): 120 training and 60 test samples, one hidden layer
@@ -46,11 +51,47 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``bcd-train ARGS`` in a subprocess, from ``cwd``."""
+def default_stop_signals() -> None:
+    """In a child before it starts: SIGINT, SIGTERM and SIGHUP back to their default disposition. A shell's
+    background job (``make test &``, nohup, CI) starts with SIGINT ignored, and bcd-train keeps a signal it was
+    started ignoring ignored; a test that sends one must start its process as a terminal would."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def cli_env(fault: str | None = None) -> dict[str, str]:
+    """The environment of a bcd-train child: this one's, with ``BCD_CLI_FAULT=fault`` (POINT:N:SIGNAL, see
+    ``bcd_cli.run.signals.fault_point``) when given, and without an inherited one otherwise."""
+    env = {k: v for k, v in os.environ.items() if k != FAULT_VARIABLE}
+    return env | ({FAULT_VARIABLE: fault} if fault else {})
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, fault: str | None = None) -> subprocess.CompletedProcess:
+    """``bcd-train ARGS`` in a subprocess, from ``cwd``; ``fault``: see :func:`cli_env`."""
     return subprocess.run(
-        [sys.executable, "-m", "bcd_cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
+        [sys.executable, "-m", "bcd_cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=cli_env(fault), preexec_fn=default_stop_signals,
+    )  # fmt: skip
+
+
+def start_cli(*args: str, cwd: Path, fault: str | None = None, command: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``bcd-train ARGS`` started in a subprocess from ``cwd`` (behind ``command``, e.g. ``("nohup",)``)."""
+    return subprocess.Popen(
+        [*command, sys.executable, "-m", "bcd_cli", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=cli_env(fault), preexec_fn=default_stop_signals,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def fault(monkeypatch) -> Callable[[str], None]:
+    """``fault("POINT:N:SIGNAL")``: sets BCD_CLI_FAULT for an in-process run, its point counts starting afresh."""
+
+    def arm(spec: str) -> None:
+        monkeypatch.setenv(FAULT_VARIABLE, spec)
+        monkeypatch.setattr(signals, "_reached", {})
+
+    monkeypatch.delenv(FAULT_VARIABLE, raising=False)
+    return arm
 
 
 @pytest.fixture
@@ -72,6 +113,43 @@ def bcd_train_output(monkeypatch, capsys) -> Callable[..., tuple[int, str, str]]
         return code, captured.out, captured.err
 
     return call
+
+
+def cli_in_process(*args: str, cwd: Path) -> int:
+    """``bcd-train ARGS`` in this process from ``cwd``, outside any test (a fixture of a wider scope): its exit
+    status; the working folder, sys.argv and the logging set-up are put back after."""
+    argv, here = sys.argv, Path.cwd()
+    os.chdir(cwd)
+    sys.argv = ["bcd-train", *args]
+    try:
+        with logging_restored():
+            cli.main()
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_once(tmp_path_factory) -> Path:
+    """One finished ``bcd-train debug=fast`` run (3 rows of metrics, a checkpoint of sweep 2), trained once per
+    worker; tests take a copy of it with ``tiny_run``, never this folder itself."""
+    cwd = tmp_path_factory.mktemp("tiny")
+    assert cli_in_process(*TINY, "hydra.run.dir=run", cwd=cwd) == 0
+    return cwd / "run"
+
+
+@pytest.fixture
+def tiny_run(tiny_run_once, tmp_path) -> Callable[..., Path]:
+    """``tiny_run(name="done")``: a copy of the finished ``bcd-train debug=fast`` run at ``tmp_path / name``, as if
+    ``bcd-train debug=fast hydra.run.dir=NAME`` had run in ``tmp_path``."""
+
+    def copy(name: str = "done") -> Path:
+        return Path(shutil.copytree(tiny_run_once, tmp_path / name))
+
+    return copy
 
 
 @pytest.fixture

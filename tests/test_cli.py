@@ -22,6 +22,7 @@ def run_folders(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob("metrics.csv"))
 
 
+@pytest.mark.process
 def test_documented_command_runs_and_writes_the_run_folder(tmp_path: Path):
     proc = run_cli("loss=square", "act=relu", "splitting=three", *TINY, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -166,6 +167,7 @@ def test_data_root_without_the_files_names_the_missing_file(tmp_path: Path, bcd_
     assert "train-images-idx3-ubyte" in stderr and str(tmp_path / "idx") in stderr
 
 
+@pytest.mark.process
 def test_installed_wheel_runs_from_any_directory(tmp_path: Path):
     """A regular (non-editable) install ships the YAML configs inside the package."""
     root = Path(__file__).resolve().parents[1]

@@ -16,6 +16,8 @@ from bcd_cli.reports.run import METRICS_FILE
 from bcd_cli.run.resume import read_checkpoint
 from tests.conftest import compose_config
 
+pytestmark = pytest.mark.process  # torchrun starts the processes of a data-parallel run
+
 # float64, so that the comparison tests the reductions and not the rounding of their order; an odd number of
 # samples, so that the two shards differ in size
 RUN = ["debug=fast", "data.n_train=301", "data.n_test=101", "dtype=float64"]

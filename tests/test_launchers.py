@@ -17,7 +17,7 @@ import pytest
 from bcd_cli.app import compose
 from bcd_cli.errors import ConfigError
 from bcd_cli.cli.preflight import preflight
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, default_stop_signals, run_cli
 
 JOB_FILES = ("metrics.csv", "summary.json", "checkpoint.pt", "train.log")
 # one sweep of one job, e.g. "BCD #1 sweep 2/2  L=19.2977  train 0.5250  test 0.2667  (0.00 s)"
@@ -50,6 +50,7 @@ def joblib_sweep(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     return proc, sweep
 
 
+@pytest.mark.process
 def test_joblib_runs_jobs_in_parallel_workers_and_writes_the_report(joblib_sweep):
     proc, sweep = joblib_sweep
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout, proc.stdout
@@ -64,6 +65,7 @@ def test_joblib_runs_jobs_in_parallel_workers_and_writes_the_report(joblib_sweep
     assert "\x1b[" not in proc.stdout
 
 
+@pytest.mark.process
 def test_joblib_records_the_failing_jobs_and_exits_1(joblib_sweep):
     proc, sweep = joblib_sweep
     assert proc.returncode == 1, proc.stderr
@@ -76,6 +78,7 @@ def test_joblib_records_the_failing_jobs_and_exits_1(joblib_sweep):
     assert table["error"].iloc[[1, 3]].str.contains("data.n_train=5000").all()
 
 
+@pytest.mark.process
 def test_submitit_local_runs_each_job_as_a_process_and_writes_the_report(tmp_path: Path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install '.[launchers]'")
     sweep = tmp_path / "sweep"
@@ -97,6 +100,7 @@ def metrics_rows(folder: Path) -> int:
     return max(0, path.read_bytes().count(b"\n") - 1) if path.exists() else 0
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_ctrl_c_stops_a_joblib_multirun_and_reports_it(tmp_path: Path):
     """Ctrl-C reaches the command and its workers (one process group, as in a terminal): exit 130, a report."""
@@ -106,6 +110,7 @@ def test_ctrl_c_stops_a_joblib_multirun_and_reports_it(tmp_path: Path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "bcd_cli", *args, "checkpoint.every=1", "device=cpu", f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=default_stop_signals,  # SIGINT as in a terminal, even under a background job that ignores it
     )  # fmt: skip
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:

@@ -44,6 +44,7 @@ def final_objective(folder: Path) -> float:
     return float(pd.read_csv(folder / METRICS_FILE)["objective"].iloc[-1])
 
 
+@pytest.mark.process
 def test_runs_launched_together_each_get_their_own_folder_and_all_finish(tmp_path: Path):
     gammas = [0.5, 2.0, 5.0]
     procs = [start(*TINY, f"gamma={g}", cwd=tmp_path) for g in gammas]
@@ -70,6 +71,7 @@ def test_a_taken_time_stamped_folder_gives_the_next_free_name(tmp_path: Path):
         second.release()
 
 
+@pytest.mark.process
 def test_two_runs_given_one_folder_the_second_is_refused_and_the_first_untouched(tmp_path: Path):
     folder = tmp_path / "shared"
     procs = [start(*TINY, "epochs=6", f"gamma={g}", f"hydra.run.dir={folder}", cwd=tmp_path) for g in (0.5, 5.0)]

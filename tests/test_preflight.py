@@ -154,6 +154,7 @@ def test_bad_sweep_folder_interpolation(tmp_path, monkeypatch, capsys, no_traini
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.process
 def test_the_installed_command_gives_the_same_line(tmp_path: Path, monkeypatch, capsys, no_training):
     """The entry point in a subprocess, and main() in this process (run twice), print the same one line."""
     args = with_folders(["loss=foo"], tmp_path, multirun=False)
@@ -167,6 +168,7 @@ def test_the_installed_command_gives_the_same_line(tmp_path: Path, monkeypatch, 
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("multirun", "args", "expected"),
     [

@@ -24,11 +24,12 @@ from bcd_cli.run.folders import run_lock
 from bcd_cli.reports.run import METRICS_FILE, SUMMARY_FILE
 from bcd_cli.run.resume import read_checkpoint
 from bcd_cli.run.train import run
-from tests.conftest import TINY, compose_config, run_cli
+from tests.conftest import TINY, cli_in_process, compose_config, run_cli, start_cli
 
-# digits, two hidden layers of 300: a sweep takes long enough, and a checkpoint is big enough (about 8 MB),
-# to be killed inside either; a checkpoint after every sweep
-KILLABLE = ["model.widths=[300,300]", "epochs=10", "checkpoint.every=1", "device=cpu"]
+# a tiny run of 6 sweeps with a checkpoint after every sweep; the kill tests stop it at a named point of the
+# run (BCD_CLI_FAULT=POINT:N:SIGNAL, bcd_cli.run.signals.fault_point): the process signals itself the N-th time
+# it starts a sweep ("sweep") or has written a checkpoint's temporary file ("checkpoint")
+KILLABLE = [*TINY, "model.widths=[16,16]", "epochs=6", "checkpoint.every=1"]
 TIMING = {"seconds", "train_seconds", "wall_seconds"}
 
 
@@ -58,26 +59,6 @@ def blocks(checkpoint) -> list[torch.Tensor]:
     return [t for kind in ("W", "b", "V", "U") for t in checkpoint.trainer.get(kind, [])]
 
 
-def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "bcd_cli", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def kill_when(
-    proc: subprocess.Popen, ready: Callable[[], bool], sig: int = signal.SIGKILL, timeout: float = 240
-) -> str | None:
-    """Sends ``sig`` to ``proc`` as soon as ``ready()`` holds and returns its stderr; None if it ended first."""
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        if ready():
-            proc.send_signal(sig)
-            return proc.communicate(timeout=timeout)[1]
-        time.sleep(0.0005)
-    proc.communicate(timeout=timeout)
-    return None
-
-
 def metrics_rows(folder: Path) -> int:
     try:
         return max(0, (folder / METRICS_FILE).read_bytes().count(b"\n") - 1)
@@ -89,52 +70,40 @@ def metrics_rows(folder: Path) -> int:
 def reference(tmp_path_factory) -> Path:
     """The uninterrupted run that every killed and resumed run must reproduce."""
     cwd = tmp_path_factory.mktemp("reference")
-    proc = run_cli(*KILLABLE, "hydra.run.dir=run", cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
+    assert cli_in_process(*KILLABLE, "hydra.run.dir=run", cwd=cwd) == 0
     return cwd / "run"
 
 
-def rows_beyond(run_dir: Path, rows: int) -> Callable[[], bool]:
-    """Ready once metrics.csv has more than ``rows`` rows: the run is then inside the next sweep."""
-    return lambda: metrics_rows(run_dir) > rows
-
-
-def writing_checkpoint(run_dir: Path, rows: int) -> Callable[[], bool]:
-    """Ready while a checkpoint beyond the first ``rows`` rows is being written (its temporary file exists)."""
-    return lambda: metrics_rows(run_dir) > rows and (run_dir / f"{CHECKPOINT_FILE}.tmp").exists()
-
-
-def before_first_checkpoint(run_dir: Path) -> Callable[[], bool]:
-    return lambda: metrics_rows(run_dir) >= 1 and not (run_dir / CHECKPOINT_FILE).exists()
-
-
-def kill_at(run_dir: Path, args: list[str], ready: Callable[[], bool], *, sig: int = signal.SIGKILL) -> str:
-    """Runs ``bcd-train ARGS`` until ``ready()``, then sends ``sig``; returns its stderr."""
-    proc = start_cli(*args, cwd=run_dir.parent)
-    stderr = kill_when(proc, ready, sig=sig)
-    assert stderr is not None, "the run ended before the kill point"
+def kill_at(run_dir: Path, args: list[str], point: str, n: int, *, sig: int = signal.SIGKILL) -> str:
+    """Runs ``bcd-train ARGS``, which sends itself ``sig`` the ``n``-th time it reaches ``point``; returns its
+    stderr, once the process has ended as that signal ends it."""
+    proc = start_cli(*args, cwd=run_dir.parent, fault=f"{point}:{n}:{signal.Signals(sig).name}")
+    stderr = proc.communicate(timeout=300)[1]
     assert proc.returncode == (-sig if sig == signal.SIGKILL else 128 + sig), stderr
     return stderr
 
 
+@pytest.mark.process
 def test_killed_at_several_points_and_resumed_each_time_the_run_ends_as_the_uninterrupted_one(
     tmp_path: Path, reference: Path
 ):
     """SIGKILL before the first checkpoint, inside a sweep and while a checkpoint is written, then Ctrl-C;
     each time resumed in place. The metrics, summary and final state are those of the run never stopped."""
     run_dir = tmp_path / "run"
-    kill_at(run_dir, [*KILLABLE, f"hydra.run.dir={run_dir}"], before_first_checkpoint(run_dir))
+    kill_at(run_dir, [*KILLABLE, f"hydra.run.dir={run_dir}"], "sweep", 1)  # in sweep 1: a metrics row, no checkpoint
+    assert metrics_rows(run_dir) == 1 and not (run_dir / CHECKPOINT_FILE).exists()
     resume = [f"resume={run_dir}"]
 
-    kill_at(run_dir, resume, rows_beyond(run_dir, 2))  # restarts from sweep 0 (no checkpoint), killed mid-run
+    kill_at(run_dir, resume, "sweep", 3)  # restarts from sweep 0 (no checkpoint), killed in sweep 3
     assert "starts again from sweep 0" in (run_dir / "train.log").read_text()
-    kill_at(run_dir, resume, writing_checkpoint(run_dir, metrics_rows(run_dir)))
-    assert (run_dir / CHECKPOINT_FILE).exists()
+    assert metrics_rows(run_dir) == 3 and read_checkpoint(run_dir).sweep == 2
+    kill_at(run_dir, resume, "checkpoint", 1)  # while the checkpoint of sweep 3 is written
+    assert (run_dir / f"{CHECKPOINT_FILE}.tmp").exists() and read_checkpoint(run_dir).sweep == 2
 
-    stderr = kill_at(run_dir, resume, rows_beyond(run_dir, metrics_rows(run_dir)), sig=signal.SIGINT)
+    stderr = kill_at(run_dir, resume, "sweep", 1, sig=signal.SIGINT)  # Ctrl-C in sweep 3
     checkpoint = read_checkpoint(run_dir)
-    assert checkpoint is not None
-    assert pd.read_csv(run_dir / METRICS_FILE)["sweep"].iloc[-1] == checkpoint.sweep < 10  # saved the sweep it was in
+    assert checkpoint is not None and checkpoint.sweep == 3
+    assert pd.read_csv(run_dir / METRICS_FILE)["sweep"].iloc[-1] == checkpoint.sweep < 6  # saved the sweep it was in
     assert json.loads((run_dir / SUMMARY_FILE).read_text())["status"] == "interrupted"
     assert (run_dir / "curves.png").exists()
     last = stderr.strip().splitlines()[-1]
@@ -156,6 +125,7 @@ def run_as_printed(stderr: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "sig", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow)], ids=["SIGTERM", "SIGHUP"]
 )
@@ -166,56 +136,59 @@ def test_a_stop_signal_mid_run_stops_cleanly_and_the_printed_command_finishes_it
     sweep it is in, with a checkpoint and summary.json 'interrupted', exits 128 + signal, and the command it
     prints (its folder's name has a space and a &) continues it to the uninterrupted run's metrics and state."""
     run_dir = tmp_path / "run of b&c"
-    stderr = kill_at(run_dir, [*KILLABLE, f"hydra.run.dir='{run_dir}'"], rows_beyond(run_dir, 2), sig=sig)
+    stderr = kill_at(run_dir, [*KILLABLE, f"hydra.run.dir='{run_dir}'"], "sweep", 3, sig=sig)
     assert f"interrupted by {signal.Signals(sig).name}" in stderr and "Traceback" not in stderr
     assert json.loads((run_dir / SUMMARY_FILE).read_text())["status"] == "interrupted"
     checkpoint = read_checkpoint(run_dir)
-    assert checkpoint is not None and checkpoint.sweep == pd.read_csv(run_dir / METRICS_FILE)["sweep"].iloc[-1]
+    assert checkpoint is not None and checkpoint.sweep == pd.read_csv(run_dir / METRICS_FILE)["sweep"].iloc[-1] == 3
     finished = run_as_printed(stderr, cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr
     assert_same_run(run_dir, reference)
 
 
+@pytest.mark.process
 def test_a_killed_extension_never_claims_completed_and_its_printed_command_extends_it(tmp_path: Path, reference: Path):
     run_dir = tmp_path / "run"
     assert run_cli(*KILLABLE, "epochs=3", f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
-    kill_at(run_dir, [f"resume={run_dir}", "epochs=10"], rows_beyond(run_dir, 5))  # SIGKILL inside sweep 5
+    kill_at(run_dir, [f"resume={run_dir}", "epochs=6"], "sweep", 2)  # SIGKILL inside sweep 5
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-    assert summary["status"] == "running" and summary["epochs"] == 10, summary
+    assert summary["status"] == "running" and summary["epochs"] == 6, summary
     report = subprocess.run(
         [sys.executable, "-m", "bcd_cli.reports.command", str(run_dir)], capture_output=True, text=True, timeout=120
     )
     assert json.loads((run_dir / SUMMARY_FILE).read_text())["status"] == "killed", report.stderr
-    stderr = kill_at(run_dir, [f"resume={run_dir}", "epochs=10"], rows_beyond(run_dir, 6), sig=signal.SIGINT)
-    assert "epochs=10" in stderr.strip().splitlines()[-1]  # without it the folder's epochs=3 would be refused
+    stderr = kill_at(run_dir, [f"resume={run_dir}", "epochs=6"], "sweep", 1, sig=signal.SIGINT)  # in sweep 5
+    assert "epochs=6" in stderr.strip().splitlines()[-1]  # without it the folder's epochs=3 would be refused
     finished = run_as_printed(stderr, cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr
     assert_same_run(run_dir, reference)
 
 
+@pytest.mark.process
 def test_a_stop_signal_before_the_first_sweep_leaves_no_folder(tmp_path: Path):
     """SIGTERM between the folder's claim and its first metrics row: exit 143, the empty run folder removed."""
     outputs = tmp_path / "outputs"
-    proc = start_cli(*KILLABLE, cwd=tmp_path)
-    stderr = kill_when(
-        proc, lambda: any(outputs.rglob(".lock")) and not any(outputs.rglob(METRICS_FILE)), signal.SIGTERM
-    )
-    assert stderr is not None and proc.returncode == 143, stderr
+    proc = start_cli(*KILLABLE, cwd=tmp_path, fault="claim:1:SIGTERM")  # the folder just claimed
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 143, stderr
     assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
     assert not any(outputs.rglob("*")) if outputs.exists() else True
 
 
+@pytest.mark.process
 def test_a_full_disk_mid_run_is_one_line_and_keeps_what_was_written(tmp_path: Path):
-    """Writes beyond a file-size limit fail as on a full disk: the 8 MB checkpoint cannot be written, the run stops
-    with one line naming the file, its metrics rows and summary stay, and no partial checkpoint is left."""
+    """Writes beyond a file-size limit fail as on a full disk: the checkpoint (some 600 kB: 1,000 samples and
+    layers of 32) cannot be written under a 64 kB limit, the run stops with one line naming the file, its
+    metrics rows and summary stay, and no partial checkpoint is left."""
     import resource
 
     def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
 
     run_dir = tmp_path / "run"
+    big = [*KILLABLE, "data.n_train=1000", "model.widths=[32,32]"]
     proc = subprocess.run(
-        [sys.executable, "-m", "bcd_cli", *KILLABLE, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "bcd_cli", *big, f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, preexec_fn=limit,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr
@@ -228,32 +201,36 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_what_was_written(tmp_path: Pa
 
 KILL_POINTS = {
     # before the first checkpoint: the resume starts again from sweep 0
-    "early": before_first_checkpoint,
+    "early": ("sweep", 1),
     # inside a sweep, with checkpoints of earlier sweeps on disk
-    "mid-sweep": lambda run_dir: rows_beyond(run_dir, 2),
+    "mid-sweep": ("sweep", 3),
     # while a checkpoint is being written (its temporary file exists), with an older one on disk
-    "checkpoint-write": lambda run_dir: writing_checkpoint(run_dir, 1),
+    "checkpoint-write": ("checkpoint", 2),
 }
 
 
 @pytest.mark.slow
+@pytest.mark.process
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_sigkill_at_one_point_then_resume_gives_the_uninterrupted_run(tmp_path: Path, reference: Path, point: str):
     run_dir = tmp_path / "run"
-    kill_at(run_dir, [*KILLABLE, f"hydra.run.dir={run_dir}"], KILL_POINTS[point](run_dir))
+    kill_at(run_dir, [*KILLABLE, f"hydra.run.dir={run_dir}"], *KILL_POINTS[point])
     resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run_dir, reference)
 
 
-def test_resume_of_a_baseline_restores_the_optimizer_and_the_shuffling(tmp_path: Path, bcd_train):
+def test_resume_of_a_baseline_restores_the_optimizer_and_the_shuffling(tmp_path: Path, bcd_train, fault):
     """Adam's moments and the permutation generator come back: the resumed run matches the uninterrupted one."""
     args = ["trainer=adam", "trainer.batch_size=64", *TINY, "epochs=6", "checkpoint.every=2"]
     assert bcd_train(*args, "hydra.run.dir=ref", cwd=tmp_path)[0] == 0
-    # the same run stopped by Ctrl-C after its checkpoint of sweep 2, then resumed
-    proc = start_cli(*args, "hydra.run.dir=run", cwd=tmp_path)
-    assert kill_when(proc, lambda: (tmp_path / "run" / CHECKPOINT_FILE).exists(), sig=signal.SIGINT) is not None
-    assert proc.returncode == 130
+    # the same run stopped by SIGTERM in epoch 3 (after its checkpoint of epoch 2; it stops after epoch 3 with a
+    # checkpoint of it), then resumed: in this process, whose handler of the stop signal takes it
+    fault("sweep:3:SIGTERM")
+    code, stderr = bcd_train(*args, "hydra.run.dir=run", cwd=tmp_path)
+    assert code == 143 and "interrupted by SIGTERM" in stderr, stderr
+    assert read_checkpoint(tmp_path / "run").sweep == 3
+    fault("")
     code, stderr = bcd_train("resume=run", cwd=tmp_path)
     assert code == 0, stderr
     assert_same_run(tmp_path / "run", tmp_path / "ref")
@@ -335,9 +312,8 @@ def test_a_format_1_run_folder_resumes_and_extends_as_a_fresh_run(tmp_path: Path
 # ---------------------------------------------------------------------------- bad resumes: one line, exit 2
 
 
-def test_bad_resumes_are_refused_with_one_line(tmp_path: Path, bcd_train):
-    assert bcd_train(*TINY, "hydra.run.dir=done", cwd=tmp_path)[0] == 0
-    done = tmp_path / "done"
+def test_bad_resumes_are_refused_with_one_line(tmp_path: Path, bcd_train, tiny_run):
+    done = tiny_run("done")
     (tmp_path / "corrupt" / ".hydra").mkdir(parents=True)
     (tmp_path / "corrupt" / ".hydra" / "config.yaml").write_text((done / ".hydra" / "config.yaml").read_text())
     (tmp_path / "corrupt" / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
@@ -363,8 +339,8 @@ def test_bad_resumes_are_refused_with_one_line(tmp_path: Path, bcd_train):
     assert pd.read_csv(done / METRICS_FILE)["sweep"].tolist() == [0, 1, 2]
 
 
-def test_resume_of_a_folder_in_use_is_refused(tmp_path: Path, bcd_train):
-    assert bcd_train(*TINY, "hydra.run.dir=done", cwd=tmp_path)[0] == 0
+def test_resume_of_a_folder_in_use_is_refused(tmp_path: Path, bcd_train, tiny_run):
+    tiny_run("done")
     with run_lock(tmp_path / "done"):
         code, stderr = bcd_train("resume=done", "epochs=4", cwd=tmp_path)
     assert code == 2 and "another bcd-train process is running in this folder" in stderr, stderr
@@ -492,14 +468,17 @@ def test_an_unexpected_error_in_one_job_is_recorded_with_its_traceback(tmp_path:
     assert "Traceback" in (sweep / "1" / "train.log").read_text()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)], ids=["SIGINT", "SIGTERM"]
 )
 def test_a_stop_signal_in_a_multirun_stops_it_and_reports_the_jobs_done(tmp_path: Path, sig: int):
     sweep = tmp_path / "sweep"
-    proc = start_cli("-m", "seed=0,1,2", *KILLABLE, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    stderr = kill_when(proc, lambda: metrics_rows(sweep / "1") >= 2, sig=sig)
-    assert proc.returncode == 128 + sig and stderr is not None
+    # the jobs of 3 sweeps run one after another in one process: its 5th sweep is job 1's sweep 2
+    args = ["-m", "seed=0,1,2", *KILLABLE, "epochs=3", f"hydra.sweep.dir={sweep}"]
+    proc = start_cli(*args, cwd=tmp_path, fault=f"sweep:5:{signal.Signals(sig).name}")
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 128 + sig, stderr
     assert "resume with: bcd-train resume=" in stderr
     table = pd.read_csv(sweep / "sweep_summary.csv")
     assert table["status"].tolist()[:2] == ["completed", "interrupted"]
@@ -508,13 +487,12 @@ def test_a_stop_signal_in_a_multirun_stops_it_and_reports_the_jobs_done(tmp_path
     )
 
 
+@pytest.mark.process
 def test_nohup_keeps_a_run_alive_when_its_terminal_closes(tmp_path: Path):
     """A run started with SIGHUP ignored (nohup) goes on after SIGHUP, as nohup promises."""
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        ["nohup", sys.executable, "-m", "bcd_cli", *TINY, "epochs=30", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert kill_when(proc, lambda: metrics_rows(run_dir) >= 2, sig=signal.SIGHUP) is not None
-    assert proc.returncode == 0
+    args = [*TINY, "epochs=4", f"hydra.run.dir={run_dir}"]
+    proc = start_cli(*args, cwd=tmp_path, fault="sweep:2:SIGHUP", command=("nohup",))  # SIGHUP in sweep 2
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 0, stderr
     assert json.loads((run_dir / SUMMARY_FILE).read_text())["status"] == "completed"

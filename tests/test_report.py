@@ -99,6 +99,7 @@ def test_a_normal_run_writes_the_convergence_plot(tmp_path: Path):
     assert_png(tmp_path / "curves.png")
 
 
+@pytest.mark.process
 def test_bcd_report_regenerates_a_run_folder_and_keeps_the_summary_fields(tmp_path: Path):
     folder = copy("run", tmp_path)
     summary = json.loads((folder / "summary.json").read_text())

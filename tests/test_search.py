@@ -117,6 +117,7 @@ def test_a_pruned_trial_ends_as_a_finished_run_of_fewer_sweeps(tmp_path: Path, b
     assert pd.read_csv(sweep / TRIALS_FILE)["state"].tolist() == ["PRUNED", "PRUNED"]
 
 
+@pytest.mark.process
 def test_no_pruner_outside_a_search_and_optuna_not_imported(tmp_path: Path):
     code = (
         "import sys; from bcd_cli.run import observers; from bcd_cli.search import study; "
@@ -182,11 +183,26 @@ def test_a_study_folder_is_continued_only_by_the_same_search_and_one_process(tmp
     assert code == 2 and "a new or empty folder" in stderr, stderr
 
 
+def kill_when(proc, ready, sig: int, timeout: float = 240) -> str | None:
+    """Sends ``sig`` to ``proc`` as soon as ``ready()`` holds and returns its stderr; None if it ended first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready():
+            proc.send_signal(sig)
+            return proc.communicate(timeout=timeout)[1]
+        time.sleep(0.0005)
+    proc.communicate(timeout=timeout)
+    return None
+
+
 @pytest.mark.slow
+@pytest.mark.process
 def test_a_search_stopped_by_sigterm_continues_with_the_same_command(tmp_path: Path, bcd_train):
     """SIGTERM while trial 2 trains: exit 143, trial 2 failed in the study with its checkpoint kept; the same
     command then retries trial 2's values as trial 3 and completes the study's 4 trials."""
-    from tests.test_reliability import kill_when, start_cli
+    from tests.conftest import start_cli
 
     sweep = tmp_path / "search"
     args = [*SEARCH, GAMMA, "model.widths=[300,300]", "epochs=8", "checkpoint.every=1", "hydra.sweeper.n_trials=4"]
