@@ -11,7 +11,7 @@ DIR    ?= $(shell ls -dt outputs/figure1/*/* outputs/sweep/*/* outputs/search/*/
 SEARCH ?= outputs/search/$(STAMP)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-all figure1 sweep search report bench lint clean
+.PHONY: help run test test-process test-all figure1 sweep search report bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,10 +25,13 @@ $(BIN)/bcd-train: pyproject.toml
 run: $(BIN)/bcd-train  ## train the default model (digits, three-splitting BCD); extra overrides in ARGS="..."
 	$(BIN)/bcd-train $(ARGS)
 
-test: $(BIN)/bcd-train  ## run the test suite without the slow tests, one worker per core (GPU tests skip without CUDA)
-	$(BIN)/python -m pytest -n auto --dist worksteal -m "not slow" $(ARGS)
+test: $(BIN)/bcd-train  ## run the test suite without the slow and process tiers, one worker per core (GPU tests skip without CUDA)
+	$(BIN)/python -m pytest -n auto --dist worksteal -m "not slow and not process" --durations=15 $(ARGS)
 
-test-all: $(BIN)/bcd-train  ## run every test, slow ones included
+test-process: $(BIN)/bcd-train  ## run the tests that launch bcd-train as a process of its own (signals, exit statuses, launchers)
+	$(BIN)/python -m pytest -n auto --dist worksteal -m "process and not slow" --durations=15 $(ARGS)
+
+test-all: $(BIN)/bcd-train  ## run every test: the default, process and slow tiers
 	$(BIN)/python -m pytest $(ARGS)
 
 # the methods and seeds of `make figure1` (Hydra choices, comma-separated): make figure1 FIG1_SEEDS=0,1
