@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from bench import Case, build_case, cpu_seconds, reset_high_water_mark, size_label, status_mb
 from bcd_cli.engine import blocks, linalg, three_splitting
+
+from bench import Case, build_case, cpu_seconds, reset_high_water_mark, size_label, status_mb
 
 WRAPPED = {  # module -> the names its sweep looks up at call time
     three_splitting: ["update_output_state", "update_hidden_state", "update_preactivation", "update_weights",

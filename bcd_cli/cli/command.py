@@ -21,20 +21,20 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
 
-from bcd_cli.run import folders
-from bcd_cli.search import study
 from bcd_cli.app import CONFIG_NAME, VERSION_BASE, config_dir, quoted
-from bcd_cli.reports.callbacks import SweepReport, report_sweep
 from bcd_cli.cli.console import progress_display, summary_table
+from bcd_cli.cli.preflight import Launch, preflight
 from bcd_cli.engine.parallel import rank
 from bcd_cli.errors import BCDError, ConfigError, DataError, Interrupted
-from bcd_cli.run.folders import LOCK_FILE, Claim, run_lock
-from bcd_cli.cli.preflight import Launch, preflight
+from bcd_cli.reports.callbacks import SweepReport, report_sweep
 from bcd_cli.reports.run import SUMMARY_FILE, write_summary
+from bcd_cli.reports.sweep import SWEEP_SUMMARY_FILE, sweep_table
+from bcd_cli.run import folders
+from bcd_cli.run.folders import LOCK_FILE, Claim, run_lock
 from bcd_cli.run.resume import override_key, resume_arguments
 from bcd_cli.run.signals import EXIT_STATUSES, exit_status, signal_name, stop_signals, stopped_by
-from bcd_cli.reports.sweep import SWEEP_SUMMARY_FILE, sweep_table
 from bcd_cli.run.train import run
+from bcd_cli.search import study
 
 log = logging.getLogger(__name__)
 

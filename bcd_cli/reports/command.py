@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from bcd_cli.errors import ConfigError
-from bcd_cli.run.folders import is_locked
 from bcd_cli.reports.run import (
     CONVERGENCE_FILE,
     CURVES_FILE,
@@ -24,8 +23,9 @@ from bcd_cli.reports.run import (
     run_title,
     summarize,
 )
-from bcd_cli.run.resume import saved_config
 from bcd_cli.reports.sweep import check_sweep, job_folders, write_sweep_report
+from bcd_cli.run.folders import is_locked
+from bcd_cli.run.resume import saved_config
 
 
 class ReportError(Exception):
