@@ -27,10 +27,10 @@ from bcd_cli.cli.preflight import Launch, preflight
 from bcd_cli.engine.parallel import rank
 from bcd_cli.errors import BCDError, ConfigError, DataError, Interrupted
 from bcd_cli.reports.callbacks import SweepReport, report_sweep
-from bcd_cli.reports.run import SUMMARY_FILE, write_summary
 from bcd_cli.reports.sweep import SWEEP_SUMMARY_FILE, sweep_table
 from bcd_cli.run import folders
 from bcd_cli.run.folders import LOCK_FILE, Claim, run_lock
+from bcd_cli.run.records import SUMMARY_FILE, write_summary
 from bcd_cli.run.resume import override_key, resume_arguments
 from bcd_cli.run.signals import EXIT_STATUSES, exit_status, signal_name, stop_signals, stopped_by
 from bcd_cli.run.train import run
@@ -49,7 +49,8 @@ def _train(cfg: DictConfig) -> float:
     main_rank = rank() == 0  # in a data-parallel run the other ranks print nothing
     progress = progress_display(console, f"{method} #{hydra_cfg.job.num}" if multirun else method, live=not multirun)
     try:
-        result = run(cfg, out_dir, progress if main_rank else None)
+        pruners = study.pruners() if main_rank else []  # a search's trial reports its sweeps to the study
+        result = run(cfg, out_dir, progress if main_rank else None, observers=pruners)
     except Interrupted as err:  # a stop signal: a multirun stops too (the exit propagates through Hydra's launcher)
         progress.stop()
         print(f"bcd-train: interrupted by {signal_name(err.signum)}: {err}", file=sys.stderr)

@@ -141,14 +141,6 @@ def load_data(
     return Dataset(name, X_train, Y_train, y_train, X_test, Y_test, y_test, len(classes), record=record)
 
 
-def write_record(folder: Path, data: Dataset) -> None:
-    """Writes ``folder``/data.json, how ``data`` was prepared, atomically (nothing for data without a record)."""
-    from bcd_cli.reports.run import write_json
-
-    if data.record is not None:
-        write_json(folder / RECORD_FILE, data.record)
-
-
 def read_record(folder: Path) -> dict[str, Any] | None:
     """The data.json of a run folder; None where the run has none (it started before the file was written), so
     that the preparation is computed again, as such a run computed it."""

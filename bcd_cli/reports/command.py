@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from bcd_cli.errors import ConfigError
-from bcd_cli.reports.run import (
+from bcd_cli.reports.sweep import check_sweep, job_folders, write_sweep_report
+from bcd_cli.run.folders import is_locked
+from bcd_cli.run.records import (
     CONVERGENCE_FILE,
     CURVES_FILE,
     METRICS_FILE,
@@ -23,8 +25,6 @@ from bcd_cli.reports.run import (
     run_title,
     summarize,
 )
-from bcd_cli.reports.sweep import check_sweep, job_folders, write_sweep_report
-from bcd_cli.run.folders import is_locked
 from bcd_cli.run.resume import saved_config
 
 

@@ -22,8 +22,8 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from bcd_cli.app import BASIC_SWEEPER
-from bcd_cli.reports.run import METRICS_FILE, descent_failures, read_metrics, read_summary
 from bcd_cli.run.folders import MULTIRUN_FILE, is_locked
+from bcd_cli.run.records import METRICS_FILE, descent_failures, read_metrics, read_summary
 from bcd_cli.run.resume import SAVED_CONFIG
 from bcd_cli.search.study import is_study_folder, write_study_report
 

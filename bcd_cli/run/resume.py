@@ -34,8 +34,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bcd_cli.app import quoted
 from bcd_cli.errors import ConfigError, DataError, first_line
-from bcd_cli.reports.run import METRICS_FILE
 from bcd_cli.run.checkpoint import CHECKPOINT_FILE, FORMAT, Checkpoint, set_rng_state
+from bcd_cli.run.records import METRICS_FILE
 
 if TYPE_CHECKING:
     from bcd_cli.engine.trainer import Trainer

@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from bcd_cli.errors import first_line
-from bcd_cli.reports.run import METRIC_COLUMNS, write_json
+from bcd_cli.run.records import METRIC_COLUMNS, write_json
 from bcd_cli.run.resume import SAVED_CONFIG
 from bcd_cli.run.spec import LoggerSettings, RunSpec
 

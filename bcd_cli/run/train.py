@@ -8,7 +8,7 @@ import logging
 import math
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,12 +17,16 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from bcd_cli.data.loaders import Dataset, load_data, shard, write_record
+from bcd_cli.data.loaders import RECORD_FILE, Dataset, load_data, shard
 from bcd_cli.engine.network import MLP
 from bcd_cli.engine.parallel import any_rank, rank, synchronize
 from bcd_cli.engine.trainer import Trainer
 from bcd_cli.errors import BCDError, ConfigError, Interrupted, NumericalError, ResourceError, first_line
-from bcd_cli.reports.run import (
+from bcd_cli.run import memory, tracking
+from bcd_cli.run.checkpoint import Checkpoint, rng_state, write_checkpoint
+from bcd_cli.run.folders import run_lock
+from bcd_cli.run.observers import Pruned, RunObserver
+from bcd_cli.run.records import (
     CONVERGENCE_FILE,
     CURVES_FILE,
     METRIC_COLUMNS,
@@ -33,16 +37,12 @@ from bcd_cli.reports.run import (
     plot_curves,
     run_title,
     summarize,
+    write_json,
     write_summary,
 )
-from bcd_cli.run import memory, tracking
-from bcd_cli.run.checkpoint import Checkpoint, rng_state, write_checkpoint
-from bcd_cli.run.folders import run_lock
-from bcd_cli.run.observers import Pruned, RunObserver
 from bcd_cli.run.resume import resume_checkpoint, resume_command
 from bcd_cli.run.signals import GracefulStop, fault_point, stopped_by
 from bcd_cli.run.spec import RunSpec, resolve
-from bcd_cli.search import study
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,9 @@ def sweeps(
         previous = row
 
 
-def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> RunResult:
+def run(
+    cfg: DictConfig, out_dir: Path, progress: Progress | None = None, observers: Sequence[RunObserver] = ()
+) -> RunResult:
     """Trains the network of ``cfg`` and writes metrics.csv, summary.json, curves.png and checkpoints to ``out_dir``.
 
     metrics.csv gains a row after every sweep; checkpoint.pt holds the full state every
@@ -139,7 +141,8 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
     DIR) the run continues from DIR's checkpoint with DIR's config, its metrics cut back to the
     checkpoint's sweep, and ends as the uninterrupted run would. When training stops on a
     numerical error or Ctrl-C, summary.json (status ``failed`` or ``interrupted``) and the
-    figures of the sweeps done are still written before the error propagates.
+    figures of the sweeps done are still written before the error propagates. ``observers`` watch the run beside
+    the trackers of its ``logger`` (a search's trial: its pruner).
     """
     spec = resolve(cfg)  # the door: nothing below reads the config
     if spec.resume is None and (out_dir / METRICS_FILE).exists():
@@ -147,10 +150,12 @@ def run(cfg: DictConfig, out_dir: Path, progress: Progress | None = None) -> Run
             "hydra.run.dir", str(out_dir),
             f"a new or empty folder: it holds a run; continue it with resume={out_dir}, or choose a new folder",
         )  # fmt: skip
-    return run_spec(spec, out_dir, progress)
+    return run_spec(spec, out_dir, progress, observers)
 
 
-def run_spec(spec: RunSpec, out_dir: Path, progress: Progress | None = None) -> RunResult:
+def run_spec(
+    spec: RunSpec, out_dir: Path, progress: Progress | None = None, observers: Sequence[RunObserver] = ()
+) -> RunResult:
     """``run`` of a resolved spec: ``out_dir`` is new, or the folder ``spec.resume`` continues."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = run_lock(out_dir) if rank() == 0 else contextlib.nullcontext()  # rank 0 alone writes
@@ -158,7 +163,8 @@ def run_spec(spec: RunSpec, out_dir: Path, progress: Progress | None = None) -> 
         device, resumed = spec.device.torch_device(), spec.resume is not None
         data = shard(load_data(spec.data, dtype=spec.dtype, device=device, folder=out_dir, resumed=resumed))
         if rank() == 0:
-            write_record(out_dir, data)  # data.json: how the data was prepared, which a resumed run reads back
+            if data.record is not None:  # data.json: how the data was prepared, which a resumed run reads back
+                write_json(out_dir / RECORD_FILE, data.record)
         memory.check(memory.estimate_for(spec, data), device, what="this run")  # before the network exists
         if precision != "highest":
             log.info("float32 matrix products at precision %s (torch.set_float32_matmul_precision)", precision)
@@ -172,7 +178,7 @@ def run_spec(spec: RunSpec, out_dir: Path, progress: Progress | None = None) -> 
                 checkpoint = resume_checkpoint(
                     spec.record, spec.epochs, out_dir, trainer, _data_shape(data), writer=rank() == 0
                 )
-            return _train(_Record.begin(spec, out_dir, trainer, data, checkpoint), stop, progress)
+            return _train(_Record.begin(spec, out_dir, trainer, data, checkpoint, observers), stop, progress)
 
 
 def _data_shape(data: Dataset) -> list[int]:
@@ -195,7 +201,15 @@ class _Record:
     observers: list[RunObserver] = field(default_factory=list)  # trackers and a search's pruner (rank 0)
 
     @classmethod
-    def begin(cls, spec: RunSpec, out_dir: Path, trainer: Trainer, data: Dataset, checkpoint: Checkpoint | None):
+    def begin(
+        cls,
+        spec: RunSpec,
+        out_dir: Path,
+        trainer: Trainer,
+        data: Dataset,
+        checkpoint: Checkpoint | None,
+        observers: Sequence[RunObserver] = (),
+    ):
         """The record of a run starting at sweep 0 or at ``checkpoint``; summary.json says ``running``, so a
         killed run, or a killed extension of a finished one, never claims to be completed."""
         elapsed = checkpoint.elapsed if checkpoint is not None else 0.0
@@ -206,7 +220,7 @@ class _Record:
         )  # fmt: skip
         if record.main:
             write_summary(out_dir / SUMMARY_FILE, {"status": "running", "sweeps": record.sweep, "epochs": spec.epochs})
-            record.observers = [*tracking.loggers(spec.logger, out_dir), *study.pruners()]
+            record.observers = [*tracking.loggers(spec.logger, out_dir), *observers]
             try:
                 for observer in record.observers:
                     observer.start(spec, out_dir, record.sweep)

@@ -32,9 +32,9 @@ from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from bcd_cli.errors import ConfigError
-from bcd_cli.reports.run import read_summary
 from bcd_cli.run.folders import MULTIRUN_FILE, STUDY_FILE
 from bcd_cli.run.observers import Pruned, RunObserver
+from bcd_cli.run.records import read_summary
 
 if TYPE_CHECKING:
     import optuna
