@@ -167,6 +167,7 @@ def test_a_blockwise_gram_product_has_the_minimum_work_of_the_whole():
     assert MatrixOp(CHOLESKY, 6, 6, 6, symmetric=True).minimum_flops == 6**3 / 3  # only products have a half
 
 
+@pytest.mark.process  # each case is measured in processes of its own
 def test_main_writes_csv_and_json(tmp_path):
     """The benchmark's entry point at tiny sizes (one case, in its own processes as always)."""
     argv = ["--sizes", "20,8,3", "--n", "60", "--sweeps", "2", "--warmup", "1", "--out", str(tmp_path)]
@@ -190,6 +191,7 @@ def test_main_writes_csv_and_json(tmp_path):
 
 
 @pytest.mark.slow  # some 30 s on two cores
+@pytest.mark.process
 def test_quick_runs_one_case_with_the_naive_and_the_memory(tmp_path, capsys):
     """``--quick``: the one small case, its naive timed beside it and checked, its memory measured."""
     rows = bench_script.main(["--quick", "--out", str(tmp_path)])
@@ -214,6 +216,7 @@ def test_quick_refuses_a_case_of_its_own():
     assert refused.value.code == 2
 
 
+@pytest.mark.process
 def test_memory_only_reports_the_estimate_beside_the_peak(tmp_path, capsys):
     """``--memory-only``: one process per case measures its peaks; the table shows bcd_cli.run.memory's estimates."""
     rows = bench_script.main(

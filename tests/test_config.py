@@ -27,10 +27,20 @@ def tiny_overrides(*overrides: str) -> list[str]:
     return [*tiny, *overrides]
 
 
-def all_options() -> list:
-    """One override per option of every group under conf/ (hydra/ excluded)."""
+# the groups whose options choose code that only a run executes (a data loader, a tracker, a trainer's loop): each
+# of their options trains; the other groups' options (loss, act, reg: catalogue entries that tests/test_schemes.py
+# runs through every scheme; model, splitting: test_model_selects_its_scheme trains each; device, debug) are
+# composed and validated, which builds every catalogue entry as a run does
+TRAINED = ("data", "logger", "trainer")
+
+
+def all_options(trained: bool | None = None) -> list:
+    """One override per option of every group under conf/ (hydra/ excluded); only those of the TRAINED groups
+    (``trained``), or only the others (``not trained``)."""
     params = []
     for group in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment")):
+        if trained is not None and (group.name in TRAINED) != trained:
+            continue
         for option in sorted(group.glob("*.yaml")):
             for key in PACKAGED.get(group.name, (None,)):
                 override = f"{group.name}@{key}={option.stem}" if key else f"{group.name}={option.stem}"
@@ -59,7 +69,7 @@ def data_files(tmp_path_factory, idx_folder: Path) -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.parametrize("override", all_options())
+@pytest.mark.parametrize("override", all_options(trained=True))
 def test_option_composes_and_trains(override: str, data_files: dict[str, list[str]], tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # what a run writes beside its folder (logger=mlflow: outputs/mlflow.db) stays here
     extra = data_files.get(override, [])
@@ -71,6 +81,26 @@ def test_option_composes_and_trains(override: str, data_files: dict[str, list[st
     assert metrics["objective"].iloc[-1] < metrics["objective"].iloc[0]
     for name in ("metrics.csv", "summary.json", "curves.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("override", all_options(trained=False))
+def test_option_composes_and_validates(override: str):
+    from omegaconf import OmegaConf
+
+    from bcd_cli.run.spec import validate
+
+    cfg = compose_config(*tiny_overrides(override))
+    validate(cfg)  # every key checked, the catalogue entries built as a run builds them
+    group, _, option = override.partition("=")
+    group, _, key = group.partition("@")
+    entry = OmegaConf.load(CONF / group / f"{option}.yaml")
+    if "_target_" in entry:  # a catalogue entry: the option's own, at its key
+        assert cfg[key or group]._target_ == entry._target_
+
+
+def test_options_are_split_between_training_and_validating():
+    assert len(all_options(trained=True)) + len(all_options(trained=False)) == len(all_options())
+    assert {p.values[0].split("=")[0] for p in all_options(trained=True)} == set(TRAINED)
 
 
 def test_rho_defaults_to_gamma(tmp_path: Path):

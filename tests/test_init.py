@@ -159,8 +159,9 @@ def test_a_run_folder_saved_without_model_init_resumes_with_normal(tmp_path: Pat
     """A run folder from before model.init existed drew its weights by Remark 1: without a checkpoint it starts
     again from sweep 0 with init=normal and ends as a fresh normal run; with one, it continues as that run."""
     assert bcd_train(*TINY, "model.init=normal", "epochs=3", "hydra.run.dir=ref", cwd=tmp_path)[0] == 0
+    assert bcd_train(*TINY, "model.init=normal", "epochs=2", "hydra.run.dir=old", cwd=tmp_path)[0] == 0
+    shutil.copytree(tmp_path / "old", tmp_path / "old_checkpointed")  # the same run, twice
     for name, keep_checkpoint in (("old", False), ("old_checkpointed", True)):
-        assert bcd_train(*TINY, "model.init=normal", "epochs=2", f"hydra.run.dir={name}", cwd=tmp_path)[0] == 0
         folder = tmp_path / name
         saved = folder / ".hydra" / "config.yaml"
         config = OmegaConf.load(saved)

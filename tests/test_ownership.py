@@ -86,9 +86,8 @@ def test_two_runs_given_one_folder_the_second_is_refused_and_the_first_untouched
     assert final_objective(folder) == pytest.approx(float(alone.metrics["objective"].iloc[-1]), rel=1e-5)
 
 
-def test_a_refused_run_leaves_a_finished_run_byte_for_byte_and_resumable(tmp_path: Path, bcd_train):
-    folder = tmp_path / "done"
-    assert bcd_train(*TINY, f"hydra.run.dir={folder}", cwd=tmp_path)[0] == 0
+def test_a_refused_run_leaves_a_finished_run_byte_for_byte_and_resumable(tmp_path: Path, bcd_train, tiny_run):
+    folder = tiny_run("done")
     before = checksums(folder)
     code, stderr = bcd_train(*TINY, "seed=5", "model.widths=[8]", f"hydra.run.dir={folder}", cwd=tmp_path)
     assert code == 2 and "holds a run" in stderr and f"resume={folder}" in stderr, stderr
@@ -152,12 +151,11 @@ def test_folders_that_cannot_be_made_are_refused_in_one_line(tmp_path: Path, bcd
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
-def test_read_only_folders_are_refused_before_any_sweep(tmp_path: Path, bcd_train):
+def test_read_only_folders_are_refused_before_any_sweep(tmp_path: Path, bcd_train, tiny_run):
     locked = tmp_path / "ro"
     locked.mkdir()
     locked.chmod(0o555)
-    done = tmp_path / "done"
-    assert bcd_train(*TINY, f"hydra.run.dir={done}", cwd=tmp_path)[0] == 0
+    done = tiny_run("done")
     try:
         code, stderr = bcd_train(*TINY, f"hydra.run.dir={locked / 'run'}", cwd=tmp_path)
         assert code == 2 and "can create" in stderr, stderr

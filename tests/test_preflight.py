@@ -265,7 +265,7 @@ def extra_configs(root: Path, files: dict[str, str]) -> Path:
 SWEEP_PARAMS = "# @package _global_\nhydra:\n  sweeper:\n    params:\n      alpha: 1,5\n"
 
 
-def test_the_jobs_are_hydras_jobs_in_hydras_order(tmp_path: Path):
+def test_the_jobs_are_hydras_jobs_in_hydras_order(tmp_path: Path, bcd_train):
     """A real 2x2 multirun: each job folder's overrides are those preflight expanded, job by job, the sweep of
     ``hydra.sweeper.params`` (alpha) first, then the command line's (gamma)."""
     extra = extra_configs(tmp_path / "extra", {"experiment/grid.yaml": SWEEP_PARAMS})
@@ -279,8 +279,8 @@ def test_the_jobs_are_hydras_jobs_in_hydras_order(tmp_path: Path):
         ["alpha=5", "experiment=grid", "gamma=0.1"],
         ["alpha=5", "experiment=grid", "gamma=1"],
     ]
-    proc = run_cli(*args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    code, stderr = bcd_train(*args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert code == 0, stderr
     ran = [yaml.safe_load((tmp_path / "sweep" / str(n) / ".hydra" / "overrides.yaml").read_text()) for n in range(4)]
     assert ran == launch.jobs
     assert not (tmp_path / "sweep" / "4").exists()

@@ -314,8 +314,8 @@ def test_a_run_that_fails_before_any_row_ends_its_mlflow_run_as_failed(tmp_path:
     assert mlrun.data.tags["bcd.status"] == "failed"
 
 
-def test_a_run_folder_without_the_logger_key_resumes_as_csv(tmp_path: Path, bcd_train):
-    assert bcd_train(*TINY, "hydra.run.dir=old", cwd=tmp_path)[0] == 0
+def test_a_run_folder_without_the_logger_key_resumes_as_csv(tmp_path: Path, bcd_train, tiny_run):
+    tiny_run("old")
     saved = tmp_path / "old" / ".hydra" / "config.yaml"
     config = OmegaConf.load(saved)
     del config["logger"]
