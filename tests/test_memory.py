@@ -388,3 +388,28 @@ def test_two_splitting_sweep_holds_one_new_state_block_and_the_estimate_follows(
     assert block < sweep - held <= 1.25 * block
     estimate = memory.estimate_for(cfg, data)
     assert sweep <= estimate.sweep_peak <= 1.5 * sweep
+
+
+@pytest.mark.parametrize("scheme", ["three", "two", "resnet", "sgd", "adam"])
+def test_every_block_of_a_sweep_leaves_the_live_bytes_as_it_found_them(scheme):
+    """A sweep's peak is the live state plus the largest workspace of its blocks (``engine.workspace``): that
+    holds because each block's declaration frees all it allocates but its new value, which replaces the old."""
+    from bcd_cli.engine.baselines import GradientBaseline
+    from bcd_cli.engine.resnet import ResNetBCD
+    from bcd_cli.engine.three_splitting import ThreeSplittingBCD
+    from bcd_cli.engine.two_splitting import TwoSplittingBCD
+    from bcd_cli.engine.workspace import Shapes
+
+    trainer = {"three": ThreeSplittingBCD, "two": TwoSplittingBCD, "resnet": ResNetBCD}.get(scheme, GradientBaseline)
+    settings = {"optimizer": scheme, "momentum": True, "weight_decay": True} if trainer is GradientBaseline else {}
+    profiles = {group: {name: entry.memory for name, entry in catalogue_entries(group).items()} for group in PROFILES}
+    for act, reg, er in [("relu", "none", 4), ("sigmoid", "l1", 8), ("linear", "l2", 8), ("tanh", "box", 4)]:
+        shapes = Shapes(
+            sizes=(64, 48, 48, 10), residual=(False, scheme == "resnet", False), n=3000, n_test=500, e=4, es=8,
+            er=er, cpu=True, grad_norm=True, act=profiles["act"][act], loss=profiles["loss"]["square"],
+            reg_w=profiles["reg"][reg], reg_v=profiles["reg"][reg],
+        )  # fmt: skip
+        for extrapolation in [False, True] if trainer is not GradientBaseline else [False]:
+            options = settings or {"extrapolation": extrapolation}
+            sweep = trainer.memory_footprint(shapes, **options).sweep
+            assert sweep and all(w.left == 0 and w.bytes > 0 for w in sweep), (act, reg, sweep)

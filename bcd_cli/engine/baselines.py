@@ -265,6 +265,7 @@ class GradientBaseline(Trainer):
         t.touch(copies * (largest if s.cpu else params))
         t.touch(s.reg_w.prox * s.largest_weight() * e)  # the prox of r
         t.touch(2 * largest)  # D: the change of each parameter, squared
+        t.free(params, 8 * s.n, (sizes[0] + sizes[-1]) * B * e)
 
     @staticmethod
     def evaluation_workspace(t: Tally, s: Shapes) -> None:

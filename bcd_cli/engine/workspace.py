@@ -6,7 +6,9 @@ live state, in the order it makes and frees them, as plain arithmetic on the run
 made). A scheme or trainer composes its own: ``memory_footprint`` (a classmethod of ``BCDScheme`` and
 ``GradientBaseline``) gives its state, the workspace of each block of a sweep, of the evaluation and of the
 build. ``bcd_cli.run.memory`` adds the data and the device's side, and takes the largest workspace of each
-phase. A new block or scheme declares its own here-by-its-code: nothing in ``bcd_cli.run`` follows its order.
+phase, so a new block or scheme brings its own declaration and nothing in ``bcd_cli.run`` follows its order.
+The one rule between them: a block of a sweep leaves the live bytes as it found them (its new value replaces
+the old one), which ``Workspace.left`` records and ``tests/test_memory.py`` checks.
 
 The catalogue entries' own allocations are their ``memory`` profiles (``bcd_cli.catalogue._memory``), which
 ``Shapes`` carries; a ``*_workspace`` multiplies them by the block's bytes.
@@ -75,11 +77,13 @@ class Shapes:
 
 @dataclass(frozen=True)
 class Workspace:
-    """Bytes allocated beyond the live state at the highest point of some work, and what it is doing there
-    (e.g. ``the W2 block, its 1025 x 1025 normal equations``)."""
+    """Bytes allocated beyond the live state at the highest point of some work, what it is doing there (e.g.
+    ``the W2 block, its 1025 x 1025 normal equations``), and the bytes it ``left`` allocated when done (0 for a
+    block of a sweep, whose new value replaces the old)."""
 
     bytes: int
     where: str
+    left: int = 0
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ class Tally:
         self.free(*sizes)
 
     def workspace(self) -> Workspace:
-        return Workspace(int(self.peak), self.where)
+        return Workspace(int(self.peak), self.where, int(self.live))
 
 
 def workspace_of(label: str, declare, *args) -> Workspace:
