@@ -14,7 +14,9 @@ products would take at those rates.
 The rest serves ``scripts/bench_sweep.py`` and ``scripts/profile_sweep.py``: a benchmark ``Case``
 (a scheme on a network, n random samples) built from the real ``conf/`` as ``bcd-train`` builds it,
 the evaluation ``bcd-train`` runs after each sweep, and readings of this process's memory and of the
-machine's CPU time.
+machine's CPU time. ``measured_peaks`` counts the bytes PyTorch's CPU allocator holds during each phase of a
+run, which ``tests/test_memory.py`` and ``bench_sweep.py --memory-only`` set beside ``bcd_cli.run.memory``'s
+estimate.
 """
 
 from __future__ import annotations
