@@ -44,11 +44,11 @@ def test_documented_command_runs_and_writes_the_run_folder(tmp_path: Path):
 
 def test_multirun_gives_one_folder_per_job(tmp_path: Path, bcd_train_output):
     sweep = f"hydra.sweep.dir={tmp_path / 'sweep'}"
-    code, stdout, stderr = bcd_train_output("-m", "gamma=0.1,1,10", "alpha=1,5", *TINY, sweep, cwd=tmp_path)
+    code, stdout, stderr = bcd_train_output("-m", "gamma=0.1,10", "alpha=1,5", *TINY, sweep, cwd=tmp_path)
     assert code == 0, stderr
     folders = run_folders(tmp_path / "sweep")
-    assert len(folders) == 6
-    assert all(f"BCD #{job} sweep 2/2" in stdout for job in range(6))  # plain lines, one job after another
+    assert len(folders) == 4
+    assert all(f"BCD #{job} sweep 2/2" in stdout for job in range(4))  # plain lines, one job after another
     seen = set()
     for folder in folders:
         overrides = (folder / ".hydra" / "overrides.yaml").read_text()
@@ -56,7 +56,7 @@ def test_multirun_gives_one_folder_per_job(tmp_path: Path, bcd_train_output):
         alpha = re.search(r"alpha=([\d.]+)", overrides).group(1)
         seen.add((gamma, alpha))
         assert len(pd.read_csv(folder / "metrics.csv")) == 3
-    assert seen == {(g, a) for g in ("0.1", "1", "10") for a in ("1", "5")}
+    assert seen == {(g, a) for g in ("0.1", "10") for a in ("1", "5")}
 
 
 def test_debug_fast_shrinks_any_run_and_the_command_line_wins_over_it():
