@@ -439,7 +439,7 @@ def test_cholesky_trouble_is_retried_in_float64_and_logged(tmp_path: Path, caplo
 def test_a_failing_multirun_job_does_not_stop_the_others(tmp_path: Path, bcd_train):
     sweep = tmp_path / "sweep"
     # job 1 asks for more training samples than digits has: it fails when its data is loaded
-    code, stderr = bcd_train("-m", "data.n_train=100,5000,120", *TINY[1:], f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    code, stderr = bcd_train("-m", "data.n_train=100,5000,120", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert code == 1, stderr
     assert "1 of 3 jobs failed" in stderr and "job 1: failed: data.n_train=5000 is invalid" in stderr
     table = pd.read_csv(sweep / "sweep_summary.csv")
