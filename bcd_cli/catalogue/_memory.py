@@ -3,8 +3,9 @@
 Every entry declares one of these as ``memory`` (a class attribute, or a property when it depends on a
 field, as a loss's ``solver`` does). The numbers are counts of tensors the size of the block the entry
 works on, besides the ones the engine allocates around it; the engine's workspace declarations
-(``bcd_cli.engine.workspace``) multiply them by the block's bytes. They are measured on the entry itself (``torch.profiler`` with ``profile_memory=True``),
-and ``tests/test_memory.py`` checks the estimates built from them against measured peaks.
+(``bcd_cli.engine.workspace``) multiply them by the block's bytes. They are measured on the entry itself
+(``torch.profiler`` with ``profile_memory=True``), and ``tests/test_memory.py`` checks the estimates built
+from them against measured peaks.
 """
 
 from __future__ import annotations
