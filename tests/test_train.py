@@ -34,7 +34,9 @@ SCHEMES_LEARN = [
     pytest.param(["model=resnet", "model.width=64", "model.depth=2"], 0.89, id="resnet-relu-square"),  # 0.911
     pytest.param(["loss=cross_entropy"], 0.93, id="three-relu-cross_entropy", marks=pytest.mark.slow),  # 0.956
     pytest.param(["loss=hinge"], 0.93, id="three-relu-hinge", marks=pytest.mark.slow),  # 0.960
-    pytest.param(["splitting=two", "act=tanh", "loss=logistic"], 0.93, id="two-tanh-logistic", marks=pytest.mark.slow),  # 0.956
+    pytest.param(
+        ["splitting=two", "act=tanh", "loss=logistic"], 0.93, id="two-tanh-logistic", marks=pytest.mark.slow
+    ),  # 0.956
 ]
 
 
