@@ -15,17 +15,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from bench import measured_peaks
 
-from bcd_cli.run import memory
 from bcd_cli.catalogue._memory import ActivationMemory, LossMemory, RegularizerMemory
 from bcd_cli.catalogue.losses import Logistic
-from bcd_cli.run.spec import DTYPES
 from bcd_cli.data.loaders import load_data
 from bcd_cli.engine import chunking
 from bcd_cli.errors import ConfigError, ResourceError
+from bcd_cli.run import memory
+from bcd_cli.run.spec import DTYPES, resolve
 from bcd_cli.run.train import build_trainer
 from tests.conftest import catalogue_entries, compose_config
+
+from bench import measured_peaks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,8 +75,8 @@ def _state_tensors(algorithm) -> list[torch.Tensor]:
 @pytest.mark.parametrize("name", list(RUNS))
 def test_state_and_data_are_the_bytes_a_run_allocates(name):
     cfg, data = _run(*RUNS[name])
-    estimate = memory.estimate_for(cfg, data)
-    algorithm = build_trainer(cfg, data, CPU, DTYPES[cfg.dtype])
+    estimate = memory.estimate_for(resolve(cfg), data)
+    algorithm = build_trainer(resolve(cfg), data)
     if hasattr(algorithm, "optimizer"):
         algorithm.sweep()  # the gradients and the optimizer state exist from the first step on
     assert estimate.state == _nbytes(_state_tensors(algorithm))
@@ -105,7 +106,7 @@ def test_peak_estimate_bounds_the_measured_peak(name):
     run: dict = {}
 
     def build() -> None:
-        run["algorithm"] = build_trainer(cfg, run["data"], CPU, dtype)
+        run["algorithm"] = build_trainer(resolve(cfg), run["data"])
 
     phases = {
         "load": lambda: run.setdefault("data", load_data(cfg.data, dtype=dtype, device=CPU)),
@@ -116,7 +117,7 @@ def test_peak_estimate_bounds_the_measured_peak(name):
         "third sweep": lambda: run["algorithm"].sweep(),  # the first one an accelerated scheme extrapolates
     }
     measured = measured_peaks(phases)
-    estimate = memory.estimate_for(cfg, run["data"])
+    estimate = memory.estimate_for(resolve(cfg), run["data"])
     sweep = max(measured["sweep"], measured["sweep again"], measured["third sweep"])
     assert measured["build"] <= estimate.build_peak <= 1.5 * measured["build"]
     assert sweep <= estimate.sweep_peak <= 1.5 * sweep
@@ -126,8 +127,8 @@ def test_peak_estimate_bounds_the_measured_peak(name):
 def test_evaluation_without_gradient_norm_is_estimated_too():
     cfg = compose_config(*SAMPLES, *RUNS["three"], "grad_norm=false")
     data = load_data(cfg.data, dtype=torch.float32, device=CPU)
-    estimate = memory.estimate_for(cfg, data)
-    with_norm = memory.estimate_for(compose_config(*SAMPLES, *RUNS["three"]), data)
+    estimate = memory.estimate_for(resolve(cfg), data)
+    with_norm = memory.estimate_for(resolve(compose_config(*SAMPLES, *RUNS["three"])), data)
     assert estimate.eval_peak == estimate.eval_peak_without_grad_norm == with_norm.eval_peak_without_grad_norm
     assert estimate.eval_peak < with_norm.eval_peak and estimate.sweep_peak == with_norm.sweep_peak
 
@@ -155,7 +156,7 @@ def test_closed_form_evaluation_over_several_chunks_is_estimated(name, extra):
     run: dict = {}
 
     def build() -> None:
-        run["algorithm"] = build_trainer(cfg, run["data"], CPU, dtype)
+        run["algorithm"] = build_trainer(resolve(cfg), run["data"])
 
     phases = {  # everything the run holds is counted: the data, the state, the data's moments, then the peak
         "load": lambda: run.setdefault("data", load_data(cfg.data, dtype=dtype, device=CPU)),
@@ -165,7 +166,7 @@ def test_closed_form_evaluation_over_several_chunks_is_estimated(name, extra):
     }
     measured = measured_peaks(phases)["evaluation"]
     assert len(chunking.column_chunks(run["data"].X_train.shape[1])) == 3
-    estimate = memory.estimate_for(cfg, run["data"])
+    estimate = memory.estimate_for(resolve(cfg), run["data"])
     assert measured <= estimate.eval_peak <= 1.5 * measured
 
 
@@ -239,7 +240,7 @@ def test_check_refuses_a_run_over_the_limit_in_one_line(monkeypatch):
     is allocated, in one line naming the estimate's parts, the limit and where it comes from."""
     monkeypatch.setenv(memory.ENV_LIMIT, "64G")
     cfg, data = _run("model.widths=[10000000]")
-    estimate = memory.estimate_for(cfg, data)
+    estimate = memory.estimate_for(resolve(cfg), data)
     assert estimate.peak > 2**40  # the 10^7 x 10^7 normal equations of W2 alone
     with pytest.raises(ResourceError) as caught:
         memory.check(estimate, CPU, what="bcd-train")
@@ -371,7 +372,7 @@ def test_two_splitting_sweep_holds_one_new_state_block_and_the_estimate_follows(
     run: dict = {}
 
     def build() -> None:
-        run["algorithm"] = build_trainer(cfg, run["data"], CPU, torch.float32)
+        run["algorithm"] = build_trainer(resolve(cfg), run["data"])
 
     phases = {
         "load": lambda: run.setdefault("data", load_data(cfg.data, dtype=torch.float32, device=CPU)),
@@ -386,7 +387,7 @@ def test_two_splitting_sweep_holds_one_new_state_block_and_the_estimate_follows(
     sweep = max(measured["sweep"], measured["sweep again"])
     block = 128 * n * 4  # one hidden V block
     assert block < sweep - held <= 1.25 * block
-    estimate = memory.estimate_for(cfg, data)
+    estimate = memory.estimate_for(resolve(cfg), data)
     assert sweep <= estimate.sweep_peak <= 1.5 * sweep
 
 
