@@ -367,7 +367,31 @@ class BCDScheme(Trainer):
 
     @classmethod
     def sweep_workspaces(cls, s: Shapes) -> list[Workspace]:
-        """The workspace of each block of ``sweep_blocks``, in its order."""
+        """The workspace of each block of ``sweep_blocks`` on ``s``, in its order (``engine.workspace``): the
+        blocks ``layer_blocks`` of each layer, declared by the scheme's ``state_block_workspace`` (V),
+        ``preactivation_block_workspace`` (U) and ``weights_block_workspace`` (W, b)."""
+        declared = {
+            "V": cls.state_block_workspace, "U": cls.preactivation_block_workspace, "W": cls.weights_block_workspace,
+        }  # fmt: skip
+        return [
+            workspace_of(f"the {kind}{l + 1} block", declared[kind], s, l)
+            for l in reversed(range(s.depth))
+            for kind in cls.layer_blocks
+        ]
+
+    @classmethod
+    def state_block_workspace(cls, t: Tally, s: Shapes, l: int) -> None:
+        """The V_{l+1} block of a sweep: its target, the update, D's term; the new V replaces the old."""
+        raise NotImplementedError
+
+    @classmethod
+    def preactivation_block_workspace(cls, t: Tally, s: Shapes, l: int) -> None:
+        """The U_{l+1} block of a sweep (three-splitting)."""
+        raise NotImplementedError
+
+    @classmethod
+    def weights_block_workspace(cls, t: Tally, s: Shapes, l: int) -> None:
+        """The W_{l+1}, b_{l+1} block of a sweep."""
         raise NotImplementedError
 
     @classmethod

@@ -49,7 +49,7 @@ from bcd_cli.engine.network import MLP
 from bcd_cli.engine.parallel import all_reduce_sum_
 from bcd_cli.engine.scheme import BCDScheme
 from bcd_cli.engine.trainer import Samples
-from bcd_cli.engine.workspace import LINEAR, Shapes, Tally, Workspace, workspace_of
+from bcd_cli.engine.workspace import LINEAR, Shapes, Tally
 
 # blocks of grad U = sigma'(U) ... and its square: sigma'(U) holds at most three, its result included, in any
 # catalogue entry (Sigmoid: sigma(U), 1 - sigma(U) and their product; ReLU a byte mask and the result)
@@ -139,16 +139,6 @@ class ThreeSplittingBCD(BCDScheme):
             D += squared_distance(W_new, W[l]) + squared_distance(b_new, b[l])
             W[l], b[l] = W_new, b_new
         return (D + all_reduce_sum_(D_states)).item()
-
-    @classmethod
-    def sweep_workspaces(cls, s: Shapes) -> list[Workspace]:
-        """The workspace of each block of ``sweep_blocks`` on ``s``, in its order (``engine.workspace``)."""
-        found = []
-        for l in reversed(range(s.depth)):
-            found.append(workspace_of(f"the V{l + 1} block", cls.state_block_workspace, s, l))
-            found.append(workspace_of(f"the U{l + 1} block", cls.preactivation_block_workspace, s, l))
-            found.append(workspace_of(f"the W{l + 1} block", cls.weights_block_workspace, s, l))
-        return found
 
     @classmethod
     def state_block_workspace(cls, t: Tally, s: Shapes, l: int) -> None:

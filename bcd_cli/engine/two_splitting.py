@@ -46,7 +46,7 @@ from bcd_cli.engine.blocks import (
 )
 from bcd_cli.engine.inner import sample_chunks
 from bcd_cli.engine.scheme import BCDScheme
-from bcd_cli.engine.workspace import LINEAR, Shapes, Tally, Workspace, workspace_of
+from bcd_cli.engine.workspace import LINEAR, Shapes, Tally
 
 
 class TwoSplittingBCD(BCDScheme):
@@ -113,15 +113,6 @@ class TwoSplittingBCD(BCDScheme):
     @classmethod
     def closed_form_weights(cls, s: Shapes, l: int) -> bool:
         return s.reg_w.quadratic and s.act_of(l) is LINEAR
-
-    @classmethod
-    def sweep_workspaces(cls, s: Shapes) -> list[Workspace]:
-        """The workspace of each block of ``sweep_blocks`` on ``s``, in its order (``engine.workspace``)."""
-        found = []
-        for l in reversed(range(s.depth)):
-            found.append(workspace_of(f"the V{l + 1} block", cls.state_block_workspace, s, l))
-            found.append(workspace_of(f"the W{l + 1} block", cls.weights_block_workspace, s, l))
-        return found
 
     @staticmethod
     def state_block_workspace(t: Tally, s: Shapes, l: int) -> None:
