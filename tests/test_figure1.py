@@ -65,6 +65,8 @@ def comparison_table(rows: list[tuple[str, str, str]], frames: dict[str, pd.Data
 # --- a real multirun of the four methods ----------------------------------------------------------------
 
 
+@pytest.mark.slow  # 8 jobs; in the default tier, bcd and sgd run end to end in tests/test_cli.py and the means
+# over seeds are checked on hand-made metrics below
 def test_four_methods_over_two_seeds(tmp_path: Path, bcd_train):
     sweep = tmp_path / "figure1"
     code, stderr = bcd_train(
