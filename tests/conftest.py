@@ -20,8 +20,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from bcd_cli.cli import command as cli
 from bcd_cli.app import compose, config_dir
+from bcd_cli.cli import command as cli
 from bcd_cli.run import signals
 from bcd_cli.run.signals import FAULT_VARIABLE
 

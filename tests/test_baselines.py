@@ -15,7 +15,7 @@ from bcd_cli.data.loaders import load_data
 from bcd_cli.engine.baselines import GradientBaseline
 from bcd_cli.engine.network import MLP
 from bcd_cli.errors import ConfigError
-from bcd_cli.reports.run import METRIC_COLUMNS
+from bcd_cli.run.records import METRIC_COLUMNS
 from bcd_cli.run.spec import resolve, validate
 from bcd_cli.run.train import build_trainer, run, sweeps
 from tests.conftest import TINY, compose_config

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bcd_cli.reports.run import METRIC_COLUMNS
+from bcd_cli.run.records import METRIC_COLUMNS
 from tests.conftest import TINY, compose_config, run_cli, write_idx
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bcd_cli.reports.run import METRIC_COLUMNS
+from bcd_cli.run.records import METRIC_COLUMNS
 from bcd_cli.run.train import run
 from tests.conftest import CONF, TINY, compose_config, requires_cuda
 from tests.test_data_files import blobs, write_cifar, write_csv, write_npz

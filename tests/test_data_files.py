@@ -14,8 +14,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from bcd_cli.data.loaders import RECORD_FILE, Dataset, load_data
 from bcd_cli.data.files import CIFAR_FOLDER, CIFAR_META, CIFAR_TEST, CIFAR_TRAIN
+from bcd_cli.data.loaders import RECORD_FILE, Dataset, load_data
 from bcd_cli.errors import ConfigError, DataError
 from tests.conftest import CONF, TINY
 

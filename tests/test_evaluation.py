@@ -9,10 +9,11 @@ import math
 import pytest
 import torch
 
-from bench import Case, build_case
 from bcd_cli.data.loaders import Dataset
 from bcd_cli.engine import chunking
 from bcd_cli.engine.trainer import Trainer
+
+from bench import Case, build_case
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from bcd_cli.reports.run import read_metrics
+from bcd_cli.run.records import read_metrics
 from bcd_cli.reports.sweep import (
     COMPARISON_COLUMNS,
     _comparison_band,

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from bcd_cli.catalogue.activations import Linear, ReLU
 from bcd_cli.engine.network import MLP
-from bcd_cli.reports.run import METRICS_FILE
+from bcd_cli.run.records import METRICS_FILE
 from bcd_cli.run.train import run
 from tests.conftest import TINY, catalogue_entries, compose_config
 

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from bcd_cli.app import compose
-from bcd_cli.errors import ConfigError
 from bcd_cli.cli.preflight import preflight
+from bcd_cli.errors import ConfigError
 from tests.conftest import TINY, default_stop_signals, run_cli
 
 JOB_FILES = ("metrics.csv", "summary.json", "checkpoint.pt", "train.log")

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from bcd_cli.app import compose
+
 from bench import Case, build_case
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "naive_bcd.py"

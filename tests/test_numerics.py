@@ -19,11 +19,11 @@ import math
 import pytest
 import torch
 
-from bcd_cli.engine.baselines import GradientBaseline
 from bcd_cli.catalogue.activations import ReLU
 from bcd_cli.catalogue.losses import Square
 from bcd_cli.catalogue.regularizers import NoReg
 from bcd_cli.engine import chunking, three_splitting, two_splitting
+from bcd_cli.engine.baselines import GradientBaseline
 from bcd_cli.engine.linalg import JITTER_EPS_MULTIPLES, add_to_diagonal, cholesky_solve, shifted_gram_solve, spd_solve
 from bcd_cli.engine.network import MLP
 from bcd_cli.engine.resnet import ResNetBCD

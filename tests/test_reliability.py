@@ -16,10 +16,10 @@ import torch
 from omegaconf import OmegaConf
 
 from bcd_cli.cli import command as cli
-from bcd_cli.run.checkpoint import CHECKPOINT_FILE
 from bcd_cli.errors import NumericalError
+from bcd_cli.run.records import METRICS_FILE, SUMMARY_FILE
+from bcd_cli.run.checkpoint import CHECKPOINT_FILE
 from bcd_cli.run.folders import run_lock
-from bcd_cli.reports.run import METRICS_FILE, SUMMARY_FILE
 from bcd_cli.run.resume import read_checkpoint
 from bcd_cli.run.train import run
 from tests.conftest import TINY, cli_in_process, compose_config, run_cli, start_cli

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bcd_cli.reports.run import METRIC_COLUMNS
+from bcd_cli.run.records import METRIC_COLUMNS
 from bcd_cli.run.train import run
 from tests.conftest import TINY, compose_config, requires_cuda
 
