@@ -221,17 +221,20 @@ def test_an_accelerated_run_extended_by_resume_is_the_longer_run(tmp_path: Path,
 def test_plain_bcd_is_the_recorded_float64_curve(tmp_path: Path):
     """Plain Algorithm 2 on digits (64-256-256-10, the paper's N(0, 0.01^2) weights, float64, 12 sweeps) against
     the curve recorded before the acceleration existed: the same objective, parts, D and accuracies. On the
-    recording machine the values are equal bit for bit; other CPUs' kernels round differently, hence 1e-9."""
+    recording machine the values are equal bit for bit; other CPUs' kernels round differently, hence 1e-9, relative
+    to the objective each part adds up to (a penalty that is exactly 0 at the initial point on one machine is a
+    rounding error of U - W V - b on another)."""
     from bcd_cli.run.train import run
 
     cfg = compose_config("device=cpu", "dtype=float64", "epochs=12", "model.init=normal", "model.init_std=0.01")
     assert cfg.trainer.extrapolation == 0.0
     metrics = run(cfg, tmp_path).metrics
     recorded = pd.read_csv(RECORDED)
+    scale = float(recorded["objective"].abs().max())
     for column in ["objective", "loss", "penalty_v", "penalty_u", "D", "train_loss"]:
         torch.testing.assert_close(
-            torch.tensor(metrics[column].to_numpy()), torch.tensor(recorded[column].to_numpy()), rtol=1e-9, atol=0,
-            equal_nan=True, msg=column,
+            torch.tensor(metrics[column].to_numpy()), torch.tensor(recorded[column].to_numpy()), rtol=1e-9,
+            atol=1e-9 * scale, equal_nan=True, msg=column,
         )  # fmt: skip
     assert (metrics["test_acc"] == recorded["test_acc"]).all()
     assert (metrics["extrapolation"][1:] == 0).all() and (metrics["rejected"][1:] == 0).all()

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bcd_cli.errors import ConfigError
-from bcd_cli.run.records import METRICS_FILE
 from bcd_cli.run import spec as config
+from bcd_cli.run.records import METRICS_FILE
 from bcd_cli.run.resume import read_checkpoint
 from tests.conftest import compose_config
 

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from bcd_cli.run.records import read_metrics
 from bcd_cli.reports.sweep import (
     COMPARISON_COLUMNS,
     _comparison_band,
@@ -22,6 +21,7 @@ from bcd_cli.reports.sweep import (
     training_seconds,
     write_sweep_report,
 )
+from bcd_cli.run.records import read_metrics
 from tests.conftest import TINY, write_idx
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

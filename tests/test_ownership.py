@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from bcd_cli.errors import ConfigError
-from bcd_cli.run.records import METRICS_FILE, SUMMARY_FILE
 from bcd_cli.run import folders
 from bcd_cli.run.folders import LOCK_FILE, claim, run_lock
+from bcd_cli.run.records import METRICS_FILE, SUMMARY_FILE
 from bcd_cli.run.train import run
 from tests.conftest import TINY, compose_config
 

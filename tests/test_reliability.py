@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 
 from bcd_cli.cli import command as cli
 from bcd_cli.errors import NumericalError
-from bcd_cli.run.records import METRICS_FILE, SUMMARY_FILE
 from bcd_cli.run.checkpoint import CHECKPOINT_FILE
 from bcd_cli.run.folders import run_lock
+from bcd_cli.run.records import METRICS_FILE, SUMMARY_FILE
 from bcd_cli.run.resume import read_checkpoint
 from bcd_cli.run.train import run
 from tests.conftest import TINY, cli_in_process, compose_config, run_cli, start_cli
@@ -451,10 +451,10 @@ def test_a_failing_multirun_job_does_not_stop_the_others(tmp_path: Path, bcd_tra
 def test_an_unexpected_error_in_one_job_is_recorded_with_its_traceback(tmp_path: Path, bcd_train, monkeypatch):
     real = cli.run
 
-    def flaky(cfg, out_dir, progress=None):
+    def flaky(cfg, out_dir, progress=None, observers=()):
         if cfg.seed == 1:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return real(cfg, out_dir, progress)
+        return real(cfg, out_dir, progress, observers)
 
     monkeypatch.setattr(cli, "run", flaky)
     sweep = tmp_path / "sweep"

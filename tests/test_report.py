@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from bcd_cli.reports.callbacks import SweepReport
 from bcd_cli.reports.command import main as report_main
+from bcd_cli.reports.sweep import heatmap_grid, job_folders, sweep_table, write_sweep_report
 from bcd_cli.run.records import (
     descent_failures,
     descent_verdict,
@@ -30,7 +31,6 @@ from bcd_cli.run.records import (
     write_json,
     write_summary,
 )
-from bcd_cli.reports.sweep import heatmap_grid, job_folders, sweep_table, write_sweep_report
 from bcd_cli.run.train import run
 from tests.conftest import TINY, compose_config
 

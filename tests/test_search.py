@@ -14,10 +14,10 @@ import optuna
 import pandas as pd
 import pytest
 
-from bcd_cli.run.records import METRICS_FILE, SUMMARY_FILE
 from bcd_cli.reports.sweep import HEATMAP_FILE, SWEEP_SUMMARY_FILE, read_overrides
 from bcd_cli.run.checkpoint import CHECKPOINT_FILE
 from bcd_cli.run.folders import STUDY_FILE, run_lock
+from bcd_cli.run.records import METRICS_FILE, SUMMARY_FILE
 from bcd_cli.search.study import BEST_FILE, HISTORY_FILE, IMPORTANCES_FILE, TRIALS_FILE, parse_space
 from tests.conftest import TINY
 

@@ -27,9 +27,9 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData  # noq
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from bcd_cli.errors import ConfigError, NumericalError  # noqa: E402
-from bcd_cli.run.records import METRIC_COLUMNS, METRICS_FILE, SUMMARY_FILE  # noqa: E402
 from bcd_cli.run import tracking  # noqa: E402
 from bcd_cli.run.checkpoint import CHECKPOINT_FILE  # noqa: E402
+from bcd_cli.run.records import METRIC_COLUMNS, METRICS_FILE, SUMMARY_FILE  # noqa: E402
 from bcd_cli.run.spec import resolve, validate  # noqa: E402
 from bcd_cli.run.train import run  # noqa: E402
 from tests.conftest import TINY, compose_config  # noqa: E402

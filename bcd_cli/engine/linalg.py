@@ -231,13 +231,27 @@ def gram(A: Tensor, *, out: Tensor | None = None) -> Tensor:
     if out is None:
         out = A.new_empty(k, k)
     if k < 2 * GRAM_BASE_ROWS:
-        return torch.mm(A, A.mT, out=out)
+        torch.mm(A, A.mT, out=out)
+        return _mirror_lower(out)
     half = k // 2
     gram(A[:half], out=out[:half, :half])
     gram(A[half:], out=out[half:, half:])
     torch.mm(A[half:], A[:half].mT, out=out[half:, :half])
     out[:half, half:] = out[half:, :half].mT
     return out
+
+
+def _mirror_lower(G: Tensor, tile: int = 64) -> Tensor:
+    """Copies the lower triangle of the square G onto its upper one, in place, tile by tile (no temporary beyond
+    one tile): a product A A^T is not exactly symmetric with every BLAS kernel, and the factorisations read the
+    lower triangle, which is kept as computed."""
+    k = G.shape[0]
+    for start in range(0, k, tile):
+        stop = min(start + tile, k)
+        G[start:stop, stop:] = G[stop:, start:stop].mT
+        block = G[start:stop, start:stop]
+        block.copy_(block.tril() + block.tril(-1).mT)
+    return G
 
 
 def add_to_diagonal(H: Tensor, value: float | Tensor) -> Tensor:

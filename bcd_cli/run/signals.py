@@ -21,6 +21,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from bcd_cli.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -50,7 +52,8 @@ def fault_point(name: str) -> None:
     count, _, sig = rest.partition(":")
     sig = sig.upper() if sig.upper().startswith("SIG") else f"SIG{sig.upper()}"
     if point not in FAULT_POINTS or not count.isdigit() or sig not in signal.Signals.__members__:
-        raise ValueError(f"{FAULT_VARIABLE}={spec!r}: POINT:N:SIGNAL, POINT one of {', '.join(FAULT_POINTS)}")
+        allowed = f"POINT:N:SIGNAL, POINT one of {', '.join(FAULT_POINTS)}, N >= 1, e.g. checkpoint:2:SIGKILL"
+        raise ConfigError(FAULT_VARIABLE, spec, allowed)
     if point != name:
         return
     _reached[name] = _reached.get(name, 0) + 1
