@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from hydra.utils import instantiate
@@ -38,13 +38,18 @@ from omegaconf import OmegaConf
 
 from bcd_cli.app import config_dir
 from bcd_cli.catalogue._memory import ActivationMemory, LossMemory, RegularizerMemory
-from bcd_cli.engine.baselines import OPTIMIZERS, GradientBaseline
+from bcd_cli.engine.baselines import OPTIMIZERS, BaselineSettings, GradientBaseline
 from bcd_cli.engine.parallel import world_size
 from bcd_cli.engine.resnet import ResNetBCD
+from bcd_cli.engine.scheme import BCDSettings
 from bcd_cli.engine.three_splitting import ThreeSplittingBCD
 from bcd_cli.engine.two_splitting import TwoSplittingBCD
 from bcd_cli.engine.workspace import Footprint, Shapes
 from bcd_cli.errors import ConfigError, ResourceError
+
+if TYPE_CHECKING:
+    from bcd_cli.data.loaders import Dataset
+    from bcd_cli.run.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -258,24 +263,27 @@ def _peaks(footprint: Footprint, s: Shapes) -> tuple[int, int, int, dict[str, st
     return peaks["build"], peaks["sweep"], peaks["evaluation"], {phase: w.where for phase, (_, w) in phases.items()}
 
 
-def estimate_for(spec: Any, data: Any) -> MemoryEstimate:
+def estimate_for(spec: RunSpec, data: Dataset) -> MemoryEstimate:
     """The estimate of the run of ``spec`` (a ``bcd_cli.run.spec.RunSpec``) on the loaded ``data`` (a
     ``bcd_cli.data.loaders.Dataset``, this process's shard in a data-parallel run).
 
     The data is already on its device: ``loaded`` is its size, which ``check`` does not ask for again."""
     sizes, residual = spec.model.architecture(data.n_features, data.n_classes)
     method, settings = spec.method, spec.method.settings
-    bcd = method.name == "bcd"
-    solve, state_solve = settings.dtypes() if bcd else (None, None)
-    n_local, n_test_local = data.X_train.shape[1], data.X_test.shape[1]
+    options: dict[str, Any]
+    if method.splitting is not None:  # a BCD scheme
+        bcd = cast(BCDSettings, settings)
+        solve, state_solve = bcd.dtypes()
+        options = {"scheme": method.splitting, "solve_dtype": solve, "state_solve_dtype": state_solve,
+                   "extrapolation": bcd.extrapolation > 0}  # fmt: skip
+    else:
+        sgd = cast(BaselineSettings, settings)
+        options = {"scheme": method.name, "solve_dtype": None, "batch_size": sgd.batch_size, "momentum": sgd.momentum,
+                   "nesterov": sgd.nesterov, "weight_decay": sgd.weight_decay}  # fmt: skip
     result = estimate(
-        sizes, n_local, n_test_local,
-        dtype=spec.dtype, scheme=method.splitting if bcd else method.name, residual=residual, solve_dtype=solve,
-        state_solve_dtype=state_solve, grad_norm=spec.grad_norm, device=data.X_train.device,
-        act=spec.catalogue.act, loss=spec.catalogue.loss, reg_w=spec.catalogue.reg_w, reg_v=spec.catalogue.reg_v,
-        batch_size=getattr(settings, "batch_size", 512), momentum=getattr(settings, "momentum", 0.0),
-        nesterov=getattr(settings, "nesterov", False), weight_decay=getattr(settings, "weight_decay", 0.0),
-        extrapolation=bool(getattr(settings, "extrapolation", 0.0)),
+        sizes, data.X_train.shape[1], data.X_test.shape[1], dtype=spec.dtype, residual=residual,
+        grad_norm=spec.grad_norm, device=data.X_train.device, act=spec.catalogue.act, loss=spec.catalogue.loss,
+        reg_w=spec.catalogue.reg_w, reg_v=spec.catalogue.reg_v, **options,
     )  # fmt: skip
     ranks = world_size()  # a data-parallel run: each rank holds its share of the samples
     loaded = sum(t.numel() * t.element_size() for t in (data.X_train, data.Y_train, data.y_train, data.X_test,
