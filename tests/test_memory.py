@@ -124,6 +124,35 @@ def test_peak_estimate_bounds_the_measured_peak(name):
     assert measured["evaluation"] <= estimate.eval_peak <= 1.5 * measured["evaluation"]
 
 
+@pytest.mark.parametrize("name", ["three", "two", "resnet", "adam", "three-accelerated"])
+def test_a_runs_estimate_is_its_trainers_own(name, monkeypatch):
+    """``estimate_for`` of a run's spec is ``estimate`` of the trainer class the spec names, its own declarations
+    asked (ResNetBCD's residual blocks, not three-splitting's with residual flags)."""
+    cfg, data = _run(*RUNS[name])
+    spec = resolve(cfg)
+    trainer, asked = spec.method.trainer, []
+    declared = trainer.memory_footprint.__func__
+
+    def spy(cls, *args, **kwargs):
+        asked.append(cls)
+        return declared(cls, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "memory_footprint", classmethod(spy))
+    sizes, residual = spec.model.architecture(data.n_features, data.n_classes)
+    settings = spec.method.settings
+    extra = {"batch_size": settings.batch_size} if name == "adam" else {"extrapolation": "accelerated" in name}
+    expected = memory.estimate(
+        sizes, data.X_train.shape[1], data.X_test.shape[1], scheme=name.split("-")[0], residual=residual,
+        solve_dtype=torch.float64, act=spec.catalogue.act, loss=spec.catalogue.loss, **extra,
+    )  # fmt: skip
+    asked.clear()
+    got = memory.estimate_for(spec, data)
+    assert asked and set(asked) == {trainer}
+    assert (got.state, got.sweep_peak, got.eval_peak, got.build_peak, got.where) == (
+        expected.state, expected.sweep_peak, expected.eval_peak, expected.build_peak, expected.where,
+    )  # fmt: skip
+
+
 def test_evaluation_without_gradient_norm_is_estimated_too():
     cfg = compose_config(*SAMPLES, *RUNS["three"], "grad_norm=false")
     data = load_data(cfg.data, dtype=torch.float32, device=CPU)

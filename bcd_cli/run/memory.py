@@ -43,6 +43,7 @@ from bcd_cli.engine.parallel import world_size
 from bcd_cli.engine.resnet import ResNetBCD
 from bcd_cli.engine.scheme import BCDSettings
 from bcd_cli.engine.three_splitting import ThreeSplittingBCD
+from bcd_cli.engine.trainer import Trainer
 from bcd_cli.engine.two_splitting import TwoSplittingBCD
 from bcd_cli.engine.workspace import Footprint, Shapes
 from bcd_cli.errors import ConfigError, ResourceError
@@ -174,7 +175,7 @@ def estimate(
     n_test: int,
     *,
     dtype: torch.dtype | str = torch.float32,
-    scheme: str = "three",
+    scheme: str | type[Trainer] = "three",
     residual: Sequence[bool] | None = None,
     solve_dtype: torch.dtype | str | None = torch.float64,
     state_solve_dtype: torch.dtype | str | None = None,
@@ -193,7 +194,7 @@ def estimate(
     """The memory of a run on the network of layer ``sizes`` (input, hidden..., classes) with ``n_train``
     training and ``n_test`` test samples on this process's ``device``.
 
-    ``scheme``: a BCD splitting (three, two, resnet; ``residual`` flags its layers as
+    ``scheme``: a trainer class, or by name a BCD splitting (three, two, resnet; ``residual`` flags its layers as
     ``config.architecture`` does, by default every layer but the first and the last for resnet) or a
     baseline (sgd, adam, with ``batch_size``, ``momentum``, ``nesterov``, ``weight_decay``).
     ``solve_dtype``: the factorisations' dtype (trainer.solve_dtype; None: ``dtype``);
@@ -205,14 +206,15 @@ def estimate(
     without one (a ``_target_`` of the user's own) is counted as the most any catalogue entry of its kind
     allocates.
     """
-    if scheme not in SCHEMES + BASELINES:
+    if isinstance(scheme, str) and scheme not in SCHEMES + BASELINES:
         raise ValueError(f"scheme={scheme!r}: one of {', '.join(SCHEMES + BASELINES)}")
+    trainer = scheme if not isinstance(scheme, str) else GradientBaseline if scheme in BASELINES else _BCD[scheme]
     sizes = [int(s) for s in sizes]
     if len(sizes) < 2 or min(sizes) < 1 or n_train < 1 or n_test < 0:
         raise ValueError(f"sizes {sizes}, n_train {n_train}, n_test {n_test}: need two sizes >= 1 and n_train >= 1")
     N = len(sizes) - 1
     if residual is None:
-        residual = [0 < l < N - 1 for l in range(N)] if scheme == "resnet" else [False] * N
+        residual = [0 < l < N - 1 for l in range(N)] if trainer.residual else [False] * N
     device = torch.device(device)
     e = _size(dtype)
     shapes = Shapes(
@@ -221,11 +223,10 @@ def estimate(
         grad_norm=bool(grad_norm), act=_act_memory(act), loss=_loss_memory(loss), reg_w=_reg_memory(reg_w),
         reg_v=_reg_memory(reg_v),
     )  # fmt: skip
-    trainer: Any = GradientBaseline if scheme in BASELINES else _BCD[scheme]
-    settings = {"extrapolation": bool(extrapolation)} if trainer is not GradientBaseline else {
+    settings = {"extrapolation": bool(extrapolation)} if trainer.splitting is not None else {
         "optimizer": scheme, "batch_size": int(batch_size), "momentum": bool(momentum), "nesterov": bool(nesterov),
         "weight_decay": bool(weight_decay)}  # fmt: skip
-    footprint = functools.partial(trainer.memory_footprint, **settings)
+    footprint = functools.partial(cast(Any, trainer).memory_footprint, **settings)  # each class's own settings
     return _estimate_of(footprint, shapes, dtype=str(dtype).removeprefix("torch."), device=str(device))
 
 
@@ -274,7 +275,7 @@ def estimate_for(spec: RunSpec, data: Dataset) -> MemoryEstimate:
     if method.splitting is not None:  # a BCD scheme
         bcd = cast(BCDSettings, settings)
         solve, state_solve = bcd.dtypes()
-        options = {"scheme": method.splitting, "solve_dtype": solve, "state_solve_dtype": state_solve,
+        options = {"scheme": method.trainer, "solve_dtype": solve, "state_solve_dtype": state_solve,
                    "extrapolation": bcd.extrapolation > 0}  # fmt: skip
     else:
         sgd = cast(BaselineSettings, settings)
