@@ -217,10 +217,7 @@ def resolve(cfg: DictConfig) -> RunSpec:
     """The spec of the run ``cfg``: a new run's composed config, or with ``resume=DIR`` the config DIR was started
     with (its keys migrated), with ``cfg``'s values of the keys a resume may change. Raises ConfigError naming
     the first invalid key."""
-    resume = OmegaConf.select(cfg, "resume")
-    if resume is not None and (not isinstance(resume, str) or not resume.strip()):
-        raise ConfigError("resume", resume, "the path of a run folder to continue, or null")
-    return _spec_of(resumed_config(cfg) if resume is not None else cfg)
+    return _spec_of(resumed_config(cfg) if _resume_folder(cfg) is not None else cfg)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -239,9 +236,7 @@ def _spec_of(cfg: DictConfig) -> RunSpec:
     )  # fmt: skip
     if not isinstance(OmegaConf.select(cfg, "grad_norm"), bool):
         raise ConfigError("grad_norm", OmegaConf.select(cfg, "grad_norm"), "true or false")
-    resume = OmegaConf.select(cfg, "resume")
-    if resume is not None and (not isinstance(resume, str) or not resume.strip()):
-        raise ConfigError("resume", resume, "the path of a run folder to continue, or null")
+    resume = _resume_folder(cfg)
     if OmegaConf.select(cfg, "dtype") not in DTYPES:
         raise ConfigError("dtype", OmegaConf.select(cfg, "dtype"), f"one of {', '.join(DTYPES)}")
     model = _model(cfg)
@@ -256,11 +251,19 @@ def _spec_of(cfg: DictConfig) -> RunSpec:
         data=MappingProxyType(data if isinstance(data, dict) else {"name": data}), model=model, method=method,
         catalogue=catalogue, device=device, dtype_name=str(cfg.dtype), epochs=int(cfg.epochs), seed=int(cfg.seed),
         grad_norm=bool(cfg.grad_norm), checkpoint_every=int(cfg.checkpoint.every), logger=logger,
-        config=MappingProxyType(_resolved(cfg)), resume=Path(str(resume)) if resume is not None else None,
+        config=MappingProxyType(_resolved(cfg)), resume=resume,
     )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ the parts
+
+
+def _resume_folder(cfg: DictConfig) -> Path | None:
+    """The run folder ``resume`` names, None for a new run."""
+    resume = OmegaConf.select(cfg, "resume")
+    if resume is not None and (not isinstance(resume, str) or not resume.strip()):
+        raise ConfigError("resume", resume, "the path of a run folder to continue, or null")
+    return Path(resume) if resume is not None else None
 
 
 def _number(cfg: DictConfig, key: str, ok: Callable[[float], bool], allowed: str, *, integer: bool = False) -> None:
