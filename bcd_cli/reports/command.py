@@ -13,6 +13,7 @@ from typing import Any
 from bcd_cli.errors import ConfigError
 from bcd_cli.reports.sweep import check_sweep, job_folders, write_sweep_report
 from bcd_cli.run.folders import is_locked
+from bcd_cli.run.provenance import PROVENANCE_FILE, ProvenanceError, check_runs, describe, read_provenance
 from bcd_cli.run.records import (
     CONVERGENCE_FILE,
     CURVES_FILE,
@@ -111,6 +112,24 @@ def report(folder: Path, keys: list[str] | None = None) -> list[Path]:
     return written
 
 
+def provenance_report(folder: Path) -> tuple[list[str], list[str]]:
+    """What bcd-report says of what produced ``folder``'s runs: (lines for stdout, notes for stderr). For a run
+    folder, the block of its provenance.json (the run's start and each resume), or a line saying it has none (a
+    run of an earlier version); for a multirun folder, the line saying what its jobs differ in, where they do. A
+    damaged provenance.json is a note naming it."""
+    if (folder / METRICS_FILE).exists():
+        try:
+            records = read_provenance(folder)
+        except ProvenanceError as err:
+            return [], [f"{err}; provenance not shown"]
+        if records is None:
+            return [f"provenance: none recorded (no {PROVENANCE_FILE}: a run of an earlier version)"], []
+        return ["provenance:", *(f"  {line}" for line in describe(records))], []
+    check = check_runs({f"job {job.relative_to(folder).as_posix()}": job for job in job_folders(folder)})
+    notes = [check.differ] if check.differ else []
+    return [], notes + [f"{message}; left out of the provenance check" for message in check.damaged]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``bcd-report``."""
     parser = argparse.ArgumentParser(
@@ -126,6 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     except ReportError as err:
         print(f"bcd-report: error: {err}", file=sys.stderr)
         sys.exit(2)
+    lines, notes = provenance_report(args.dir)
+    for line in lines:
+        print(line)
+    for note in notes:
+        print(f"bcd-report: note: {note}", file=sys.stderr)
     for path in written:
         print(path)
 

@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from bcd_cli.app import BASIC_SWEEPER
 from bcd_cli.run.folders import MULTIRUN_FILE, is_locked
+from bcd_cli.run.provenance import PROVENANCE_COLUMNS, Check, check_runs, table_cells
 from bcd_cli.run.records import METRICS_FILE, descent_failures, read_metrics, read_summary
 from bcd_cli.run.resume import SAVED_CONFIG
 from bcd_cli.search.study import is_study_folder, write_study_report
@@ -103,8 +104,8 @@ def planned_jobs(folder: Path) -> list[dict[str, str]] | None:
 def sweep_table(folder: Path) -> tuple[pd.DataFrame, list[str]]:
     """One row per job: job, its override values, status (completed, failed, interrupted; running for a job
     that runs, killed for one whose process died mid-run, missing for a job folder without a summary, not run
-    for a job that a stopped multirun never started), the error of a job that failed, the summary's results;
-    and the swept keys.
+    for a job that a stopped multirun never started), the error of a job that failed, the summary's results,
+    what produced the job (PROVENANCE_COLUMNS, from its provenance.json); and the swept keys.
 
     The swept keys are the override keys that take more than one value over the jobs, in override order.
     """
@@ -127,9 +128,10 @@ def sweep_table(folder: Path) -> tuple[pd.DataFrame, list[str]]:
         for field in SUMMARY_FIELDS:
             value = (summary or {}).get(field)
             row[field] = math.nan if value is None else value  # null (a NaN written as strict JSON): no value
+        row |= table_cells(job)
         rows.append(row)
     rows.sort(key=lambda row: _job_key(Path(row["job"])))
-    table = pd.DataFrame(rows, columns=["job", *keys, "status", "error", *SUMMARY_FIELDS])
+    table = pd.DataFrame(rows, columns=["job", *keys, "status", "error", *SUMMARY_FIELDS, *PROVENANCE_COLUMNS])
     swept = [k for k in keys if table[k].nunique(dropna=False) > 1]
     return table, swept
 
@@ -139,7 +141,8 @@ def write_sweep_report(folder: Path | str, keys: Sequence[str] | None = None) ->
 
     sweep_summary.csv always; heatmap.png when two keys vary (``keys`` chooses them; an Optuna search, whose
     values hardly ever repeat, has one only when ``keys`` asks); sweep_aggregate.csv and curves_by_config.png
-    when ``seed`` was swept; comparison.png/.csv/.md when ``trainer`` was swept; for an Optuna search, the
+    when ``seed`` was swept; comparison.png/.csv/.md when ``trainer`` was swept (comparison.md saying when the
+    runs compared differ in code, device, CPU, threads or dtypes: ``with_provenance``); for an Optuna search, the
     study's report (bcd_cli.search.study.write_study_report).
     """
     folder = Path(folder)
@@ -159,10 +162,18 @@ def write_sweep_report(folder: Path | str, keys: Sequence[str] | None = None) ->
     if "trainer" in swept:
         comparison = compare_trainers(table, metrics, bcd_methods=bcd_methods(folder, table))
         comparison.to_csv(folder / COMPARISON_CSV, index=False)
-        (folder / COMPARISON_MD).write_text(comparison_markdown(comparison))
+        compared = {f"job {job}": folder / job for kept, _ in comparison_jobs(table, metrics).values() for job in kept}
+        (folder / COMPARISON_MD).write_text(with_provenance(comparison_markdown(comparison), check_runs(compared)))
         plot_comparison(table, metrics, folder / COMPARISON_FILE, title=comparison_title(folder, table))
         written += [folder / COMPARISON_CSV, folder / COMPARISON_MD, folder / COMPARISON_FILE]
     return written + write_study_report(folder)
+
+
+def with_provenance(markdown: str, check: Check) -> str:
+    """comparison.md with what the provenance of the runs compared says: first, where they differ, the line
+    saying in what (timings from different devices are not comparable); last, the runs left out of that check."""
+    head = f"{check.differ}\n\n" if check.differ else ""
+    return head + markdown + "".join(f"\n{note}\n" for note in check.notes())
 
 
 def check_sweep(folder: Path | str, keys: Sequence[str] | None = None) -> None:
@@ -187,7 +198,8 @@ def _heatmap_keys(table: pd.DataFrame, swept: list[str], keys: Sequence[str] | N
         keys = list(keys)
         if len(keys) != 2 or keys[0] == keys[1]:
             raise ValueError(f"the heatmap needs two different keys, got {keys}")
-        unknown = [k for k in keys if k not in table.columns or k in ("job", "status", "error", *SUMMARY_FIELDS)]
+        results = ("job", "status", "error", *SUMMARY_FIELDS, *PROVENANCE_COLUMNS)
+        unknown = [k for k in keys if k not in table.columns or k in results]
         if unknown:
             raise ValueError(f"no override key {', '.join(unknown)} in the sweep (its keys: {', '.join(swept)})")
         return keys[0], keys[1]

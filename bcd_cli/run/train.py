@@ -22,7 +22,7 @@ from bcd_cli.engine.network import MLP
 from bcd_cli.engine.parallel import any_rank, rank, synchronize
 from bcd_cli.engine.trainer import Trainer
 from bcd_cli.errors import BCDError, ConfigError, Interrupted, NumericalError, ResourceError, first_line
-from bcd_cli.run import memory, tracking
+from bcd_cli.run import memory, provenance, tracking
 from bcd_cli.run.checkpoint import Checkpoint, rng_state, write_checkpoint
 from bcd_cli.run.folders import run_lock
 from bcd_cli.run.observers import Pruned, RunObserver
@@ -211,7 +211,8 @@ class _Record:
         observers: Sequence[RunObserver] = (),
     ):
         """The record of a run starting at sweep 0 or at ``checkpoint``; summary.json says ``running``, so a
-        killed run, or a killed extension of a finished one, never claims to be completed."""
+        killed run, or a killed extension of a finished one, never claims to be completed; provenance.json records
+        what runs it (a resume's record after the run's earlier ones)."""
         elapsed = checkpoint.elapsed if checkpoint is not None else 0.0
         record = cls(
             spec, out_dir, trainer, data, MetricsWriter(out_dir / METRICS_FILE), time.perf_counter() - elapsed,
@@ -220,6 +221,8 @@ class _Record:
         )  # fmt: skip
         if record.main:
             write_summary(out_dir / SUMMARY_FILE, {"status": "running", "sweeps": record.sweep, "epochs": spec.epochs})
+            resumed_at = record.sweep if spec.resume is not None else None
+            provenance.record_run(out_dir, spec, data.X_train.device, resumed_at=resumed_at)
             record.observers = [*tracking.loggers(spec.logger, out_dir), *observers]
             try:
                 for observer in record.observers:
