@@ -155,6 +155,15 @@ def test_heatmap_cells_and_best_cell(tmp_path: Path):
     assert table.loc[table["final_test_acc"].idxmax(), ["gamma", "alpha"]].tolist() == ["1", "1"]
 
 
+def test_heatmap_cells_are_the_median_over_seeds_that_split():
+    acc = [0.115, 0.96, 0.95, 0.5]  # gamma=1: one seed of three never learns
+    table = pd.DataFrame({"gamma": ["1", "1", "1", "2"], "alpha": ["1"] * 4, "seed": ["0", "1", "2", "0"]})
+    table["final_test_acc"] = acc
+    assert heatmap_grid(table, ("gamma", "alpha")).loc["1", "1"] == pytest.approx(0.95)  # not the mean, 0.675
+    assert heatmap_grid(table, ("gamma", "alpha"), "min").loc["1", "1"] == pytest.approx(0.115)
+    assert heatmap_grid(table, ("gamma", "alpha"), "max").loc["2", "1"] == pytest.approx(0.5)
+
+
 def test_seed_aggregate_mean_and_std(tmp_path: Path):
     folder = copy("grid", tmp_path)
     write_sweep_report(folder)
@@ -167,6 +176,8 @@ def test_seed_aggregate_mean_and_std(tmp_path: Path):
             values = [recorded[str(2 * j + s)][field] for s in (0, 1)]
             assert row[f"{field}_mean"] == pytest.approx(np.mean(values))
             assert row[f"{field}_std"] == pytest.approx(np.std(values, ddof=1))
+            assert row[f"{field}_median"] == pytest.approx(np.median(values))
+            assert (row[f"{field}_min"], row[f"{field}_max"]) == pytest.approx((min(values), max(values)))
 
 
 def test_heatmap_keys_chosen_by_the_caller_and_skipped_when_one_key_varies(tmp_path: Path):
@@ -203,12 +214,18 @@ def test_trainer_comparison(tmp_path: Path):
             assert comparison.loc[i, f"{field}_std"] == pytest.approx(np.std(values, ddof=1))
     lines = (folder / "comparison.md").read_text().splitlines()
     assert lines[0] == (
-        "| method | seeds | final test acc | best test acc | final train acc | sweep to test acc 0.90 "
+        "| method | seeds | final test acc | best test acc | final train acc | reached test acc 0.90 (first sweep) "
         "| seconds to 0.90 | seconds / sweep | training seconds | objective rose | rejected |"
     )
     assert lines[2].startswith("| bcd | 2 | ") and lines[3].startswith("| sgd | 2 | ") and lines[4] == ""
     bcd_test = [recorded[j]["final_test_acc"] for j in ("0", "1")]
-    assert lines[2].split(" | ")[2] == f"{np.mean(bcd_test):.3f} ± {np.std(bcd_test, ddof=1):.3f}"
+    assert lines[2].split(" | ")[2] == f"{bcd_test[0]:.3f}, {bcd_test[1]:.3f}"  # each seed's, in seed order
+    assert comparison["seeds"].tolist() == ["0;1", "0;1"]
+    for i, trainer_jobs in enumerate([("0", "1"), ("2", "3")]):
+        values = [recorded[j]["final_test_acc"] for j in trainer_jobs]
+        assert comparison.loc[i, "final_test_acc_median"] == pytest.approx(np.median(values))
+        assert comparison.loc[i, "final_test_acc_min"] == pytest.approx(min(values))
+        assert comparison.loc[i, "final_test_acc_max"] == pytest.approx(max(values))
 
 
 def test_comparison_survives_a_job_without_metrics(tmp_path: Path):

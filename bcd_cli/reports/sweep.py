@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,11 @@ COMPARISON_MD = "comparison.md"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 SUMMARY_FIELDS = ["final_test_acc", "best_test_acc", "final_train_acc", "train_seconds", "wall_seconds", "descent_held"]
 AGGREGATED = ["final_test_acc", "best_test_acc", "final_train_acc"]
+SEED_STATS = ("mean", "std", "median", "min", "max")  # sweep_aggregate.csv's statistics over seeds, per field
 COMPARED = ["final_train_acc", "final_test_acc", "best_test_acc", "train_seconds"]
 # the trainer comparison: the test accuracy each method is timed to reach, and the columns of comparison.csv
 TARGET_ACC = 0.90
+SEEDS_LISTED = 5  # comparison.md lists each seed's value up to this many seeds, and the median and range beyond
 TITLE_WIDTH = 130  # characters in a line of comparison.png's title
 BCD_NAME = "bcd"  # the trainer name of BCD, plain or accelerated (conf/trainer/bcd*.yaml)
 PROGRESS = ["sweep_to_target", "seconds_to_target", "seconds_per_sweep", "descent_failures", "rejected"]
@@ -48,6 +50,10 @@ COMPARISON_COLUMNS = [
     "trainer", "n_seeds", "n_left_out", *(f"{f}_{s}" for f in COMPARED for s in ("mean", "std")),
     "seconds_per_sweep_mean", "seconds_per_sweep_std", "target_acc", "n_reached_target", "sweep_to_target_mean",
     "sweep_to_target_std", "seconds_to_target_mean", "descent_failures", "rejected", "left_out",
+    # each compared seed (the seed, or "job N" without one) and its values, ";"-separated in that order, nan where
+    # a seed has none (never reached the target); the median, min and max of the accuracies over the seeds
+    "seeds", *(f"{f}_{s}" for f in AGGREGATED for s in ("median", "min", "max")), *(f"{f}_each" for f in AGGREGATED),
+    "sweep_to_target_each", "seconds_to_target_each",
 ]  # fmt: skip
 
 
@@ -217,29 +223,34 @@ def _sorted_values(values: pd.Series) -> list[Any]:
         return sorted(unique)
 
 
-def heatmap_grid(table: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:
-    """Mean final test accuracy per (row key, column key) value, over the other keys and the seeds."""
+def heatmap_grid(table: pd.DataFrame, pair: tuple[str, str], stat: str = "median") -> pd.DataFrame:
+    """Final test accuracy per (row key, column key) value over the other keys and the seeds: their median
+    (``stat``: or "min", "max", "count")."""
     rows, cols = pair
     data = table.assign(**{rows: table[rows].astype(str), cols: table[cols].astype(str)})
     data["final_test_acc"] = pd.to_numeric(data["final_test_acc"], errors="coerce")
-    grid = data.pivot_table(index=rows, columns=cols, values="final_test_acc", aggfunc="mean", dropna=False)
+    grid = data.pivot_table(index=rows, columns=cols, values="final_test_acc", aggfunc=stat, dropna=False)
     return grid.reindex(index=_sorted_values(table[rows]), columns=_sorted_values(table[cols]))
 
 
 def plot_heatmap(table: pd.DataFrame, pair: tuple[str, str], path: Path) -> None:
-    """Final test accuracy over two keys, every cell annotated, the best one outlined."""
+    """Final test accuracy over two keys, the median over the seeds (and other keys), every cell annotated with it
+    and, over several runs, their min-max range; the best cell outlined."""
     grid = heatmap_grid(table, pair)
     values = grid.to_numpy(dtype=float)
+    low, high = (heatmap_grid(table, pair, stat).to_numpy(dtype=float) for stat in ("min", "max"))
     fig = Figure(figsize=(1.2 * values.shape[1] + 3, 0.9 * values.shape[0] + 2), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    fig.colorbar(image, ax=ax, label="final test accuracy")
+    fig.colorbar(image, ax=ax, label="final test accuracy, median")
     ax.set_xticks(range(values.shape[1]), grid.columns)
     ax.set_yticks(range(values.shape[0]), grid.index)
-    ax.set(xlabel=pair[1], ylabel=pair[0], title=f"final test accuracy over {pair[0]} x {pair[1]}")
+    ax.set(xlabel=pair[1], ylabel=pair[0], title=f"final test accuracy over {pair[0]} x {pair[1]}, median (min-max)")
     for (i, j), v in np.ndenumerate(values):
         text = "n/a" if math.isnan(v) else f"{v:.3f}"
-        ax.text(j, i, text, ha="center", va="center", color="w" if math.isnan(v) or v < 0.6 else "k")
+        if not math.isnan(v) and high[i, j] > low[i, j]:
+            text += f"\n({low[i, j]:.3f}-{high[i, j]:.3f})"
+        ax.text(j, i, text, ha="center", va="center", color="w" if math.isnan(v) or v < 0.6 else "k", fontsize=8)
     if np.isfinite(values).any():
         i, j = np.unravel_index(np.nanargmax(values), values.shape)
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=3))
@@ -249,24 +260,26 @@ def plot_heatmap(table: pd.DataFrame, pair: tuple[str, str], path: Path) -> None
     fig.savefig(path, dpi=120)
 
 
-def _mean_std(table: pd.DataFrame, groups: list[str], fields: list[str], count: str) -> pd.DataFrame:
+def _over_seeds(table: pd.DataFrame, groups: list[str], fields: list[str], count: str) -> pd.DataFrame:
     data = table.copy()
     for field in fields:
         data[field] = pd.to_numeric(data[field], errors="coerce")
     data = data.dropna(subset=["final_test_acc"])
     by = groups or (lambda _: "all")
-    stats = data.groupby(by, sort=False)[fields].agg(["mean", "std"])
+    stats = data.groupby(by, sort=False)[fields].agg(list(SEED_STATS))
     stats.columns = [f"{f}_{s}" for f, s in stats.columns]
     stats.insert(0, count, data.groupby(by, sort=False).size())
     return stats.reset_index(drop=not groups)
 
 
 def aggregate_over_seeds(table: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
-    """Mean and std (over seeds) of the final/best test and final train accuracy per combination of ``groups``.
+    """Mean, std, median, min and max (over seeds) of the final/best test and final train accuracy per combination
+    of ``groups``: where seeds split (some learn, some never do), the mean lies between them and the median and
+    the range say so.
 
     Jobs without results (no summary.json) are left out; n_seeds counts the jobs that gave results.
     """
-    return _mean_std(table, groups, AGGREGATED, "n_seeds")
+    return _over_seeds(table, groups, AGGREGATED, "n_seeds")
 
 
 def comparison_jobs(table: pd.DataFrame, metrics: Mapping[str, pd.DataFrame | None]) -> dict[str, tuple[list, list]]:
@@ -325,7 +338,9 @@ def compare_trainers(
     seconds and seconds per sweep; the first sweep reaching test accuracy ``target`` and the seconds up to it,
     mean over the seeds that reached it (n_reached_target of them); for BCD methods, the sweeps whose objective
     rose and the extrapolations rejected, summed over the seeds (NaN for the others, and for ``rejected`` where
-    no metrics file has the column). ``bcd_methods`` names the BCD methods; by default, ``bcd`` and ``bcd_*``."""
+    no metrics file has the column). ``bcd_methods`` names the BCD methods; by default, ``bcd`` and ``bcd_*``.
+    Since seeds may split (some reach the target, some never leave chance), it also gives each seed's values
+    (``seeds`` and the ``*_each`` columns) and the median, min and max of the accuracies."""
     rows = []
     for method, (kept, left) in comparison_jobs(table, metrics).items():
         jobs = table[table["job"].isin(kept)]
@@ -346,56 +361,114 @@ def compare_trainers(
         row["descent_failures"] = progress["descent_failures"].sum() if bcd and frames else math.nan
         row["rejected"] = progress["rejected"].sum(min_count=1) if bcd else math.nan
         row["left_out"] = "; ".join(left)
+        row["seeds"] = ";".join(_seed_name(job_row) for _, job_row in jobs.iterrows())
+        for field in AGGREGATED:
+            values = pd.to_numeric(jobs[field], errors="coerce")
+            row[f"{field}_median"], row[f"{field}_min"], row[f"{field}_max"] = values.agg(["median", "min", "max"])
+            row[f"{field}_each"] = _joined(values)
+        row["sweep_to_target_each"] = _joined(progress["sweep_to_target"])
+        row["seconds_to_target_each"] = _joined(progress["seconds_to_target"])
         rows.append(row)
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
+def _seed_name(row: pd.Series) -> str:
+    """A compared job's seed as the comparison names it: its ``seed`` override, or "job N" without one."""
+    seed = row.get("seed")
+    return f"job {row['job']}" if seed is None or pd.isna(seed) else str(seed)
+
+
+def _joined(values: pd.Series) -> str:
+    return ";".join("nan" if pd.isna(v) else f"{float(v):.6g}" for v in values)
+
+
+def seed_values(cell: Any, n: int) -> list[float]:
+    """The ``n`` values of a ";"-separated ``*_each`` cell of the comparison (as written, or read back by pandas,
+    which reads a single value as a number)."""
+    if n == 0:
+        return []
+    if not isinstance(cell, str):
+        return [float(cell)]
+    return [float(part) for part in cell.split(";")]
+
+
 def comparison_markdown(comparison: pd.DataFrame) -> str:
-    """The method comparison as a markdown table, mean ± std over seeds, with what its columns mean and the jobs
-    left out below it."""
+    """The method comparison as a markdown table, with what its columns mean, how many seeds of each method reached
+    the target accuracy, and the jobs left out below it. Accuracies are each seed's value (with more than
+    SEEDS_LISTED seeds, the median and the range): a mean ± std over seeds that split describes no run."""
     target = float(comparison["target_acc"].iloc[0]) if len(comparison) else TARGET_ACC
     head = [
-        "method", "seeds", "final test acc", "best test acc", "final train acc", f"sweep to test acc {target:.2f}",
-        f"seconds to {target:.2f}", "seconds / sweep", "training seconds", "objective rose", "rejected",
+        "method", "seeds", "final test acc", "best test acc", "final train acc",
+        f"reached test acc {target:.2f} (first sweep)", f"seconds to {target:.2f}", "seconds / sweep",
+        "training seconds", "objective rose", "rejected",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    reached_notes = []
     for _, row in comparison.iterrows():
         n = int(row["n_seeds"])
-        reached = int(row["n_reached_target"])
-        sweeps = "—" if n == 0 else f"never (0 of {n})"
-        if reached:
-            sweeps = f"{_pm(row['sweep_to_target_mean'], row['sweep_to_target_std'], 1)} ({reached} of {n})"
+        sweeps = seed_values(row["sweep_to_target_each"], n)
+        seconds = [v for v in seed_values(row["seconds_to_target_each"], n) if not math.isnan(v)]
+        reached = [v for v in sweeps if not math.isnan(v)]
         cells = [
             str(row["trainer"]),
             f"{n} ({int(row['n_left_out'])} left out)" if row["n_left_out"] else str(n),
-            *(_pm(row[f"{field}_mean"], row[f"{field}_std"], 3) for field in AGGREGATED),
-            sweeps,
-            _pm_seconds(row["seconds_to_target_mean"], math.nan),
+            *(_spread(seed_values(row[f"{field}_each"], n), lambda v: f"{v:.3f}") for field in AGGREGATED),
+            "—" if n == 0 else f"{len(reached)} of {n}" + (f": {_spread(reached, _sweep)}" if reached else ""),
+            _spread(seconds, _seconds),
             _pm_seconds(row["seconds_per_sweep_mean"], row["seconds_per_sweep_std"]),
             _pm_seconds(row["train_seconds_mean"], row["train_seconds_std"]),
             _number(row["descent_failures"], ".0f"),
             _number(row["rejected"], ".0f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+        if n:
+            names = str(row["seeds"]).split(";")
+            reached_notes.append(f"- {row['trainer']}: {_reached_text(names, sweeps, target)}")
     notes = [
         "",
-        "Mean ± std over each method's seeds. A BCD sweep updates every block once; an SGD or Adam epoch is one pass "
-        "over the training samples. Seconds are training time (the updates of the sweeps or epochs), evaluation "
-        f"excluded. Sweep to test acc {target:.2f}: the first sweep at which the test accuracy reached it, mean over "
-        "the seeds that did (how many, in brackets); seconds to it: the training seconds up to that sweep. "
-        "Objective rose: the sweeps at which the objective went up, all seeds together (BCD methods). Rejected: the "
-        "sweeps at which the safeguard of accelerated BCD rejected the extrapolation, all seeds together.",
+        f"Accuracies: each seed's value, in the order of the seeds below (over more than {SEEDS_LISTED} seeds: the "
+        "median, and the min-max range in brackets). A BCD sweep updates every block once; an SGD or Adam epoch is "
+        "one pass over the training samples. Seconds are training time (the updates of the sweeps or epochs), "
+        f"evaluation excluded; seconds / sweep and training seconds are mean ± std over seeds. Reached test acc "
+        f"{target:.2f}: how many seeds reached it, and the first sweep at which each one did; seconds to it: the "
+        "training seconds up to that sweep, per seed. Objective rose: the sweeps at which the objective went up, all "
+        "seeds together (BCD methods). Rejected: the sweeps at which the safeguard of accelerated BCD rejected the "
+        "extrapolation, all seeds together.",
     ]
+    if reached_notes:
+        notes += ["", *reached_notes]
     left = [f"{row['trainer']}: {row['left_out']}" for _, row in comparison.iterrows() if row["n_left_out"]]
     if left:
         notes += ["", f"Left out (failed, interrupted or without results): {'; '.join(left)}."]
     return "\n".join(lines + notes) + "\n"
 
 
-def _pm(mean: float, std: float, digits: int) -> str:
-    if math.isnan(mean):
+def _spread(values: list[float], show: Callable[[float], str]) -> str:
+    """Values over seeds as a table cell: each one, in seed order, up to SEEDS_LISTED of them; else the median and
+    the min-max range."""
+    if not values:
         return "—"
-    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if len(values) <= SEEDS_LISTED:
+        return ", ".join("—" if math.isnan(v) else show(v) for v in values)
+    low, mid, high = np.nanmin(values), np.nanmedian(values), np.nanmax(values)
+    return f"{show(mid)} ({show(low)}–{show(high)})"
+
+
+def _sweep(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def _reached_text(names: list[str], sweeps: list[float], target: float) -> str:
+    """Which seeds reached the target and at which sweep first, which never did: "1 of 2 seeds reached 0.90,
+    first at sweep 14 (seed 1); seed 0 never did"."""
+    named = [name if name.startswith("job ") else f"seed {name}" for name in names]
+    hit = [f"{_sweep(s)} ({name})" for name, s in zip(named, sweeps, strict=True) if not math.isnan(s)]
+    missed = [name for name, s in zip(named, sweeps, strict=True) if math.isnan(s)]
+    text = f"{len(hit)} of {len(sweeps)} seeds reached test accuracy {target:.2f}"
+    text += f", first at sweep {', '.join(hit)}" if hit else ""
+    if hit and missed:
+        text += f"; {', '.join(missed)} never did"
+    return text + "."
 
 
 def _pm_seconds(mean: float, std: float) -> str:
@@ -420,13 +493,53 @@ def _job_metrics(job: Path) -> pd.DataFrame | None:
         return None
 
 
-def _band(ax: Axes, frames: list[pd.DataFrame], column: str, label: str, color: str) -> None:
-    """The mean of ``column`` over the frames against the sweep, with a +-std band when several."""
-    stacked = pd.concat([f.set_index("sweep")[column] for f in frames], axis=1)
-    mean, std = stacked.mean(axis=1), stacked.std(axis=1)
-    ax.plot(mean.index, mean.to_numpy(), label=f"{label} (n={len(frames)})" if len(frames) > 1 else label, color=color)
+# how a figure over seeds draws one method's (or configuration's) seeds
+SEED_ALPHA = 0.35  # a seed's own line, where a median is drawn over it
+SEED_WIDTH = 0.8
+BAND_ALPHA = 0.12  # the min-max band over the seeds
+MEDIAN_FROM = 3  # seeds: the median of two seeds is their mean, a run that may never have existed
+
+
+def seeds_label(n: int) -> str:
+    """What a figure over seeds draws of a method with ``n`` seeds (``_seed_lines``), for its legend."""
+    if n >= MEDIAN_FROM:
+        return f"median, min-max over {n} seeds"
+    return "1 seed" if n == 1 else f"each of {n} seeds, min-max"
+
+
+def _shown(values: pd.DataFrame, column: str, log: bool) -> pd.DataFrame:
+    """The values a panel can show: accuracies clipped to [0, 1]; on a log axis, the values <= 0 left out (NaN)."""
+    if column.endswith("_acc"):
+        values = values.clip(0.0, 1.0)
+    return values.where(values > 0) if log else values
+
+
+def _seed_lines(
+    ax: Axes, frames: list[pd.DataFrame], column: str, x: str, label: str, color: str, *, log: bool = False
+) -> None:
+    """Every frame (one seed) as its own line of ``column``, against the sweep or against its own training seconds
+    (``training_seconds``); with several, the min-max band over them sweep by sweep, and from MEDIAN_FROM seeds
+    their median as a bold line over thin, faint seed lines, the band and the median against the sweep or the
+    median over the seeds of the training seconds. Accuracies are clipped to [0, 1]; with ``log``, values <= 0
+    are left out. The seed lines carry the gid "seed", the band "band", the median "median"."""
+    stacked = _shown(pd.concat([frame.set_index("sweep")[column] for frame in frames], axis=1), column, log)
+    where = stacked.index.to_numpy()
+    seed_x = [where] * len(frames)
+    if x == "seconds":
+        elapsed = pd.concat([training_seconds(frame) for frame in frames], axis=1).reindex(stacked.index)
+        seed_x = [elapsed.iloc[:, i].to_numpy() for i in range(len(frames))]
+        where = elapsed.median(axis=1).to_numpy()
+    median = len(frames) >= MEDIAN_FROM
+    for i, xs in enumerate(seed_x):
+        ax.plot(
+            xs, stacked.iloc[:, i].to_numpy(), color=color, gid="seed", alpha=SEED_ALPHA if median else 0.9,
+            lw=SEED_WIDTH if median else 1.2, label=label if i == 0 and not median else "_nolegend_",
+        )  # fmt: skip
     if len(frames) > 1:
-        ax.fill_between(mean.index, (mean - std).to_numpy(), (mean + std).to_numpy(), alpha=0.2, color=color)
+        low, high = stacked.min(axis=1).to_numpy(), stacked.max(axis=1).to_numpy()
+        ax.fill_between(where, low, high, color=color, alpha=BAND_ALPHA, lw=0, gid="band")
+    if median:
+        ax.plot(where, stacked.median(axis=1).to_numpy(), color=color, lw=2, label=label, gid="median")
 
 
 def _grouped_metrics(
@@ -444,15 +557,16 @@ def _grouped_metrics(
 
 def plot_curves_by_config(
     table: pd.DataFrame, groups: list[str], metrics: dict[str, pd.DataFrame | None], path: Path
-) -> None:
-    """Test and train accuracy against the sweep, one line per combination of ``groups``, mean +- std over seeds."""
+) -> Figure:
+    """Test and train accuracy against the sweep per combination of ``groups``: each seed its own line, the
+    min-max band and the median over the seeds (``_seed_lines``). Returns the figure saved to ``path``."""
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     lines = _grouped_metrics(table, groups, metrics)
     for ax, column, name in zip(axes, ["test_acc", "train_acc"], ["test", "train"], strict=True):
         for n, (label, frames) in enumerate(lines.items()):
-            _band(ax, frames, column, label, f"C{n % 10}")
-        ax.set(xlabel="sweep / epoch", ylabel=f"{name} accuracy", title=f"{name} accuracy, mean ± std over seeds")
+            _seed_lines(ax, frames, column, "sweep", f"{label}: {seeds_label(len(frames))}", f"C{n % 10}")
+        ax.set(xlabel="sweep / epoch", ylabel=f"{name} accuracy", title=f"{name} accuracy, every seed")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     if lines:
@@ -460,6 +574,7 @@ def plot_curves_by_config(
     else:
         axes[0].text(0.5, 0.5, "no job left metrics", ha="center", va="center", transform=axes[0].transAxes)
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def _saved_configs(folder: Path, table: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -543,53 +658,62 @@ COMPARISON_PANELS = [
 ]
 X_LABELS = {
     "sweep": "sweep (BCD) / epoch (SGD, Adam)",
-    "seconds": "training seconds (cumulative; evaluation excluded), mean over seeds",
+    "seconds": "training seconds (cumulative; evaluation excluded)",
 }
 
 
 def plot_comparison(
-    table: pd.DataFrame, metrics: Mapping[str, pd.DataFrame | None], path: Path, title: str = ""
-) -> None:
-    """Figure 1 of the paper over seeds: per method, the mean ± std band over its seeds of the test accuracy against
-    the sweep (epoch) and against the training seconds, of the train accuracy and of the training loss against the
-    sweep. The legend names each method with its seeds and the jobs left out (``comparison_jobs``)."""
+    table: pd.DataFrame,
+    metrics: Mapping[str, pd.DataFrame | None],
+    path: Path,
+    title: str = "",
+    target: float = TARGET_ACC,
+) -> Figure:
+    """Figure 1 of the paper over seeds: per method, the test accuracy against the sweep (epoch) and against the
+    training seconds, the train accuracy and the training loss against the sweep, each seed its own line with the
+    min-max band and the median over the method's seeds (``_seed_lines``). A loss panel is on a log scale when its
+    values are >= 0, those = 0 left out. The legend names each method with its seeds, how many of them reached
+    test accuracy ``target`` and the jobs left out (``comparison_jobs``). Returns the figure saved to ``path``."""
     fig = Figure(figsize=(13, 9.5), layout="constrained")
     axes = fig.subplots(2, 2).ravel()
     groups = comparison_jobs(table, metrics)
-    for n, (method, (kept, left)) in enumerate(groups.items()):
-        frames = [frame for job in kept if (frame := metrics.get(job)) is not None]
-        label = f"{method} ({len(frames)} seed{'s' if len(frames) != 1 else ''}" + (
-            f", {len(left)} left out)" if left else ")"
-        )
-        for ax, (column, x, _) in zip(axes, COMPARISON_PANELS, strict=True):
-            if frames:
-                _comparison_band(ax, frames, column, x, label, f"C{n % 10}")
+    methods = {
+        method: ([frame for job in kept if (frame := metrics.get(job)) is not None], left)
+        for method, (kept, left) in groups.items()
+    }
     for ax, (column, x, name) in zip(axes, COMPARISON_PANELS, strict=True):
+        values = pd.concat([frame[column] for frames, _ in methods.values() for frame in frames] or [pd.Series()])
+        values = pd.to_numeric(values, errors="coerce").dropna()
+        log = not column.endswith("_acc") and bool((values > 0).any()) and not (values < 0).any()
+        for n, (method, (frames, left)) in enumerate(methods.items()):
+            if frames:
+                reached = sum(not math.isnan(job_progress(frame, target)["sweep_to_target"]) for frame in frames)
+                label = f"{method}: {seeds_label(len(frames))}; {reached} of {len(frames)} reached {target:.2f}"
+                label += f"; {len(left)} left out" if left else ""
+                _seed_lines(ax, frames, column, x, label, f"C{n % 10}", log=log)
         ax.set(xlabel=X_LABELS[x], ylabel=name, title=f"{name} against {'training time' if x == 'seconds' else x}")
         if column.endswith("_acc"):
             ax.set_ylim(0, 1)
-        elif ax.get_lines() and all(np.nanmin(line.get_ydata()) > 0 for line in ax.get_lines()):
+        elif log:
             ax.set_yscale("log")
         if x == "sweep":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole sweeps, never 2.5
         ax.grid(alpha=0.3, which="both")
-    if any(kept for kept, _ in groups.values()):
+    if any(frames for frames, _ in methods.values()):
         axes[0].legend(fontsize=8, loc="lower right")
     else:
         axes[0].text(0.5, 0.5, "no job left metrics", ha="center", va="center", transform=axes[0].transAxes)
-    fig.suptitle("\n".join(filter(None, [title, "mean ± std over seeds"])))
+    counts = sorted({len(frames) for frames, _ in methods.values() if frames})
+    fig.suptitle("\n".join(filter(None, [title, _seeds_caption(counts)])))
     fig.savefig(path, dpi=120)
+    return fig
 
 
-def _comparison_band(ax: Axes, frames: list[pd.DataFrame], column: str, x: str, label: str, color: str) -> None:
-    """The mean of ``column`` over the frames, sweep by sweep, with a ± std band when several, against the sweep
-    or against the mean over the frames of the training seconds up to each sweep (``training_seconds``)."""
-    stacked = pd.concat([frame.set_index("sweep")[column] for frame in frames], axis=1)
-    mean, std = stacked.mean(axis=1), stacked.std(axis=1)
-    where = mean.index.to_numpy()
-    if x == "seconds":
-        where = pd.concat([training_seconds(frame) for frame in frames], axis=1).mean(axis=1).reindex(mean.index)
-        where = where.to_numpy()
-    ax.plot(where, mean.to_numpy(), label=label, color=color)
-    if len(frames) > 1:
-        ax.fill_between(where, (mean - std).to_numpy(), (mean + std).to_numpy(), alpha=0.2, color=color)
+def _seeds_caption(counts: list[int]) -> str:
+    """What the figure draws over seeds, for methods with these numbers of seeds."""
+    if not counts or counts == [1]:
+        return ""
+    n = str(counts[0]) if len(counts) == 1 else "each method's"
+    if counts[-1] < MEDIAN_FROM:
+        return f"each seed its own line; band: min-max over {n} seeds (no median: of two seeds it is their mean)"
+    return f"thin lines: each seed; bold: median, band: min-max over {n} seeds"
