@@ -285,7 +285,7 @@ def aggregate_over_seeds(table: pd.DataFrame, groups: list[str]) -> pd.DataFrame
 def comparison_jobs(table: pd.DataFrame, metrics: Mapping[str, pd.DataFrame | None]) -> dict[str, tuple[list, list]]:
     """Per method (the ``trainer`` choice, in the table's order): its jobs compared, and those left out as
     "job N (why)". A job is compared when it completed and its metrics.csv reads back; a job that failed, was
-    interrupted or killed, left no summary or was never run would bend the mean over seeds, so it is counted
+    interrupted or killed, left no summary or was never run would bend the figures over seeds, so it is counted
     and named instead."""
     out: dict[str, tuple[list, list]] = {}
     for _, row in table.iterrows():
