@@ -29,11 +29,14 @@ the biases and the row of ones built as matrices; its evaluation a plain forward
 the trainer's state after the warm-up and sweeps and evaluates right after each timed sweep and
 evaluation of the engine, on the same data, so that the machine's load weighs on both alike:
 ``speedup_sweep`` is its sweep's seconds over the engine's, ``total_ratio`` the engine's sweep and
-evaluation over its own (the target: 0.55). After the timed sweeps every block of its state must
-equal the engine's, ||naive - engine||_F <= tol ||engine||_F (``NAIVE_TOLERANCE``), and so after
-three sweeps in float64 on the case's network with a few hundred samples (``NAIVE_CHECK``); a case
-failing either makes the script exit non-zero once its results are written. For a network timed at
-two n the summary gives the growth of the seconds per sweep against linear (the target: at most 1).
+evaluation over its own (the target: 0.55). After the timed sweeps the relative difference
+||naive - engine||_F / ||engine||_F of each block is reported (it must be finite); the check is done
+in float64 on the case's network with a few hundred samples (``NAIVE_CHECK``): one sweep in which
+the naive computes every block from the engine's inputs, each within the rounding bound derived from
+that block's own matrices (``naive_bcd.compare_blocks``); the bound and the difference of the block
+closest to its bound are printed. A case failing the check makes the script exit non-zero once its
+results are written. For a network timed at two n the summary gives the growth of the seconds per
+sweep against linear (the target: at most 1).
 
 The second process measures the peak memory of one sweep and of one evaluation (``memory_case``;
 the naive and its copy of the state are not in it): on the CPU with glibc's mmap threshold fixed,
@@ -180,7 +183,7 @@ def time_case(case: Case) -> dict:
     for m, k, n in sorted(slots[-1]):
         seconds = statistics.median(slot[(m, k, n)] for slot in slots if (m, k, n) in slot)
         rates.append({"m": m, "k": k, "n": n, "gflops": 2 * m * k * n / seconds / 1e9})
-    naive_row = naive.columns(case, trainer, [s for s, _ in sweeps], evals, dtype=cfg.dtype)
+    naive_row = naive.columns(case, trainer, [s for s, _ in sweeps], evals)
     seconds_per_sweep = statistics.median(s for s, _ in sweeps)
     return {
         "case": case.name, "scheme": case.scheme, "sizes": size_label(case.sizes), "device": str(device),
@@ -208,15 +211,16 @@ def time_case(case: Case) -> dict:
     }  # fmt: skip
 
 
-# ||naive - engine||_F <= tolerance ||engine||_F for every block, by the dtype. In float32 the W blocks' normal
-# equations are ill-conditioned (a fresh network's hidden states hardly vary over the samples), and their
-# rounding alone moves the engine's b_N and W_N some 4e-3 from a float64 run of the same sweeps (784-600x10-10,
-# n=2000, 3 sweeps); the naive's explicit inverse and its sums through a row of ones round differently: the two
-# differ in b_N by 9e-3 there, 3e-2 at n=8000 (3 sweeps) and 0.28 at n=60000 (2 sweeps). The float32 bound
-# thus only catches a naive gone astray; the float64 check at the case's sizes (``NAIVE_CHECK``: 7e-12 measured
-# on Figure 1's net) is the tight one.
-NAIVE_TOLERANCE = {"float64": 1e-9, "float32": 1.0}
-NAIVE_CHECK = {"n": 400, "n_test": 100, "sweeps": 3}  # the float64 check: samples, test samples, sweeps
+# The naive against the engine. After the timed sweeps their blocks are compared in the case's dtype, but no
+# rounding bound holds the two together there: every sweep's rounding is amplified by the W blocks' normal
+# equations (condition numbers of 1e9 and more on a fresh deep network, whose hidden states hardly vary over the
+# samples; eps32 times that exceeds 1) and again by every later sweep, by amounts that depend on how the machine's
+# kernels round. That difference is reported and need only be finite. The check is ``naive_bcd.compare_blocks`` in
+# float64 on the case's network with NAIVE_CHECK["n"] random samples, after NAIVE_CHECK["warmup"] plain sweep (at the
+# initial state U_i = W_i V_{i-1} + b_i and V_i = relu(U_i) hold exactly, which would hide a wrong weighting of
+# them): every block computed by the naive from the engine's inputs, within the rounding bound of that block's own
+# computation, derived from eps and its matrices (scripts/naive_bcd.py).
+NAIVE_CHECK = {"n": 400, "n_test": 100, "warmup": 1}  # the float64 check: samples, test samples, plain sweeps first
 
 
 class NaiveRun:
@@ -230,12 +234,15 @@ class NaiveRun:
         self.evals: list[float] = []
 
     @staticmethod
-    def check_float64(case: Case) -> dict[str, float]:
-        """The naive's and the engine's blocks after ``NAIVE_CHECK["sweeps"]`` sweeps from the same start, in
-        float64, on the case's network with ``NAIVE_CHECK["n"]`` random samples (``naive_bcd.compare``)."""
+    def check_float64(case: Case) -> list[naive_bcd.BlockCheck]:
+        """The naive's blocks against the engine's in float64 on the case's network with ``NAIVE_CHECK["n"]``
+        random samples: after ``NAIVE_CHECK["warmup"]`` plain sweeps, one sweep in which the naive computes each
+        block from the engine's inputs (``naive_bcd.compare_blocks``)."""
         small = replace(case, dtype="float64", n=min(case.n, NAIVE_CHECK["n"]), n_test=NAIVE_CHECK["n_test"])
         trainer, _, _ = build_case(small)
-        return naive_bcd.compare(trainer, NAIVE_CHECK["sweeps"])
+        for _ in range(NAIVE_CHECK["warmup"]):
+            trainer.sweep()
+        return naive_bcd.compare_blocks(trainer)
 
     @classmethod
     def start(cls, trainer, data, cfg) -> NaiveRun:
@@ -249,22 +256,27 @@ class NaiveRun:
             self.sweeps.append(timed(self.naive.sweep, device))
             self.evals.append(timed(lambda: self.naive.evaluate(self.data), device))
 
-    def columns(self, case: Case, trainer, sweeps: list[float], evals: list[float], *, dtype: str) -> dict:
+    def columns(self, case: Case, trainer, sweeps: list[float], evals: list[float]) -> dict:
         """The naive's seconds, its speed against the engine's ``sweeps`` and ``evals`` (median of the ratios
-        of the pairs timed together) and the checks that it ends where the engine ends: after the timed
-        sweeps in the case's dtype, and in float64 (``check_float64``); NaN where it does not apply."""
+        of the pairs timed together), its largest relative difference from the engine after the timed sweeps in
+        the case's dtype, and the float64 check (``check_float64``): the block closest to its derived bound
+        (``naive_float64_*``), the largest difference; NaN where it does not apply."""
         if self.naive is None:
             return {
                 "naive_seconds_per_sweep": math.nan, "naive_eval_seconds": math.nan, "speedup_sweep": math.nan,
                 "speedup_total": math.nan, "total_ratio": math.nan, "naive_max_rel_diff": math.nan,
-                "naive_max_rel_diff_block": "", "naive_check_sweeps": 0, "naive_tolerance": math.nan,
-                "naive_max_rel_diff_float64": math.nan, "naive_check": f"not applicable: {self.why_not}",
+                "naive_max_rel_diff_block": "", "naive_check_sweeps": 0, "naive_float64_block": "",
+                "naive_float64_diff": math.nan, "naive_float64_tolerance": math.nan, "naive_float64_ratio": math.nan,
+                "naive_float64_max_diff": math.nan, "naive_float64_max_diff_block": "",
+                "naive_check": f"not applicable: {self.why_not}",
             }  # fmt: skip
         differences = naive_bcd.relative_differences(self.naive.state_dict(), trainer.state_dict())
         worst = max(differences, key=lambda block: differences[block])
-        tolerance = NAIVE_TOLERANCE[dtype]
         self.naive = None  # its copy of the state, freed before the float64 check
-        exact = max(self.check_float64(case).values())
+        checks = self.check_float64(case)
+        closest = max(checks, key=lambda check: check.ratio)
+        largest = max(checks, key=lambda check: check.difference)
+        finite = all(math.isfinite(value) for value in differences.values())
         pairs = list(zip(self.sweeps, self.evals, sweeps, evals, strict=True))
         speedup_total = statistics.median((ns + ne) / (s + e) for ns, ne, s, e in pairs)
         return {
@@ -273,9 +285,11 @@ class NaiveRun:
             "speedup_sweep": statistics.median(ns / s for ns, _, s, _ in pairs),
             "speedup_total": speedup_total, "total_ratio": 1 / speedup_total,
             "naive_max_rel_diff": differences[worst], "naive_max_rel_diff_block": worst,
-            "naive_check_sweeps": len(self.sweeps), "naive_tolerance": tolerance, "naive_max_rel_diff_float64": exact,
-            "naive_check": "passed" if differences[worst] <= tolerance and exact <= NAIVE_TOLERANCE["float64"]
-            else "failed",
+            "naive_check_sweeps": len(self.sweeps), "naive_float64_block": closest.block,
+            "naive_float64_diff": closest.difference, "naive_float64_tolerance": closest.tolerance,
+            "naive_float64_ratio": closest.ratio, "naive_float64_max_diff": largest.difference,
+            "naive_float64_max_diff_block": largest.block,
+            "naive_check": "passed" if finite and all(check.passed for check in checks) else "failed",
         }  # fmt: skip
 
 
@@ -400,7 +414,8 @@ SHOWN = [
     ("ratio_to_gemm_min", "on min"), ("matrix_ops", "matrix ops"), ("eval_seconds", "eval s"),
     ("naive_seconds_per_sweep", "naive s/sweep"), ("naive_eval_seconds", "naive eval s"),
     ("speedup_sweep", "naive/engine sweep"), ("total_ratio", "engine/naive total"),
-    ("naive_max_rel_diff", "naive diff"), ("state_and_data_mb", "state+data MiB"),
+    ("naive_max_rel_diff", "naive diff"), ("naive_float64_ratio", "f64 diff/tol"),
+    ("state_and_data_mb", "state+data MiB"),
     ("peak_sweep_mb", "peak sweep MiB"), ("peak_ratio", "peak/state"), ("peak_eval_mb", "peak eval MiB"),
     ("peak_eval_no_grad_mb", "eval, no grad MiB"), ("others_cpu_share", "others' CPU"),
 ]  # fmt: skip
@@ -568,14 +583,23 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     failed = [row for row in rows if row["naive_check"] == "failed"]
     if failed:
         raise SystemExit("\n".join(
-            f"{row['case']}, n={row['n']}: the naive implementation fails its check against the engine: from the "
-            f"same state, ||naive - engine|| / ||engine|| is {row['naive_max_rel_diff']:.2e} (block "
-            f"{row['naive_max_rel_diff_block']}) after {row['naive_check_sweeps']} sweeps in {row['dtype']} "
-            f"(tolerance {row['naive_tolerance']:.0e}), {row['naive_max_rel_diff_float64']:.2e} after "
-            f"{NAIVE_CHECK['sweeps']} sweeps in float64 (tolerance {NAIVE_TOLERANCE['float64']:.0e})"
+            f"{row['case']}, n={row['n']}: the naive implementation fails its check against the engine: "
+            f"{naive_float64(row)}; after {row['naive_check_sweeps']} timed sweeps in {row['dtype']} its blocks are "
+            f"within {row['naive_max_rel_diff']:.2e} of the engine's (block {row['naive_max_rel_diff_block']}; must be "
+            "finite)"
             for row in failed
         ))  # fmt: skip
     return rows
+
+
+def naive_float64(row: dict) -> str:
+    """The float64 check of ``row``'s naive: the block closest to its derived tolerance and the largest difference."""
+    return (
+        f"float64, each block from the engine's inputs: {row['naive_float64_block']} differs by "
+        f"{row['naive_float64_diff']:.2e} against its derived tolerance {row['naive_float64_tolerance']:.2e} (ratio "
+        f"{row['naive_float64_ratio']:.1e}, the closest of all blocks), the largest difference "
+        f"{row['naive_float64_max_diff']:.2e} ({row['naive_float64_max_diff_block']})"
+    )
 
 
 def _meets(ok: bool) -> str:
@@ -598,8 +622,8 @@ def summary_lines(rows: list[dict]) -> list[str]:
                 f"; sweep + evaluation at {row['total_ratio']:.2f}x the naive implementation's "
                 f"({_meets(row['total_ratio'] <= TOTAL_RATIO_TARGET)} the target {TOTAL_RATIO_TARGET}x), "
                 f"the sweep alone {1 / row['speedup_sweep']:.2f}x; the naive's blocks within "
-                f"{row['naive_max_rel_diff']:.1e} of the engine's ({row['dtype']}), "
-                f"{row['naive_max_rel_diff_float64']:.1e} in float64: check {row['naive_check']}"
+                f"{row['naive_max_rel_diff']:.1e} of the engine's after the timed sweeps ({row['dtype']}); "
+                f"{naive_float64(row)}: check {row['naive_check']}"
             )
         line += f"; peak {row['peak_ratio']:.2f}x state + data ({_meets(row['peak_ratio'] <= PEAK_TARGET)} the "
         line += f"{PEAK_TARGET}x target)"

@@ -79,9 +79,15 @@ def test_singular_psd_float32_is_solved_with_jitter_and_a_warning(caplog):
     # scales the component along an eigenvalue lambda by lambda / (lambda + jitter), relative error at most
     # jitter / lambda_10 (the smallest eigenvalue on the range); H's float32 rounding moves the range by
     # eps32 ||H|| / lambda_10 (relative to the noise in X) and X's own rounding adds eps32 ||X||
-    reference = torch.linalg.lstsq(H64, G64, rcond=1e-5, driver="gelsd").solution
+    # the least-squares solution on the range: H's 10 nonzero eigenvalues are at least lambda_10, the 40 others are
+    # H's float32 rounding, sums of 10 products, at most tol(float32, n=10) ||H||; the cut-off lies between the two
+    # (their geometric mean)
+    eigenvalues = torch.linalg.eigvalsh(H64)
+    lambda_10, noise = float(eigenvalues[-10]), tol(torch.float32, n=10) * float(eigenvalues[-1])
+    assert noise < lambda_10, "the test needs H's range to stand above its rounding"
+    rcond = math.sqrt(noise * lambda_10) / float(eigenvalues[-1])
+    reference = torch.linalg.lstsq(H64, G64, rcond=rcond, driver="gelsd").solution
     Q = torch.linalg.svd(A.double(), full_matrices=False).U  # an orthonormal basis of the range of H
-    lambda_10 = float(torch.linalg.eigvalsh(H64)[-10])
     on_range = float(torch.linalg.matrix_norm(Q.T @ reference))
     bound = jitter / lambda_10 * on_range + tol(torch.float32, n=1, cond=norm_H / lambda_10) * norm_X
     assert_le(float(torch.linalg.matrix_norm(Q.T @ (X.double() - reference))), bound, "on the range of H")
