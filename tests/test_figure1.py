@@ -180,19 +180,24 @@ def test_a_method_whose_every_job_failed_stays_in_the_table(tmp_path: Path):
 def test_wall_time_is_the_cumulative_training_seconds():
     first = metrics_frame([0.1, 0.5, 0.7, 0.9], [1.0, 2.0, 4.0])
     second = metrics_frame([0.3, 0.5, 0.9, 0.9], [3.0, 2.0, 2.0])
+    third = metrics_frame([0.2, 0.4, 0.8, 0.9], [2.0, 2.0, 2.0])
     assert training_seconds(first).tolist() == [0.0, 1.0, 3.0, 7.0]
     ax = Figure().subplots()
-    _seed_lines(ax, [first, second], "test_acc", "seconds", "bcd", "C0")
+    _seed_lines(ax, [first, second, third], "test_acc", "seconds", "bcd", "C0")
     lines = ax.get_lines()
-    assert [line.get_gid() for line in lines] == ["seed", "seed"]  # two seeds: no median, it would be their mean
+    assert [line.get_gid() for line in lines] == ["seed", "seed", "seed", "median"]
     assert lines[0].get_xdata().tolist() == pytest.approx([0.0, 1.0, 3.0, 7.0])  # each seed at its own seconds
     assert lines[1].get_xdata().tolist() == pytest.approx([0.0, 3.0, 5.0, 7.0])
     assert lines[1].get_ydata().tolist() == pytest.approx([0.3, 0.5, 0.9, 0.9])
+    assert lines[3].get_xdata().tolist() == pytest.approx([0.0, 2.0, 4.0, 7.0])  # the median seconds, sweep by sweep
+    assert lines[3].get_ydata().tolist() == pytest.approx([0.2, 0.5, 0.8, 0.9])
     [band] = [c for c in ax.collections if c.get_gid() == "band"]
     xs = np.concatenate([path.vertices[:, 0] for path in band.get_paths()])
-    assert set(np.round(xs, 9)) == {0.0, 2.0, 4.0, 7.0}  # the band at the median seconds, sweep by sweep
+    assert set(np.round(xs, 9)) == {0.0, 2.0, 4.0, 7.0}
     ax = Figure().subplots()
     _seed_lines(ax, [first, second], "test_acc", "sweep", "bcd", "C0")
+    assert [line.get_gid() for line in ax.get_lines()] == ["seed", "seed"]  # two seeds: no median, their mean
+    assert not ax.collections  # nor a band, the space between their own lines
     assert ax.get_lines()[0].get_xdata().tolist() == [0, 1, 2, 3]
 
 
@@ -245,7 +250,7 @@ def split_seeds(tmp_path: Path) -> Path:
 
 def band_ys(ax) -> np.ndarray:
     bands = [c for c in ax.collections if c.get_gid() == "band"]
-    assert bands
+    assert len(bands) == 1  # bcd's, over 3 seeds
     return np.concatenate([path.vertices[:, 1] for band in bands for path in band.get_paths()])
 
 
@@ -273,7 +278,7 @@ def test_the_comparison_figure_draws_every_seed_and_bounded_bands(split_seeds: P
     assert band_ys(loss).min() > 0
     legend = [text.get_text() for text in axes[0].get_legend().get_texts()]
     assert legend == [
-        "adam: each of 2 seeds, min-max; 1 of 2 reached 0.90",
+        "adam: each of 2 seeds; 1 of 2 reached 0.90",
         "bcd: median, min-max over 3 seeds; 2 of 3 reached 0.90",
     ]
     assert "median, band: min-max over each method's seeds" in fig.get_suptitle()
@@ -288,7 +293,7 @@ def test_the_curves_by_config_draw_every_seed(split_seeds: Path):
         ys = band_ys(ax)
         assert 0 <= ys.min() and ys.max() <= 1
     legend = [text.get_text() for text in fig.axes[1].get_legend().get_texts()]
-    assert legend == ["trainer=adam: each of 2 seeds, min-max", "trainer=bcd: median, min-max over 3 seeds"]
+    assert legend == ["trainer=adam: each of 2 seeds", "trainer=bcd: median, min-max over 3 seeds"]
 
 
 def test_the_comparison_table_counts_the_seeds_that_reached_the_target(split_seeds: Path):

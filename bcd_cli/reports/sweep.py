@@ -497,14 +497,15 @@ def _job_metrics(job: Path) -> pd.DataFrame | None:
 SEED_ALPHA = 0.35  # a seed's own line, where a median is drawn over it
 SEED_WIDTH = 0.8
 BAND_ALPHA = 0.12  # the min-max band over the seeds
-MEDIAN_FROM = 3  # seeds: the median of two seeds is their mean, a run that may never have existed
+MEDIAN_FROM = 3  # seeds: the median of two seeds is their mean, a run that may never have existed, and their
+# min-max band is the space between their own two lines
 
 
 def seeds_label(n: int) -> str:
     """What a figure over seeds draws of a method with ``n`` seeds (``_seed_lines``), for its legend."""
     if n >= MEDIAN_FROM:
         return f"median, min-max over {n} seeds"
-    return "1 seed" if n == 1 else f"each of {n} seeds, min-max"
+    return "1 seed" if n == 1 else f"each of {n} seeds"
 
 
 def _shown(values: pd.DataFrame, column: str, log: bool) -> pd.DataFrame:
@@ -518,10 +519,10 @@ def _seed_lines(
     ax: Axes, frames: list[pd.DataFrame], column: str, x: str, label: str, color: str, *, log: bool = False
 ) -> None:
     """Every frame (one seed) as its own line of ``column``, against the sweep or against its own training seconds
-    (``training_seconds``); with several, the min-max band over them sweep by sweep, and from MEDIAN_FROM seeds
-    their median as a bold line over thin, faint seed lines, the band and the median against the sweep or the
-    median over the seeds of the training seconds. Accuracies are clipped to [0, 1]; with ``log``, values <= 0
-    are left out. The seed lines carry the gid "seed", the band "band", the median "median"."""
+    (``training_seconds``); from MEDIAN_FROM seeds, the seed lines thin and faint under the min-max band over the
+    seeds and their median, a bold line, sweep by sweep, both against the sweep or the median over the seeds of
+    the training seconds. Accuracies are clipped to [0, 1]; with ``log``, values <= 0 are left out. The seed
+    lines carry the gid "seed", the band "band", the median "median"."""
     stacked = _shown(pd.concat([frame.set_index("sweep")[column] for frame in frames], axis=1), column, log)
     where = stacked.index.to_numpy()
     seed_x = [where] * len(frames)
@@ -535,10 +536,9 @@ def _seed_lines(
             xs, stacked.iloc[:, i].to_numpy(), color=color, gid="seed", alpha=SEED_ALPHA if median else 0.9,
             lw=SEED_WIDTH if median else 1.2, label=label if i == 0 and not median else "_nolegend_",
         )  # fmt: skip
-    if len(frames) > 1:
+    if median:
         low, high = stacked.min(axis=1).to_numpy(), stacked.max(axis=1).to_numpy()
         ax.fill_between(where, low, high, color=color, alpha=BAND_ALPHA, lw=0, gid="band")
-    if median:
         ax.plot(where, stacked.median(axis=1).to_numpy(), color=color, lw=2, label=label, gid="median")
 
 
@@ -715,5 +715,6 @@ def _seeds_caption(counts: list[int]) -> str:
         return ""
     n = str(counts[0]) if len(counts) == 1 else "each method's"
     if counts[-1] < MEDIAN_FROM:
-        return f"each seed its own line; band: min-max over {n} seeds (no median: of two seeds it is their mean)"
-    return f"thin lines: each seed; bold: median, band: min-max over {n} seeds"
+        return "each seed its own line (no median or band: over two seeds the median is their mean)"
+    some = f" (methods with {MEDIAN_FROM} or more)" if counts[0] < MEDIAN_FROM else ""
+    return f"thin lines: each seed; bold: median, band: min-max over {n} seeds{some}"
