@@ -568,6 +568,7 @@ def plot_curves_by_config(
             _seed_lines(ax, frames, column, "sweep", f"{label}: {seeds_label(len(frames))}", f"C{n % 10}")
         ax.set(xlabel="sweep / epoch", ylabel=f"{name} accuracy", title=f"{name} accuracy, every seed")
         ax.set_ylim(0, 1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     if lines:
         axes[1].legend(fontsize=8, loc="lower right")
