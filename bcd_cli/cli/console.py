@@ -74,6 +74,8 @@ def summary_table(summary: dict[str, Any], out_dir: str) -> Table:
     table.add_row("final train accuracy", f"{summary['final_train_acc']:.4f}")
     table.add_row("final objective", f"{summary['final_objective']:.6g}")
     table.add_row("descent at every sweep", "yes" if summary["descent_held"] else "no")
+    if summary.get("inner_capped_solves"):  # blocks left short of trainer.inner_tol: said, never hidden
+        table.add_row("inner solves at their cap", f"{summary['inner_capped_solves']} (raise trainer.inner_iters)")
     table.add_row("sweeps", str(summary["sweeps"]))
     table.add_row("time", f"{summary['train_seconds']:.2f} s in sweeps, {summary['wall_seconds']:.2f} s in all")
     table.add_row("network", f"{'-'.join(map(str, summary['sizes']))} ({summary['parameters']:,} parameters)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,13 +21,34 @@ from bcd_cli.engine import chunking
 from bcd_cli.engine.workspace import Tally
 
 
+@dataclass
+class SolveCount:
+    """How many inner solves ran, and how many of them stopped at the iteration cap with their last step still
+    longer than the tolerance (so their block is not solved to ``tol``): the run records the second per sweep."""
+
+    solves: int = 0
+    capped: int = 0
+
+    def add(self, capped: bool) -> None:
+        self.solves += 1
+        self.capped += int(capped)
+
+    def take(self) -> tuple[int, int]:
+        """(solves, capped) since the last call, and the count starts again from zero."""
+        counts = (self.solves, self.capped)
+        self.solves = self.capped = 0
+        return counts
+
+
 @dataclass(frozen=True)
 class InnerSolver:
     """Iteration budget of an inner solver: at most ``iters`` steps, stopping once a step moves the
-    iterate by less than ``tol`` relative to its norm."""
+    iterate by less than ``tol`` relative to its norm. Every solve adds to ``count`` whether it met
+    ``tol`` (or found no step that lowers its objective: stationary up to rounding) or ran out of steps."""
 
     iters: int = 20
     tol: float = 1e-6
+    count: SolveCount = field(default_factory=SolveCount, compare=False)
 
 
 def _dot(A: Tensor, B: Tensor) -> Tensor:
@@ -71,12 +92,14 @@ def fista(
         if bool(candidate_value < value):
             x, Hx, value = candidate, H_candidate, candidate_value
     y, Hy, t = x, Hx, 1.0
+    capped = True  # until a stopping test holds
     for _ in range(solver.iters):
         z = prox(y - step * (Hy - G), step)
         Hz = apply_H(z)
         z_value = value_of(z, Hz)
         if not bool(z_value <= value):  # restart the momentum from the best point
             if y is x:
+                capped = False
                 break  # a plain proximal-gradient step from x failed: x is optimal up to rounding
             y, Hy, t = x, Hx, 1.0
             continue
@@ -86,10 +109,12 @@ def fista(
         x_prev, Hx_prev = x, Hx
         x, Hx, value = z, Hz, z_value
         if _small_step(moved, x, solver.tol):
+            capped = False
             break
         y = x + beta * (x - x_prev)
         Hy = Hx + beta * (Hx - Hx_prev)  # H (x + beta (x - x_prev)) by linearity: no extra product
         t = t_next
+    solver.count.add(capped)
     return x
 
 
@@ -129,6 +154,7 @@ def prox_gradient(
     x = x0
     f_x, cache = smooth(x, None)
     total = f_x + penalty(x)
+    capped = True  # until a stopping test holds
     for _ in range(solver.iters):
         g = gradient(x, cache)
         for _ in range(max_backtracks):
@@ -137,12 +163,15 @@ def prox_gradient(
                 break
             step *= 0.5
         else:
-            return x  # no step lowers the objective: x is stationary up to rounding
+            capped = False  # no step lowers the objective: x is stationary up to rounding
+            break
         x, f_x, cache, z_penalty, moved_norm = trial
         total = f_x + z_penalty
         if bool(moved_norm <= solver.tol * torch.linalg.vector_norm(x)):
+            capped = False
             break
         step *= 2.0
+    solver.count.add(capped)
     return x
 
 
@@ -220,16 +249,15 @@ def columnwise_prox_gradient(
     The iterates, steps and accept decisions are those of ``prox_gradient`` (up to the rounding
     order of sums over chunks), but neither the gradient nor a trial point is ever held whole: one
     pass over the chunks computes, for each chunk, the gradient at the current iterate and, for
-    several step sizes of the backtracking at once (``TRIAL_STEPS``, or as many as the last
-    iteration needed), the trial point and its terms of the test, then frees them. Once the test
-    picks a step, the next pass first writes that trial point over the iterate, chunk by chunk (each
-    chunk's gradient recomputed), then goes on from it. Each chunk's terms are recomputed at every
-    pass: work in exchange for memory (docs/math.md §2.6).
+    several step sizes of the backtracking at once (``TRIAL_STEPS``, or as many as the last iteration
+    needed), the trial point and its terms of the test, then frees them. Once the test picks a step, the
+    next pass first writes that trial point over the iterate, chunk by chunk (each chunk's gradient
+    recomputed), then goes on from it. Each chunk's terms are recomputed: work for memory (docs/math.md §2.6).
     """
     x, out = x0, None  # the iterate; the new block it is written into once a step is taken
     pending: float | None = None  # the step of an accepted trial not yet written over the iterate
     f_x = total = x0.new_zeros(())
-    first, tries = True, TRIAL_STEPS
+    first, tries, capped = True, TRIAL_STEPS, True  # capped until a stopping test holds
     for _ in range(solver.iters):
         accepted, tried = None, 0
         while accepted is None and tried < max_backtracks:
@@ -244,13 +272,16 @@ def columnwise_prox_gradient(
             tried += len(steps) if accepted is None else accepted + 1
             step = steps[-1] * 0.5 if accepted is None else steps[accepted]
         if accepted is None:
-            break  # no step lowers the objective: the iterate is stationary up to rounding
+            capped = False  # no step lowers the objective: the iterate is stationary up to rounding
+            break
         trial = sums[accepted]
         pending, f_x, total = step, trial[_F], trial[_F] + trial[_H]
         tries = max(TRIAL_STEPS, tried)
         if bool(torch.sqrt(trial[_SQUARE]) <= solver.tol * torch.sqrt(trial[_NORM])):
+            capped = False
             break
         step *= 2.0
+    solver.count.add(capped)
     if pending is None:
         return x
     write = torch.empty_like(x0) if out is None else out

@@ -146,6 +146,7 @@ class BCDScheme(Trainer):
     def sweep(self) -> float:
         """One sweep over all blocks, from the safeguarded extrapolated point when ``trainer.extrapolation`` > 0
         (``acceleration.Extrapolation``); returns D_k = ||P^k - P^(k-1)||_F^2."""
+        self.inner.count.take()  # the count of last_sweep() is this sweep's
         D = self.sweep_blocks() if self.extrapolation is None else self.extrapolation.sweep(self)
         self._objective_here = None
         return D
@@ -160,8 +161,11 @@ class BCDScheme(Trainer):
         return self.alpha / 2 if self.splitting == "two" else min(self.alpha, self.gamma) / 2
 
     def last_sweep(self) -> dict[str, float]:
-        """The last sweep's extrapolation weight and safeguard verdict (both 0 for plain BCD)."""
-        return {"extrapolation": 0.0, "rejected": 0.0} if self.extrapolation is None else self.extrapolation.record()
+        """The last sweep's extrapolation weight and safeguard verdict (both 0 for plain BCD), and how many of its
+        inner solves (blocks without a closed form) stopped at ``inner_iters`` before their step fell below
+        ``inner_tol``: those blocks still descend, but are not solved to the tolerance asked for."""
+        row = {"extrapolation": 0.0, "rejected": 0.0} if self.extrapolation is None else self.extrapolation.record()
+        return {**row, "inner_capped": float(self.inner.count.capped)}
 
     def current_objective(self) -> float:
         """L at the current point: the value the last evaluation found, or computed now when none is known."""

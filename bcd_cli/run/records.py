@@ -24,9 +24,11 @@ CONVERGENCE_FILE = "convergence.png"
 METRIC_COLUMNS = [
     "sweep", "seconds", "objective", "loss", "penalty_v", "penalty_u", "reg_w", "reg_v",
     "D", "descent_ratio", "grad_norm", "train_loss", "train_acc", "test_acc", "extrapolation", "rejected",
+    "inner_capped",
 ]  # fmt: skip
-# columns a metrics file may lack: files written before grad_norm, or before the extrapolation columns, was recorded
-OPTIONAL_COLUMNS = ["grad_norm", "extrapolation", "rejected"]
+# columns a metrics file may lack: files written before grad_norm, the extrapolation columns or inner_capped was
+# recorded
+OPTIONAL_COLUMNS = ["grad_norm", "extrapolation", "rejected", "inner_capped"]
 REQUIRED_COLUMNS = [c for c in METRIC_COLUMNS if c not in OPTIONAL_COLUMNS]
 # The cells bcd-train writes empty (NaN), the one place this rule lives: column -> (where, as read_metrics's
 # messages say it, and the rows where the cell may be empty, from the numeric columns). D and descent_ratio have
@@ -39,6 +41,8 @@ MAY_BE_EMPTY: dict[str, tuple[str, Callable[[pd.DataFrame], pd.Series]]] = {
     # BCD's extrapolation weight beta_k (0: none) and safeguard verdict (1: rejected); none at sweep 0 nor for SGD/Adam
     "extrapolation": ("at sweep 0 and for the gradient baselines", lambda m: pd.Series(True, index=m.index)),
     "rejected": ("at sweep 0 and for the gradient baselines", lambda m: pd.Series(True, index=m.index)),
+    # the sweep's inner solves that stopped at trainer.inner_iters with a step still above trainer.inner_tol
+    "inner_capped": ("at sweep 0 and for the gradient baselines", lambda m: pd.Series(True, index=m.index)),
 }
 
 
@@ -187,11 +191,16 @@ def summarize(metrics: pd.DataFrame, **extra: Any) -> dict[str, Any]:
 
 
 def _extrapolation_counts(metrics: pd.DataFrame) -> dict[str, int]:
-    """How many sweeps started from an extrapolated point, and how many the safeguard refused one (BCD only)."""
+    """How many sweeps started from an extrapolated point, how many the safeguard refused one, and how many inner
+    solves stopped at their iteration cap short of their tolerance (BCD only)."""
     beta, rejected = _column(metrics, "extrapolation"), _column(metrics, "rejected")
     if np.isnan(beta).all():
         return {}
-    return {"extrapolated_sweeps": int((beta > 0).sum()), "rejected_sweeps": int((rejected == 1).sum())}
+    counts = {"extrapolated_sweeps": int((beta > 0).sum()), "rejected_sweeps": int((rejected == 1).sum())}
+    capped = _column(metrics, "inner_capped")
+    if not np.isnan(capped).all():
+        counts["inner_capped_solves"] = int(np.nansum(capped))
+    return counts
 
 
 def _descent_held(metrics: pd.DataFrame) -> bool:
