@@ -51,11 +51,13 @@ class MLP:
         device: torch.device,
         residual: Sequence[bool] | None = None,
         init: str = "normal",
+        init_scale: float = 1.0,
     ) -> MLP:
         """The starting point of docs/math.md §1: b_i = init_bias, and W_i drawn as ``init`` says.
 
-        ``normal`` (the paper's Remark 1): W_i ~ N(0, init_std^2). ``scaled`` (variance-preserving, ``init_std``
-        unused): W_i ~ N(0, g_i^2 / fan_in_i), g_i the layer's ``init_gain()`` (the output layer's identity: 1),
+        ``normal`` (the paper's Remark 1): W_i ~ N(0, init_std^2). ``scaled`` (``init_std`` unused):
+        W_i ~ N(0, (init_scale g_i)^2 / fan_in_i), g_i the layer's ``init_gain()`` (the output layer's identity: 1;
+        ``init_scale`` 1 is the variance-preserving draw),
         and a residual layer's draw further divided by L, the number of residual layers, so that V's mean square
         grows by at most a constant factor over the L layers, whatever L (the bound is in docs/math.md §1).
 
@@ -65,7 +67,7 @@ class MLP:
         """
         residual = list(residual) if residual is not None else []
         acts = [act] * (len(sizes) - 2) + [Linear()]
-        stds = _weight_stds(init, sizes, acts, residual, init_std)
+        stds = _weight_stds(init, sizes, acts, residual, init_std, init_scale)
         gen = torch.Generator().manual_seed(seed)
         W, b = [], []
         for d_in, d_out, std in zip(sizes[:-1], sizes[1:], stds, strict=True):
@@ -198,7 +200,9 @@ class MLP:
 INITS = ("normal", "scaled")  # the values of model.init
 
 
-def _weight_stds(init: str, sizes: Sequence[int], acts: Sequence, residual: Sequence[bool], init_std: float) -> list:
+def _weight_stds(
+    init: str, sizes: Sequence[int], acts: Sequence, residual: Sequence[bool], init_std: float, init_scale: float = 1.0
+) -> list:
     """The standard deviation of each layer's weights under ``init`` (see ``MLP.init``)."""
     if init == "normal":
         return [init_std] * (len(sizes) - 1)
@@ -206,6 +210,6 @@ def _weight_stds(init: str, sizes: Sequence[int], acts: Sequence, residual: Sequ
         raise ValueError(f"init must be one of {', '.join(INITS)}, not {init!r}")
     branch = 1 / max(1, sum(residual))  # L residual layers: the growth of V is bounded whatever L (docs/math.md §1)
     return [
-        act.init_gain() / math.sqrt(d_in) * (branch if residual and residual[l] else 1.0)
+        init_scale * act.init_gain() / math.sqrt(d_in) * (branch if residual and residual[l] else 1.0)
         for l, (d_in, act) in enumerate(zip(sizes[:-1], acts, strict=True))
     ]

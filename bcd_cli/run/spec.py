@@ -55,7 +55,7 @@ EXTRA = "pip install 'bcd-cli[tracking]'"
 @dataclass(frozen=True)
 class ModelSpec:
     """The network: ``mlp`` with hidden ``widths``, or ``resnet`` with ``depth`` residual layers of ``width``;
-    its initialisation (``model.init``, ``init_std``, ``init_bias``)."""
+    its initialisation (``model.init``, ``init_std``, ``init_scale``, ``init_bias``)."""
 
     name: str
     widths: tuple[int, ...]
@@ -63,6 +63,7 @@ class ModelSpec:
     init_std: float
     init_bias: float
     residual: tuple[bool, ...]  # of the hidden layers' successors: ``architecture`` adds the input and output layers
+    init_scale: float = 1.0
 
     def architecture(self, n_features: int, n_classes: int) -> tuple[list[int], list[bool]]:
         """Layer sizes (input, hidden..., classes) and residual flags of each layer."""
@@ -74,7 +75,7 @@ class ModelSpec:
         sizes, residual = self.architecture(n_features, n_classes)
         return MLP.init(
             sizes, act, init=self.init, init_std=self.init_std, init_bias=self.init_bias, seed=seed, dtype=dtype,
-            device=device, residual=residual,
+            device=device, residual=residual, init_scale=self.init_scale,
         )  # fmt: skip
 
 
@@ -298,7 +299,13 @@ def _model(cfg: DictConfig) -> ModelSpec:
         raise ConfigError("model.init", init, f"one of {', '.join(INITS)} (the weights' initialisation)")
     _number(cfg, "model.init_std", lambda x: x >= 0, "a number >= 0")
     _number(cfg, "model.init_bias", lambda x: True, "a finite number")
-    return ModelSpec(name, hidden, str(init), float(cfg.model.init_std), float(cfg.model.init_bias), residual)
+    # a run folder saved before init_scale existed drew init=scaled with the activation's gain itself
+    scale = 1.0
+    if "init_scale" in cfg.model:
+        _number(cfg, "model.init_scale", lambda x: x > 0, "a number > 0 (a multiple of the activation's gain)")
+        scale = cfg.model.init_scale
+    return ModelSpec(name, hidden, str(init), float(cfg.model.init_std), float(cfg.model.init_bias), residual,
+                     float(scale))  # fmt: skip
 
 
 def _check_scheme(scheme: type[Trainer], model: str) -> None:
