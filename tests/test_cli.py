@@ -96,6 +96,7 @@ BAD_INPUTS = [
     (["trainer.state_solve_dtype=half"], ["trainer.state_solve_dtype='half'", "float32, float64", "null"]),
     (["model.init_std=-0.1"], ["model.init_std=-0.1", ">= 0"]),
     (["model.init=foo"], ["model.init='foo'", "normal, scaled"]),
+    (["model.init_scale=0"], ["model.init_scale=0", "> 0"]),
     (["model=resnet", "splitting=two"], ["splitting='two'", "splitting=resnet", "Algorithm 3"]),
     (["splitting=resnet"], ["splitting='resnet'", "model=resnet"]),
     (["model=resnet", "model.depth=0"], ["model.depth=0", "integer >= 1"]),

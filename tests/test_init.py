@@ -53,6 +53,17 @@ def test_scaled_draws_from_the_same_generator_with_each_layers_std():
     assert all(torch.equal(b, torch.full_like(b, 0.1)) for b in net.b), "init_bias applies to scaled as well"
 
 
+def test_init_scale_multiplies_every_scaled_draw_and_leaves_normal_alone():
+    sizes, scale = [9, 6, 4], 0.37
+    base, scaled = make(sizes, "scaled"), MLP.init(sizes, ReLU(), init="scaled", init_std=0.01, init_bias=0.1, seed=0,
+                                                   dtype=torch.float64, device=CPU, init_scale=scale)  # fmt: skip
+    for w, v in zip(base.W, scaled.W, strict=True):
+        torch.testing.assert_close(v, scale * w, rtol=1e-15, atol=0)
+    normal = MLP.init(sizes, ReLU(), init="normal", init_std=0.01, init_bias=0.1, seed=0, dtype=torch.float64,
+                      device=CPU, init_scale=scale)  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(normal.W, make(sizes, "normal").W, strict=True))
+
+
 def test_scaled_std_per_layer_is_gain_over_root_fan_in():
     """On layers of 360,000 weights the sample std is within 1% of g / sqrt(fan_in) (its relative error is about
     1 / sqrt(2 * 360000) = 0.1%); the output layer (the identity, gain 1) has its own fan-in."""
