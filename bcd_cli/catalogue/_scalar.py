@@ -8,13 +8,18 @@ describes the search of ``nonconvex_argmin``; §3.1 the losses that use ``increa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-ROOT_STEPS = 8  # Newton-or-bisection steps that place a root of sigma = v inside its grid interval
+# evaluations of increasing_root that place a root of sigma = v inside its grid interval: they leave a bracket
+# at most 1/16 of the grid step (the width halves every two), and Newton's convergence, where it applies, far less
+ROOT_STEPS = 8
+TIGHT = 4  # increasing_root stops once every bracket is within TIGHT eps of its ends' magnitude (rounding level)
+PUSH = 2  # increasing_root moves a Newton point at least PUSH eps |end| off the end it starts from
 RESCANS = 2  # extra grid scans of a bracket that the first scans shrank by more than SHRINK
 SHRINK = 0.25  # rescan when the bracket radius fell below this fraction (the old grid had < ~grid/4 points in it)
 
@@ -253,17 +258,46 @@ def increasing_root(
 ) -> Tensor:
     """Returns a root in [lo, hi] of a continuous g with g(lo) <= 0 <= g(hi), elementwise (unique if g increases).
 
-    Newton steps from the midpoint, each replaced by a bisection step when it leaves the
-    current (closed) bracket; the bracket shrinks to the side where g changes sign after every
-    evaluation, so the iterate converges even where Newton alone would not.
+    ``g_and_slope(z)`` returns g(z) and g'(z); at most ``iterations`` evaluations. Safeguarded Newton:
+    the bracket keeps g(lo) <= 0 <= g(hi), each evaluation replacing the end on its side. The next
+    point is the Newton point from the end with the shorter Newton step, moved at least ``PUSH`` eps
+    times the ends' magnitude off that end (so that a Newton point already at the root closes the
+    bracket from its other side too), provided it lies strictly inside the bracket and the last
+    evaluation at least halved the bracket; otherwise it is the midpoint. A midpoint evaluation halves
+    the bracket and a Newton point only follows a halving, so the width at least halves every two
+    evaluations: after k evaluations it is at most (hi - lo) 2^-ceil(k/2), whatever g and its slope do
+    (Newton's faster convergence, where it applies, only ends the loop sooner). The loop ends once every
+    bracket is within ``TIGHT`` eps of its ends' magnitude (an evaluation at a root closes it). The
+    result is the Newton point from the final bracket's chosen end, clipped into the bracket (the end
+    itself where that point is not a number), so it is within the bracket's width of a root.
+    See docs/math.md §3.1.
     """
+    eps = torch.finfo(lo.dtype).eps
+    # the Newton step from each end, once evaluated; +-inf before (never chosen over an evaluated end)
+    step_lo, step_hi = torch.full_like(lo, math.inf), torch.full_like(hi, -math.inf)
     z = 0.5 * (lo + hi)
+    width_before = hi - lo
     for _ in range(iterations):
         g, slope = g_and_slope(z)
-        lo = torch.where(g <= 0, z, lo)
-        hi = torch.where(g >= 0, z, hi)
-        newton = z - g / slope
-        # an endpoint is allowed: a root that rounds to it is reached by Newton, not by halving towards it
-        inside = (newton >= lo) & (newton <= hi)
-        z = torch.where(inside, newton, 0.5 * (lo + hi))
-    return z
+        left, right = g <= 0, g >= 0
+        step = g.div(slope).neg_()
+        del g, slope  # the loop's temporaries are counted in the losses' memory profiles
+        lo, step_lo = torch.where(left, z, lo), torch.where(left, step, step_lo)
+        hi, step_hi = torch.where(right, z, hi), torch.where(right, step, step_hi)
+        del step, z
+        width, push = hi - lo, torch.maximum(lo.abs(), hi.abs()).mul_(eps)
+        # NaN widths (NaN inputs) compare False: such elements do not hold the loop
+        if not bool(torch.any(width > TIGHT * push)):
+            break
+        from_lo = step_lo.abs() <= step_hi.abs()
+        push.mul_(PUSH)
+        z = torch.where(from_lo, torch.maximum(step_lo, push), torch.minimum(step_hi, push.neg_()))
+        z += torch.where(from_lo, lo, hi)  # the Newton point, pushed off its end
+        take = (z > lo) & (z < hi) & (width <= 0.5 * width_before)
+        z = torch.where(take, z, torch.add(lo, hi).mul_(0.5))
+        width_before = width
+    from_lo = step_lo.abs() <= step_hi.abs()
+    end = torch.where(from_lo, lo, hi)
+    newton = end + torch.where(from_lo, step_lo, step_hi)
+    # clipped into the bracket; NaN (0/0 at a flat end) keeps the end
+    return torch.where(newton < lo, lo, torch.where(newton > hi, hi, torch.where(newton == newton, newton, end)))

@@ -31,8 +31,21 @@ from bcd_cli.errors import require
 
 REDUCTIONS = ("sum", "mean")
 SOLVERS = ("prox_linear", "exact")
-LOGISTIC_STEPS = 40  # Newton-or-bisection steps: bisection alone reaches 2^-40 of the bracket, Newton machine precision
 EXPONENTIAL_STEPS = 8  # monotone Newton steps on y + log y = log a; from the starts used, 5 reach machine precision
+
+
+def logistic_steps(bound: float, dtype: torch.dtype) -> int:
+    """Evaluations of ``increasing_root`` that leave the exact logistic prox's offset y within rounding, for y in
+    a bracket of width <= ``bound`` (= s/weight), whatever Newton does (it usually ends far sooner).
+
+    The root y* of weight y = s sigmoid(-(tc + y)) with b = s/weight satisfies y* (1 + e^(tc + y*)) = b,
+    so |tc| <= 1 and y* <= 1 force b <= y* (1 + e^2): max(|tc|, y*) >= min(1, b / (1 + e^2)). The result
+    z = tc + y* is then rounded to eps/2 max(|tc|, y*) >= eps/2 min(1, b/8.39) at best, and the bracket
+    width, at most b 2^-ceil(k/2) after k evaluations, is below that once 2^(k/2) >= max(2 b, 16.8)/eps.
+    float64 with b = 1e4 (s = 1, weight = 1e-4) takes 134 evaluations, float32 76.
+    """
+    halvings = math.ceil(math.log2(max(2.0 * bound, 16.8) / torch.finfo(dtype).eps))
+    return 2 * halvings
 
 
 def _scale(reduction: str, n: int) -> float:
@@ -136,7 +149,7 @@ class Logistic:
     def memory(self) -> LossMemory:
         """The prox-linear step's temporaries, or the exact prox's (its bracketed Newton keeps more)."""
         if self.solver == "exact":
-            return LossMemory(output=15, value=6, saved=4)
+            return LossMemory(output=18, value=6, saved=4)
         return LossMemory(output=5, value=6, saved=4)
 
     def __call__(self, V: Tensor, Y: Tensor) -> Tensor:
@@ -157,9 +170,12 @@ class Logistic:
 
         With z = t v and tc = t center each element minimises the strictly convex
         s log(1 + e^-z) + weight/2 (z - tc)^2, whose minimiser z = tc + y solves
-        g(y) = weight y - s sigmoid(-(tc + y)) = 0. g increases, g(0) < 0 and
-        g(s/weight) > 0, so y lies in [0, s/weight]: found by Newton steps with a
-        bisection fallback whenever Newton leaves the shrinking bracket. See docs/math.md §3.1.
+        g(y) = weight y - s sigmoid(-(tc + y)) = 0, with b = s/weight. g increases and
+        sigmoid(-x) decreases, so y >= 0 gives y <= hi = b sigmoid(-tc), and then
+        y >= lo = b sigmoid(-(tc + hi)): g(lo) <= 0 <= g(hi). The root in [lo, hi] is found by
+        safeguarded Newton (``_scalar.increasing_root``: a bisection step whenever a Newton point
+        leaves the open bracket or the last evaluation did not halve it), with ``logistic_steps``
+        evaluations at most, enough for bisection alone. See docs/math.md §3.1.
         """
         s = _scale(self.reduction, Y.shape[1])
         T = 2 * Y - 1
@@ -171,7 +187,10 @@ class Logistic:
             return weight * y - s * q, weight + s * q * (1 - q)
 
         # solving for the offset y keeps its digits when |tc| is much larger than y
-        y = increasing_root(g_and_slope, torch.zeros_like(tc), torch.full_like(tc, s / weight), LOGISTIC_STEPS)
+        bound = s / weight
+        hi = bound * torch.sigmoid(-tc)
+        lo = bound * torch.sigmoid(-(tc + hi))
+        y = increasing_root(g_and_slope, lo, hi, logistic_steps(bound, tc.dtype))
         return T * (tc + y)
 
 
@@ -224,9 +243,10 @@ class Exponential:
         tc = T * center
         log_a = math.log(s / weight) - tc
         tiny = torch.finfo(tc.dtype).tiny
-        # a y below the smallest normal number moves no z: clamping it keeps log y finite
+        # a y below the smallest normal number moves no z (a < tiny needs tc > -log tiny + log(s/weight), far
+        # above any such y): clamping it, and the bound a, which underflows there, keeps log y finite
         y = torch.where(log_a > 1, log_a - torch.log(log_a.clamp(min=1.0)), torch.sigmoid(log_a)).clamp(min=tiny)
-        upper = torch.minimum(torch.exp(log_a), log_a.clamp(min=1.0))
+        upper = torch.minimum(torch.exp(log_a), log_a.clamp(min=1.0)).clamp(min=tiny)
         for _ in range(EXPONENTIAL_STEPS):
             y = torch.minimum(torch.maximum(y * (1 + log_a - torch.log(y)) / (1 + y), y), upper)
         return T * (tc + y)

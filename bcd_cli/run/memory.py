@@ -117,7 +117,7 @@ class MemoryEstimate:
 # an entry without a ``memory`` of its kind (a _target_ of the user's own) is counted as the most any catalogue
 # entry of its kind allocates: Softplus and Polynomial; Logistic with solver=exact; ElasticNet's prox
 _ANY_ACT = ActivationMemory(prox=48, forward=3, saved=3)
-_ANY_LOSS = LossMemory(output=15, value=6, saved=4)
+_ANY_LOSS = LossMemory(output=18, value=6, saved=4)
 _KINDS = {"act": "activation", "loss": "loss", "reg": "regularizer"}  # conf group -> what an entry of it is
 
 
