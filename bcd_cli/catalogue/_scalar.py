@@ -21,6 +21,7 @@ ROOT_STEPS = 8
 TIGHT = 4  # increasing_root stops once every bracket is within TIGHT eps of its ends' magnitude (rounding level)
 PUSH = 2  # increasing_root moves a Newton point at least PUSH eps |end| off the end it starts from
 RESCANS = 2  # extra grid scans of a bracket that the first scans shrank by more than SHRINK
+LEVELS = 2  # narrower scans around b of a sigma that is not monotone: radius / grid, radius / grid^2
 SHRINK = 0.25  # rescan when the bracket radius fell below this fraction (the old grid had < ~grid/4 points in it)
 
 
@@ -44,15 +45,19 @@ def nonconvex_argmin(
     grid: int = 32,
     newton_steps: int = 12,
     increasing: bool = False,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
 ) -> Tensor:
     """Returns argmin_u phi(u) = 1/2 (sigma(u) - v)^2 + c/2 (u - b)^2, elementwise, for a smooth sigma.
 
-    Bracket: phi(u*) <= phi(p) for any point p (b, ``start``, any point evaluated so
-    far), and phi(u*) >= c/2 (u* - b)^2, so |u* - b| <= r = sqrt(2 min phi(p) / c); at
-    p = b this is |sigma(b) - v| / sqrt(c). When sigma is nondecreasing
-    (``increasing``), every u on the side of b away from v has
-    |sigma(u) - v| >= |sigma(b) - v| and so phi(u) >= phi(b): the bracket halves to
-    [b - r, b] when sigma(b) > v, else [b, b + r].
+    Bracket: sigma takes values in ``bounds`` = (lo, hi), so 1/2 (sigma(u) - v)^2 >= m =
+    1/2 dist(v, [lo, hi])^2 and phi(u) >= m + c/2 (u - b)^2; phi(u*) <= phi(p) for any point
+    p (b, ``start``, any point evaluated so far), so |u* - b| <= r = sqrt(2 (min phi(p) - m) / c)
+    (m = 0 for an unbounded sigma; a v far outside sigma's range would otherwise give a bracket
+    far wider than the valley). When sigma is nondecreasing (``increasing``), every u on the
+    side of b away from v has |sigma(u) - v| >= |sigma(b) - v| and so phi(u) >= phi(b): the
+    bracket halves to [b - r, b] when sigma(b) > v, else [b, b + r]. Otherwise both sides are
+    scanned, and scanned again on brackets ``grid`` and ``grid``^2 times narrower around b
+    (``LEVELS``), where a valley narrower than the first grid's spacing may hide near b.
 
     A scan evaluates phi at ``grid`` equally spaced points of the bracket (one point at
     a time over all elements) and refines, by ``newton_steps`` safeguarded Newton steps
@@ -74,19 +79,27 @@ def nonconvex_argmin(
         best_u = torch.where(better, start, best_u)
         best_f = torch.where(better, f_start, best_f)
 
-    new_u, new_f = _scan(act, v, b, c, best_u, best_f, grid, newton_steps, increasing)
+    lo, hi = bounds
+    # 1/2 dist(v, [lo, hi])^2 <= 1/2 (sigma(u) - v)^2 for every u
+    floor = 0.5 * (torch.clamp(lo - v, min=0.0) + torch.clamp(v - hi, min=0.0)).square()
+    new_u, new_f = _scan(act, v, b, c, best_u, best_f, floor, grid, newton_steps, increasing)
+    if not increasing:
+        radius = torch.sqrt((best_f - floor).clamp(min=0.0) * (2.0 / c))
+        for level in range(1, LEVELS + 1):
+            new_u, new_f = _scan(act, v, b, c, new_u, new_f, floor, grid, newton_steps, increasing,
+                                 radius=radius / grid**level)  # fmt: skip
     shape = v.shape
-    flat_v, flat_b = v.reshape(-1), b.reshape(-1)
+    flat_v, flat_b, flat_floor = v.reshape(-1), b.reshape(-1), floor.reshape(-1)
     for _ in range(RESCANS):
-        # elements whose bracket radius sqrt(2 f / c) shrank below SHRINK times the scanned one
-        coarse = (new_f < SHRINK**2 * best_f).reshape(-1)
+        # elements whose bracket radius sqrt(2 (f - floor) / c) shrank below SHRINK times the scanned one
+        coarse = (new_f - floor < SHRINK**2 * (best_f - floor)).reshape(-1)
         best_u, best_f = new_u, new_f
         todo = coarse.nonzero().squeeze(1)
         if todo.numel() == 0:
             break
         flat_u, flat_f = best_u.reshape(-1).clone(), best_f.reshape(-1).clone()
-        sub_u, sub_f = _scan(act, flat_v[todo], flat_b[todo], c, flat_u[todo], flat_f[todo], grid, newton_steps,
-                             increasing)  # fmt: skip
+        sub_u, sub_f = _scan(act, flat_v[todo], flat_b[todo], c, flat_u[todo], flat_f[todo], flat_floor[todo], grid,
+                             newton_steps, increasing)  # fmt: skip
         new_f = flat_f.index_put((todo,), sub_f).reshape(shape)
         new_u = flat_u.index_put((todo,), sub_u).reshape(shape)
     return new_u
@@ -99,11 +112,14 @@ def _scan(
     c: float,
     best_u: Tensor,
     best_f: Tensor,
+    floor: Tensor,
     grid: int,
     newton_steps: int,
     increasing: bool,
+    radius: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """One grid scan of the bracket implied by (best_u, best_f = phi(best_u)) and its Newton refinement.
+    """One grid scan of the bracket implied by (best_u, best_f = phi(best_u)) and ``floor`` <= 1/2 (sigma - v)^2
+    (or of radius ``radius`` around b) and its Newton refinement.
 
     Returns the best point evaluated (including ``best_u``) and its value phi.
     """
@@ -111,7 +127,7 @@ def _scan(
     def phi(u: Tensor) -> Tensor:
         return 0.5 * (act(u) - v).square() + 0.5 * c * (u - b).square()
 
-    r = torch.sqrt(best_f * (2.0 / c))
+    r = torch.sqrt((best_f - floor).clamp(min=0.0) * (2.0 / c)) if radius is None else radius
     if increasing:
         first = torch.where(act(b) > v, -r, torch.zeros_like(r))  # offset of the first grid point from b
         step = r / (grid - 1)

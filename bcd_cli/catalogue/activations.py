@@ -162,6 +162,7 @@ class Sigmoid:
     grid: int = 32
     newton_steps: int = 12
     increasing: ClassVar[bool] = True
+    bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)  # the range of sigma, for the prox's bracket
     # the grid-and-Newton prox (catalogue/_scalar.py) holds ~43 element-sized tensors
     memory: ClassVar[ActivationMemory] = ActivationMemory(prox=48, forward=0, saved=0)
 
@@ -190,7 +191,8 @@ class Sigmoid:
 
         Solved by ``_scalar.nonconvex_argmin`` (bracket, grid, safeguarded Newton).
         """
-        return nonconvex_argmin(self, v, b, c, start, grid=self.grid, newton_steps=self.newton_steps, increasing=True)
+        return nonconvex_argmin(self, v, b, c, start, grid=self.grid, newton_steps=self.newton_steps, increasing=True,
+                                bounds=self.bounds)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ class Tanh:
     grid: int = 32
     newton_steps: int = 12
     increasing: ClassVar[bool] = True
+    bounds: ClassVar[tuple[float, float]] = (-1.0, 1.0)  # the range of sigma, for the prox's bracket
     memory: ClassVar[ActivationMemory] = ActivationMemory(prox=48, forward=0, saved=0)
 
     def __post_init__(self) -> None:
@@ -226,7 +229,8 @@ class Tanh:
 
         Solved by ``_scalar.nonconvex_argmin`` (bracket, grid, safeguarded Newton).
         """
-        return nonconvex_argmin(self, v, b, c, start, grid=self.grid, newton_steps=self.newton_steps, increasing=True)
+        return nonconvex_argmin(self, v, b, c, start, grid=self.grid, newton_steps=self.newton_steps, increasing=True,
+                                bounds=self.bounds)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,7 @@ class Softplus:
     grid: int = 32
     newton_steps: int = 12
     increasing: ClassVar[bool] = True
+    bounds: ClassVar[tuple[float, float]] = (0.0, math.inf)  # the range of sigma, for the prox's bracket
     memory: ClassVar[ActivationMemory] = ActivationMemory(prox=48, forward=3, saved=3)
 
     def __post_init__(self) -> None:
@@ -276,7 +281,8 @@ class Softplus:
 
         Solved by ``_scalar.nonconvex_argmin`` (bracket, grid, safeguarded Newton).
         """
-        return nonconvex_argmin(self, v, b, c, start, grid=self.grid, newton_steps=self.newton_steps, increasing=True)
+        return nonconvex_argmin(self, v, b, c, start, grid=self.grid, newton_steps=self.newton_steps, increasing=True,
+                                bounds=self.bounds)  # fmt: skip
 
 
 @dataclass(frozen=True)
