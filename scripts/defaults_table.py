@@ -5,7 +5,7 @@
     python scripts/defaults_table.py --table-only      # the markdown table of the runs already done
 
 Each cell is one ``bcd-train`` run (three-splitting BCD with every other option at its default, ``epochs``
-sweeps, ``grad_norm=false``) in ``OUT/ROW/NETWORK/CANDIDATE``; a cell whose folder already holds a completed
+sweeps, ``grad_norm=false``, its final checkpoint deleted) in ``OUT/ROW/NETWORK/CANDIDATE``; a cell whose folder already holds a completed
 summary.json is not run again, so a stopped table goes on where it stopped. The table (``OUT/table.csv`` and
 the markdown printed) gives each cell's final test accuracy after the last sweep, the best candidate of each
 row, and marks a candidate more than ``--margin`` below the best of its row, or one that collapsed (final test
@@ -61,11 +61,12 @@ def run_cell(folder: Path, overrides: list[str], bcd_train: str) -> dict | None:
     done = completed(folder)
     if done is not None:
         return done
-    command = [bcd_train, *overrides, f"hydra.run.dir={folder}"]
+    command = [bcd_train, *overrides, "checkpoint.every=0", f"hydra.run.dir={folder}"]
     print("+", " ".join(command), flush=True)
     result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
         print(f"  failed ({result.returncode}): {result.stderr.strip().splitlines()[-1:]}", flush=True)
+    (folder / "checkpoint.pt").unlink(missing_ok=True)  # the table needs the metrics only: the state can be GBs
     return completed(folder)
 
 
