@@ -5,11 +5,11 @@
     python scripts/defaults_table.py --table-only      # the markdown table of the runs already done
 
 Each cell is one ``bcd-train`` run (three-splitting BCD with every other option at its default, ``epochs``
-sweeps, ``grad_norm=false``, its final checkpoint deleted) in ``OUT/ROW/NETWORK/CANDIDATE``; a cell whose folder already holds a completed
-summary.json is not run again, so a stopped table goes on where it stopped. The table (``OUT/table.csv`` and
-the markdown printed) gives each cell's final test accuracy after the last sweep, the best candidate of each
-row, and marks a candidate more than ``--margin`` below the best of its row, or one that collapsed (final test
-accuracy below ``COLLAPSE``: no better than a few classes' guess).
+sweeps, ``grad_norm=false``, its final checkpoint deleted) in ``OUT/ROW/NETWORK/CANDIDATE``; a cell whose
+folder already holds a completed summary.json is not run again, so a stopped table goes on where it stopped.
+The table (``OUT/table.csv`` and the markdown printed) gives each cell's final test accuracy after the last
+sweep, the best candidate of each row, and marks a candidate more than ``--margin`` below the best of its
+row, or one that collapsed (final test accuracy below ``COLLAPSE``: no better than a few classes' guess).
 
 The MNIST row reads MNIST's test set cut into 8000 training and 2000 test images as idx files
 (``python scripts/mnist_test_cut.py MNIST_TEST_FOLDER --idx outputs/mnist_cut``), since MNIST's training set
