@@ -13,6 +13,20 @@ from bcd_cli.run.records import METRIC_COLUMNS
 from bcd_cli.run.train import run
 from tests.conftest import TINY, compose_config, requires_cuda
 
+MNIST_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-test"
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def mnist_cut(folder: Path) -> Path:
+    """MNIST's test set cut into 8000 training and 2000 test images, as idx files in ``folder`` (the cut of
+    ``scripts/mnist_test_cut.py --idx``): MNIST offline."""
+    import mnist_test_cut  # scripts/, on pytest's path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in mnist_test_cut.cut_idx(MNIST_TEST).items():
+        mnist_test_cut.write_idx(folder / f"{name}.gz", array)
+    return folder
+
 
 def test_default_digits_run_reaches_090_test_accuracy(tmp_path: Path):
     result = run(compose_config("device=cpu"), tmp_path)
@@ -22,6 +36,26 @@ def test_default_digits_run_reaches_090_test_accuracy(tmp_path: Path):
     assert result.summary["sizes"] == [64, 256, 256, 10]
     assert 0 < result.summary["train_seconds"] <= result.summary["wall_seconds"]
     assert json.loads((tmp_path / "summary.json").read_text())["final_test_acc"] == result.summary["final_test_acc"]
+
+
+# The defaults on the other data sets shipped: a default chosen on one data set alone (as N(0, 0.1^2) was on
+# digits) fails here. Measured with the defaults (docs/defaults.md): MNIST cut 0.9175 (asked: 0.90), Fashion-MNIST
+# 10000/2000 0.8115 (asked: 0.79, where every other candidate but the paper's N(0, 0.01^2) ends below 0.80).
+@pytest.mark.skipif(not MNIST_TEST.is_dir(), reason="the MNIST test set is not at ../shared/data/mnist-test")
+def test_default_run_on_the_mnist_cut_reaches_090_test_accuracy(tmp_path: Path):
+    root = mnist_cut(tmp_path / "mnist")
+    summary = run(compose_config("device=cpu", "data=mnist", f"data.root={root}", "epochs=20"), tmp_path).summary
+    assert summary["final_test_acc"] >= 0.90, summary
+    assert summary["descent_held"]
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_default_run_on_fashion_mnist_learns(tmp_path: Path):
+    cfg = compose_config("device=cpu", "data=fashion_mnist", f"data.root={FASHION}", "data.n_train=10000",
+                         "data.n_test=2000", "epochs=20")  # fmt: skip
+    summary = run(cfg, tmp_path).summary
+    assert summary["final_test_acc"] >= 0.79, summary
+    assert summary["descent_held"]
 
 
 # each scheme on digits (1347 train / 450 test), a 64-unit network, 15 sweeps, init normal with init_std 0.1:
@@ -117,21 +151,6 @@ def test_cuda_run_matches_cpu_run(tmp_path: Path):
             atol=0,
         )
     assert gpu.metrics["test_acc"].tolist() == cpu.metrics["test_acc"].tolist()
-
-
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
-def test_fashion_mnist_learns(tmp_path: Path):
-    cfg = compose_config(
-        "data=fashion_mnist", f"data.root={FASHION}", "data.n_train=4000", "data.n_test=2000",
-        "model.widths=[256,256]", "epochs=15", "device=cpu",
-    )  # fmt: skip
-    summary = run(cfg, tmp_path).summary
-    assert summary["final_test_acc"] >= 0.78
-    assert summary["descent_held"]
 
 
 def test_non_finite_iterate_stops_the_run_and_keeps_the_good_sweeps(tmp_path: Path, monkeypatch):
