@@ -221,11 +221,12 @@ def test_help_lists_groups_and_examples(tmp_path: Path, bcd_train_output):
         assert text in stdout
 
 
-def test_non_finite_start_is_a_clear_error(tmp_path: Path, bcd_train):
-    code, stderr = bcd_train(*TINY, "model.init_std=1e30", cwd=tmp_path)
+@pytest.mark.parametrize("draw", [["model.init=normal", "model.init_std=1e30"], ["model.init_scale=1e30"]])
+def test_non_finite_start_is_a_clear_error(draw: list[str], tmp_path: Path, bcd_train):
+    code, stderr = bcd_train(*TINY, *draw, cwd=tmp_path)
     assert code == 3
     assert "Traceback" not in stderr
-    assert "non-finite objective at the initial point" in stderr and "model.init_std" in stderr
+    assert "non-finite objective at the initial point" in stderr and draw[-1].split("=")[0] in stderr
 
 
 def test_figure1_shrunken_writes_the_comparison(idx_folder: Path, tmp_path: Path, bcd_train_output):

@@ -147,7 +147,7 @@ def test_scaled_refuses_an_activation_without_a_gain_and_an_unknown_init():
 
 def test_model_init_reaches_the_network(tmp_path: Path, monkeypatch):
     """The run's network starts from the draw model.init names: bit for bit Remark 1's with normal, and weights of
-    std sqrt(2) / sqrt(64) in layer 1 with scaled (digits: 64 features, ReLU)."""
+    std 0.5 sqrt(2) / sqrt(64) in layer 1 with scaled (digits: 64 features, ReLU, init_scale 0.5)."""
     drawn: list[list[torch.Tensor]] = []
     draw = MLP.init.__func__  # type: ignore[attr-defined]
 
@@ -162,8 +162,9 @@ def test_model_init_reaches_the_network(tmp_path: Path, monkeypatch):
     normal, scaled = drawn
     sizes = [64, 16, 10]
     assert all(torch.equal(a, b) for a, b in zip(normal, make(sizes, "normal", std=0.1).W, strict=True))
-    assert all(torch.equal(a, b) for a, b in zip(scaled, make(sizes, "scaled").W, strict=True))
-    assert scaled[0].std().item() == pytest.approx(math.sqrt(2) / 8, rel=0.05)
+    # model=mlp's init_scale 0.5: half the variance-preserving draw
+    assert all(torch.equal(a, 0.5 * b) for a, b in zip(scaled, make(sizes, "scaled").W, strict=True))
+    assert scaled[0].std().item() == pytest.approx(0.5 * math.sqrt(2) / 8, rel=0.05)
 
 
 def test_a_run_folder_saved_without_model_init_resumes_with_normal(tmp_path: Path, bcd_train):

@@ -306,7 +306,7 @@ def test_a_tracking_server_that_does_not_answer_is_given_up_after_a_few_retries(
 
 def test_a_run_that_fails_before_any_row_ends_its_mlflow_run_as_failed(tmp_path: Path, sqlite):
     uri = sqlite(tmp_path)
-    cfg = compose_config(*TINY, "logger=mlflow", f"logger.tracking_uri={uri}", "model.init_std=1e30")
+    cfg = compose_config(*TINY, "logger=mlflow", f"logger.tracking_uri={uri}", "model.init_scale=1e30")
     with pytest.raises(NumericalError):
         run(cfg, tmp_path / "run")
     _, mlrun = mlflow_run(tmp_path / "run", uri)

@@ -118,7 +118,8 @@ def test_same_seed_same_run_and_other_seed_other_run(tmp_path: Path):
 
 def test_recorded_objective_curve(tmp_path: Path):
     """A tiny float64 run against its recorded objective values: catches silent numerical changes."""
-    cfg = compose_config(*TINY, "epochs=5", "dtype=float64", "gamma=2", "alpha=0.5", "seed=1", "model.init_std=0.01")
+    cfg = compose_config(*TINY, "epochs=5", "dtype=float64", "gamma=2", "alpha=0.5", "seed=1", "model.init=normal",
+                         "model.init_std=0.01")  # fmt: skip
     objective = torch.tensor(run(cfg, tmp_path).metrics["objective"].to_numpy())  # recorded with the paper's weights
     recorded = torch.tensor(RECORDED, dtype=torch.float64)
     torch.testing.assert_close(objective, recorded, rtol=1e-9, atol=0)

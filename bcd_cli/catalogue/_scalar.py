@@ -88,16 +88,35 @@ def nonconvex_argmin(
         for level in range(1, LEVELS + 1):
             new_u, new_f = _scan(act, v, b, c, new_u, new_f, floor, grid, newton_steps, increasing,
                                  radius=radius / grid**level)  # fmt: skip
+    return _rescan_coarse(act, v, b, c, floor, best_f, new_u, new_f, grid, newton_steps, increasing)
+
+
+def _rescan_coarse(
+    act: SmoothActivation,
+    v: Tensor,
+    b: Tensor,
+    c: float,
+    floor: Tensor,
+    best_f: Tensor,
+    new_u: Tensor,
+    new_f: Tensor,
+    grid: int,
+    newton_steps: int,
+    increasing: bool,
+) -> Tensor:
+    """The rescans of ``nonconvex_argmin``: the elements whose best value ``new_f`` (at ``new_u``) shrank the
+    bracket radius below ``SHRINK`` times the radius scanned (from ``best_f``) are scanned again on their new
+    bracket, at most ``RESCANS`` times; returns the best point of each element."""
     shape = v.shape
     flat_v, flat_b, flat_floor = v.reshape(-1), b.reshape(-1), floor.reshape(-1)
     for _ in range(RESCANS):
         # elements whose bracket radius sqrt(2 (f - floor) / c) shrank below SHRINK times the scanned one
         coarse = (new_f - floor < SHRINK**2 * (best_f - floor)).reshape(-1)
-        best_u, best_f = new_u, new_f
+        best_f = new_f
         todo = coarse.nonzero().squeeze(1)
         if todo.numel() == 0:
             break
-        flat_u, flat_f = best_u.reshape(-1).clone(), best_f.reshape(-1).clone()
+        flat_u, flat_f = new_u.reshape(-1).clone(), new_f.reshape(-1).clone()
         sub_u, sub_f = _scan(act, flat_v[todo], flat_b[todo], c, flat_u[todo], flat_f[todo], flat_floor[todo], grid,
                              newton_steps, increasing)  # fmt: skip
         new_f = flat_f.index_put((todo,), sub_f).reshape(shape)

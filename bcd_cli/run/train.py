@@ -105,7 +105,7 @@ def sweeps(
             where = f"block {block} is non-finite" if block else "the objective overflows"
             raise NumericalError(
                 f"non-finite objective at the initial point (sweep 0): {where}; "
-                "lower model.init_std (model.init=normal), use model.init=scaled or dtype=float64"
+                "lower model.init_scale (model.init=scaled) or model.init_std (model.init=normal), or use dtype=float64"
             )
         yield previous
     for k in range(start + 1, epochs + 1):
