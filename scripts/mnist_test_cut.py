@@ -78,7 +78,7 @@ def cut_idx(folder: Path, n_train: int = 8000, n_test: int = 2000) -> dict[str, 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """``array`` (uint8) as a gzipped idx file: magic 0x0000 08 NDIM, each dimension big-endian, the bytes."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
+    with gzip.open(path, "wb", compresslevel=1) as f:  # fast; the files are rewritten, not archived
         f.write(header + array.tobytes())
 
 

@@ -44,7 +44,8 @@ def test_default_digits_run_reaches_090_test_accuracy(tmp_path: Path):
 @pytest.mark.skipif(not MNIST_TEST.is_dir(), reason="the MNIST test set is not at ../shared/data/mnist-test")
 def test_default_run_on_the_mnist_cut_reaches_090_test_accuracy(tmp_path: Path):
     root = mnist_cut(tmp_path / "mnist")
-    summary = run(compose_config("device=cpu", "data=mnist", f"data.root={root}", "epochs=20"), tmp_path).summary
+    cfg = compose_config("device=cpu", "data=mnist", f"data.root={root}", "epochs=20", "grad_norm=false")
+    summary = run(cfg, tmp_path).summary  # (the gradient norm, a diagnostic, changes no step)
     assert summary["final_test_acc"] >= 0.90, summary
     assert summary["descent_held"]
 
@@ -52,7 +53,7 @@ def test_default_run_on_the_mnist_cut_reaches_090_test_accuracy(tmp_path: Path):
 @pytest.mark.skipif(not FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
 def test_default_run_on_fashion_mnist_learns(tmp_path: Path):
     cfg = compose_config("device=cpu", "data=fashion_mnist", f"data.root={FASHION}", "data.n_train=10000",
-                         "data.n_test=2000", "epochs=20")  # fmt: skip
+                         "data.n_test=2000", "epochs=20", "grad_norm=false")  # fmt: skip
     summary = run(cfg, tmp_path).summary
     assert summary["final_test_acc"] >= 0.79, summary
     assert summary["descent_held"]
