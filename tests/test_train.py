@@ -38,9 +38,11 @@ def test_default_digits_run_reaches_090_test_accuracy(tmp_path: Path):
     assert json.loads((tmp_path / "summary.json").read_text())["final_test_acc"] == result.summary["final_test_acc"]
 
 
-# The defaults on the other data sets shipped: a default chosen on one data set alone (as N(0, 0.1^2) was on
-# digits) fails here. Measured with the defaults (docs/defaults.md): MNIST cut 0.9175 (asked: 0.90), Fashion-MNIST
-# 10000/2000 0.8115 (asked: 0.79, where every other candidate but the paper's N(0, 0.01^2) ends below 0.80).
+# The defaults on the other data sets shipped (slow tier, run by CI beside the default digits run of `make test`):
+# a default chosen on one data set alone (as N(0, 0.1^2) was on digits) fails here. Measured with the defaults
+# (docs/defaults.md): MNIST cut 0.9175 (asked: 0.90), Fashion-MNIST 10000/2000 0.8115 (asked: 0.79, where every
+# other candidate but the paper's N(0, 0.01^2) ends below 0.80).
+@pytest.mark.slow
 @pytest.mark.skipif(not MNIST_TEST.is_dir(), reason="the MNIST test set is not at ../shared/data/mnist-test")
 def test_default_run_on_the_mnist_cut_reaches_090_test_accuracy(tmp_path: Path):
     root = mnist_cut(tmp_path / "mnist")
@@ -50,6 +52,7 @@ def test_default_run_on_the_mnist_cut_reaches_090_test_accuracy(tmp_path: Path):
     assert summary["descent_held"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
 def test_default_run_on_fashion_mnist_learns(tmp_path: Path):
     cfg = compose_config("device=cpu", "data=fashion_mnist", f"data.root={FASHION}", "data.n_train=10000",
