@@ -95,6 +95,8 @@ def test_a_run_records_what_produced_it(tiny_run):
     assert record["hostname"] == socket.gethostname()
     assert shlex.split(record["command"])[:2] == ["bcd-train", *TINY]
     assert record["git_commit"] is None or len(record["git_commit"]) == 40
+    # the checkout as this process found it at its first run: the code it imported, whatever is committed later
+    assert {key: record[key] for key in ("git_commit", "git_dirty")} == provenance.process_git_state()
     assert record["cpu"] == provenance.cpu_model()
 
 

@@ -12,6 +12,7 @@ Nothing here imports torch at module level: ``bcd-report`` reads run folders thr
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import logging
@@ -85,6 +86,15 @@ def _git(folder: Path, *args: str) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
+@functools.cache
+def process_git_state() -> dict[str, Any]:
+    """``git_state()`` of the package's checkout, found once per process: the code a process runs is the code it
+    imported, so a commit made while a multirun goes on does not relabel its later jobs (and the git calls,
+    tens of milliseconds, are not repeated for every run of a process)."""
+    return git_state()
+
+
+@functools.cache
 def cpu_model() -> str | None:
     """The CPU's model name: /proc/cpuinfo's ``model name`` on Linux, else ``platform.processor()``; None when
     neither says."""
@@ -98,11 +108,17 @@ def cpu_model() -> str | None:
     return platform.processor() or None
 
 
+@functools.cache
 def _version(distribution: str) -> str | None:
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+@functools.cache
+def _platform() -> str:
+    return platform.platform()
 
 
 def _dtype_name(dtype: Any) -> str | None:
@@ -126,7 +142,7 @@ def collect(spec: RunSpec, device: torch.device, *, resumed_at: int | None = Non
         **kind,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "bcd_cli": _version("bcd-cli"),
-        **git_state(),
+        **process_git_state(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -141,7 +157,7 @@ def collect(spec: RunSpec, device: torch.device, *, resumed_at: int | None = Non
         "state_solve_dtype": _dtype_name(getattr(settings, "state_solve_dtype", None)),
         "matmul_precision": spec.device.matmul_precision,
         "hostname": socket.gethostname(),
-        "platform": platform.platform(),
+        "platform": _platform(),
         "command": shlex.join(sys.argv),
     }
 
