@@ -228,11 +228,15 @@ DAMAGED = [b"{not json", b"\xff\xfe\x00garbage", b"[1, 2]", b'{"records": 3}', b
 
 
 @pytest.mark.parametrize("content", DAMAGED)
-def test_a_damaged_provenance_file_is_one_note(tiny_run, capsys, content: bytes):
+def test_a_damaged_provenance_file_is_an_error_naming_it(tmp_path: Path, content: bytes):
+    (tmp_path / PROVENANCE_FILE).write_bytes(content)
+    with pytest.raises(ProvenanceError, match=str(tmp_path / PROVENANCE_FILE)):
+        read_provenance(tmp_path)
+
+
+def test_a_damaged_provenance_file_is_one_note_of_bcd_report(tiny_run, capsys):
     folder = tiny_run()
-    (folder / PROVENANCE_FILE).write_bytes(content)
-    with pytest.raises(ProvenanceError, match=str(folder / PROVENANCE_FILE)):
-        read_provenance(folder)
+    (folder / PROVENANCE_FILE).write_bytes(DAMAGED[0])
     code, stdout, stderr = report_in_process(capsys, str(folder))
     assert code == 0, stderr
     [note] = stderr.splitlines()
