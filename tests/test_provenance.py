@@ -137,6 +137,7 @@ def test_a_resume_over_a_damaged_record_replaces_it_with_a_warning(tmp_path: Pat
     assert record["kind"] == "resume" and record["from_sweep"] == 2
 
 
+@pytest.mark.slow  # a whole multirun with its reports: run by CI's slow step
 def test_each_job_of_a_multirun_records_its_own(tmp_path: Path, bcd_train_output):
     sweep = tmp_path / "sweep"
     code, _, stderr = bcd_train_output("-m", "trainer=bcd,sgd", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
@@ -315,6 +316,7 @@ def test_a_run_resumed_on_another_device_differs_from_itself():
     assert line is not None and "device (cpu in job 0; cuda:0 in job 0)" in line
 
 
+@pytest.mark.slow  # a whole multirun with its reports: run by CI's slow step
 def test_a_comparison_with_damaged_and_missing_records_notes_them(tmp_path: Path, capsys):
     folder = compare_folder(tmp_path)
     (folder / "1" / PROVENANCE_FILE).write_text("{oops")
@@ -343,6 +345,7 @@ def test_a_comparison_of_runs_of_an_earlier_version_notes_it(tmp_path: Path):
     assert table[list(provenance.TABLE_COLUMNS)].isna().all().all()
 
 
+@pytest.mark.slow  # a whole multirun with its reports: run by CI's slow step
 def test_bcd_report_of_a_multirun_notes_what_its_jobs_differ_in(tmp_path: Path, capsys):
     folder = compare_folder(tmp_path, j0={"threads": 1})
     code, _, stderr = report_in_process(capsys, str(folder))

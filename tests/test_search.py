@@ -38,6 +38,7 @@ def status(job: Path) -> str:
     return json.loads((job / SUMMARY_FILE).read_text())["status"]
 
 
+@pytest.mark.slow  # a whole multirun with its reports: run by CI's slow step
 def test_a_search_runs_its_trials_as_job_folders_and_reports_the_study(tmp_path: Path, bcd_train):
     sweep = tmp_path / "search"
     args = [*SEARCH, GAMMA, ALPHA, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}"]
@@ -81,6 +82,7 @@ def test_the_objective_chooses_the_value_and_direction(tmp_path: Path, bcd_train
     assert not (sweep / IMPORTANCES_FILE).exists()
 
 
+@pytest.mark.slow  # a whole multirun with its reports: run by CI's slow step
 def test_a_failing_trial_is_failed_in_the_study_and_the_search_goes_on(tmp_path: Path, bcd_train):
     """data.n_train=5000 fails when the data is loaded (digits has fewer): seeded so that trial 0 draws it."""
     space = ["data.n_train=choice(5000, 120)", "hydra.sweeper.sampler=random", "hydra.sweeper.n_trials=2"]
@@ -161,6 +163,7 @@ def test_the_search_space_syntax():
     assert (space["epochs"].kind, space["epochs"].low, space["epochs"].high, space["epochs"].step) == ("int", 2, 8, 3)
 
 
+@pytest.mark.slow  # a whole multirun with its reports: run by CI's slow step
 def test_a_study_folder_is_continued_only_by_the_same_search_and_one_process(tmp_path: Path, bcd_train):
     sweep = tmp_path / "search"
     args = [*SEARCH, GAMMA, f"hydra.sweep.dir={sweep}"]
@@ -226,6 +229,7 @@ def test_a_search_stopped_by_sigterm_continues_with_the_same_command(tmp_path: P
     assert not any(math.isnan(t.value) for t in trials if t.value is not None)
 
 
+@pytest.mark.slow  # a whole multirun with its reports: run by CI's slow step
 def test_a_trial_a_killed_process_left_running_is_failed_and_its_values_tried_again(tmp_path: Path, bcd_train):
     """A launch killed outright (SIGKILL, a lost node) leaves its trial running in the study and its job folder
     mid-run: the same command settles that trial as failed and runs its values again as a new trial."""
