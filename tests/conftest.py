@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from bcd_cli.app import compose, config_dir
 from bcd_cli.cli import command as cli
+from bcd_cli.reports.command import main as report_main
 from bcd_cli.run import signals
 from bcd_cli.run.signals import FAULT_VARIABLE
 
@@ -213,3 +214,14 @@ def idx_folder(tmp_path_factory) -> Path:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def report_in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """``bcd-report ARGS`` in this process: (exit status, stdout, stderr)."""
+    try:
+        report_main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -18,7 +18,6 @@ import pandas as pd
 import pytest
 import torch
 
-from bcd_cli.reports.command import main as report_main
 from bcd_cli.reports.sweep import write_sweep_report
 from bcd_cli.run import provenance
 from bcd_cli.run.provenance import (
@@ -32,7 +31,7 @@ from bcd_cli.run.provenance import (
     record_run,
 )
 from bcd_cli.run.spec import resolve
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, report_in_process
 
 DATA = Path(__file__).parent / "data"
 RECORD_KEYS = {
@@ -49,17 +48,6 @@ def records_of(folder: Path) -> list[dict]:
 
 def write_records(folder: Path, records: list[dict]) -> None:
     (folder / PROVENANCE_FILE).write_text(json.dumps({"format": 1, "records": records}))
-
-
-def report_in_process(capsys, *args: str) -> tuple[int, str, str]:
-    """``bcd-report ARGS`` in this process: (exit status, stdout, stderr)."""
-    try:
-        report_main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def a_record(**changes) -> dict:

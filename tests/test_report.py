@@ -20,7 +20,6 @@ from matplotlib.image import imread
 from omegaconf import OmegaConf
 
 from bcd_cli.reports.callbacks import SweepReport
-from bcd_cli.reports.command import main as report_main
 from bcd_cli.reports.sweep import heatmap_grid, job_folders, sweep_table, write_sweep_report
 from bcd_cli.run.records import (
     descent_failures,
@@ -32,7 +31,7 @@ from bcd_cli.run.records import (
     write_summary,
 )
 from bcd_cli.run.train import run
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, report_in_process
 
 DATA = Path(__file__).parent / "data"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -303,17 +302,6 @@ def test_bcd_report_bad_input_is_one_error_line(tmp_path: Path, capsys, case: st
 
 
 # --- damaged metrics files are refused, every report left as it was ---------------------------------------
-
-
-def report_in_process(capsys, *args: str) -> tuple[int, str, str]:
-    """``bcd-report ARGS`` in this process: (exit status, stdout, stderr)."""
-    try:
-        report_main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def checksums(folder: Path) -> dict[str, str]:
