@@ -185,12 +185,12 @@ def summarize(metrics: pd.DataFrame, **extra: Any) -> dict[str, Any]:
         "sweeps": int(last["sweep"]),
         "train_seconds": float(metrics["seconds"].sum()),  # the sweeps' updates only
         "descent_held": bool(_descent_held(metrics)),
-        **_extrapolation_counts(metrics),
+        **_bcd_counts(metrics),
         **extra,
     }
 
 
-def _extrapolation_counts(metrics: pd.DataFrame) -> dict[str, int]:
+def _bcd_counts(metrics: pd.DataFrame) -> dict[str, int]:
     """How many sweeps started from an extrapolated point, how many the safeguard refused one, and how many inner
     solves stopped at their iteration cap short of their tolerance (BCD only)."""
     beta, rejected = _column(metrics, "extrapolation"), _column(metrics, "rejected")
